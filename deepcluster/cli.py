@@ -1,0 +1,210 @@
+"""The `deepcluster` command: run, resume, runs, inspect, verify.
+
+Only `run` and `resume` import Prefect (the flow), inside the command, so the other commands
+start fast and the library stays free of Prefect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepcluster import artifacts
+from deepcluster.artifacts import RunError, RunLayout, RunLockedError, default_runs_dir, find_run, list_runs
+from deepcluster.config import Config, ConfigError, build_config, load_config_file
+from deepcluster.data import DatasetError
+from deepcluster.report import epoch_metrics, flat_metrics, format_table, metric_rows
+
+USER_ERRORS = (ConfigError, DatasetError, RunError, RunLockedError, FileNotFoundError)
+
+# CLI flag -> Config key, for the flags that map one to one.
+RUN_FLAGS = {
+    "dataset": "dataset",
+    "data_dir": "data_dir",
+    "split": "split",
+    "classes": "classes",
+    "limit": "limit",
+    "download": "download",
+    "image_size": "image_size",
+    "epochs": "epochs",
+    "k": "num_clusters",
+    "arch": "arch",
+    "pca_dim": "pca_dim",
+    "batch_size": "batch_size",
+    "lr": "lr",
+    "device": "device",
+    "seed": "seed",
+}
+
+
+def _classes(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--classes expects comma-separated integers like 0,1,2, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepcluster", description="DeepCluster as a Prefect workflow.")
+    parser.add_argument("--runs-dir", type=Path, default=None, help="where runs live (default: $DEEPCLUSTER_RUNS_DIR or runs/)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="train a new run, or continue one with --run-id")
+    run.add_argument("--dataset", help="fashion-mnist-sample (default), fashion-mnist, mnist, cifar10, digits, or a folder")
+    run.add_argument("--data-dir", type=Path, help="directory holding the dataset's files")
+    run.add_argument("--split", choices=["train", "test"])
+    run.add_argument("--classes", type=_classes, help="keep only these labels, e.g. 0,1,2")
+    run.add_argument("--limit", type=int, help="keep only the first N images")
+    run.add_argument("--download", action="store_true", default=None, help="download the dataset (needs internet)")
+    run.add_argument("--image-size", type=int)
+    run.add_argument("--epochs", type=int)
+    run.add_argument("--k", type=int, help="number of clusters")
+    run.add_argument("--arch", choices=["small", "alexnet", "vgg16"])
+    run.add_argument("--pca-dim", type=int)
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--lr", type=float)
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--seed", type=int)
+    run.add_argument("--config", type=Path, help="JSON file of config keys; flags override it")
+    run.add_argument("--run-id", help="name of the run (letters, digits, - and _); continues it if it exists")
+    _add_progress_flags(run)
+
+    resume = commands.add_parser("resume", help="continue a run after its last finished epoch")
+    resume.add_argument("run_id")
+    resume.add_argument("--epochs", type=int, help="extend the run to this many epochs")
+    _add_progress_flags(resume)
+
+    commands.add_parser("runs", help="list runs with epochs done and last metrics")
+
+    inspect = commands.add_parser("inspect", help="metrics of a run (table over epochs) or of one epoch")
+    inspect.add_argument("run_id")
+    inspect.add_argument("--epoch", type=int)
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+
+    verify = commands.add_parser("verify", help="re-hash every artifact against the manifests")
+    verify.add_argument("run_id")
+    return parser
+
+
+def _add_progress_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress bars")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    values: dict[str, Any] = load_config_file(args.config) if args.config else {}
+    for flag, key in RUN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            values[key] = value
+    return build_config(values)
+
+
+def run_flow(config: Config, run_id: str | None, runs_dir: Path | None, progress: bool | None) -> int:
+    from flows.deepcluster_flow import deepcluster_flow
+
+    root = Path(deepcluster_flow(config=config, run_id=run_id, runs_dir=str(runs_dir or default_runs_dir()), progress=progress))
+    layout = RunLayout(root.parent, root.name)
+    rows = metric_rows(layout)
+    print(f"\nrun {layout.run_id}: {len(rows)} epochs, artifacts in {root}")
+    print(format_table(rows[-1:]))
+    return 0
+
+
+def command_run(args: argparse.Namespace) -> int:
+    return run_flow(config_from_args(args), args.run_id, args.runs_dir, args.progress)
+
+
+def command_resume(args: argparse.Namespace) -> int:
+    layout = find_run(args.run_id, args.runs_dir)
+    values = artifacts.read_json(layout.run_json)["config"]
+    if args.epochs is not None:
+        values["epochs"] = args.epochs
+    return run_flow(build_config(values), args.run_id, layout.runs_dir, args.progress)
+
+
+def command_runs(args: argparse.Namespace) -> int:
+    runs_dir = args.runs_dir or default_runs_dir()
+    rows = []
+    for layout in list_runs(runs_dir):
+        record = artifacts.read_json(layout.run_json)
+        metrics = metric_rows(layout)
+        last = metrics[-1] if metrics else {}
+        rows.append(
+            {
+                "run_id": layout.run_id,
+                "dataset": record["config"]["dataset"],
+                "k": record["config"]["num_clusters"],
+                "epochs": f"{len(metrics)}/{record['config']['epochs']}",
+                "nmi": last.get("nmi"),
+                "nmi_previous": last.get("nmi_previous"),
+                "created": record["created"],
+            }
+        )
+    if not rows:
+        print(f"no runs in {runs_dir}")
+        return 0
+    print(format_table(rows, ("run_id", "dataset", "k", "epochs", "nmi", "nmi_previous", "created")))
+    return 0
+
+
+def command_inspect(args: argparse.Namespace) -> int:
+    layout = find_run(args.run_id, args.runs_dir)
+    if args.epoch is None:
+        rows = metric_rows(layout)
+        print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+        return 0
+    metrics = epoch_metrics(layout, args.epoch)
+    clusters = artifacts.read_clusters(layout.epoch_dir(args.epoch) / "assignments.parquet")
+    sizes = np.bincount(clusters, minlength=metrics["num_clusters"]).tolist()
+    if args.json:
+        print(json.dumps({**metrics, "cluster_size_list": sizes}, indent=2))
+        return 0
+    print(format_table([flat_metrics(metrics)]))
+    print(f"\ncluster sizes (largest first): {sorted(sizes, reverse=True)}")
+    print("stage seconds: " + ", ".join(f"{name} {value:.2f}" for name, value in metrics["stage_seconds"].items()))
+    return 0
+
+
+def command_verify(args: argparse.Namespace) -> int:
+    layout = find_run(args.run_id, args.runs_dir)
+    problems = artifacts.verify_manifest(layout.data_dir) if layout.data_dir.is_dir() else []
+    epochs = layout.completed_epochs()
+    for epoch in epochs:
+        problems += artifacts.verify_manifest(layout.epoch_dir(epoch))
+    if problems:
+        print(f"run {layout.run_id}: {len(problems)} problem(s):")
+        print("\n".join(f"  {problem}" for problem in problems))
+        return 1
+    print(f"run {layout.run_id}: data and {len(epochs)} epochs verified, all files match their manifests")
+    return 0
+
+
+COMMANDS = {
+    "run": command_run,
+    "resume": command_resume,
+    "runs": command_runs,
+    "inspect": command_inspect,
+    "verify": command_verify,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("deepcluster").setLevel(logging.INFO)
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as error:
+        print(f"deepcluster: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The one configuration object of a run: every knob, validated, with the paper's defaults.
+
+Defaults follow Caron et al. 2018, Sec. 4 ("Implementation details") where they apply to
+small images: SGD with momentum 0.9, learning rate 0.05, weight decay 1e-5, batch 256,
+PCA to 256 dimensions, whitening and L2 normalisation, k-means re-seeded every epoch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DATASET_NAMES = ("fashion-mnist-sample", "fashion-mnist", "mnist", "cifar10", "digits")
+
+# Keys that may change when an existing run is continued: asking for more epochs
+# extends the run, it does not make it a different run.
+EXTENDABLE_KEYS = frozenset({"epochs"})
+
+
+class ConfigError(ValueError):
+    """A configuration a user gave cannot be used; the message says which key and why."""
+
+
+class Config(BaseModel):
+    """Every knob of a DeepCluster run. Immutable once built."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Data
+    dataset: str = Field("fashion-mnist-sample", description="dataset name or path to a folder of images")
+    data_dir: Path | None = Field(None, description="directory holding the dataset's files")
+    split: Literal["train", "test"] = "train"
+    classes: tuple[int, ...] | None = Field(None, description="keep only these labels")
+    limit: int | None = Field(None, ge=1, description="keep only the first N images")
+    download: bool = Field(False, description="download with torchvision where the machine has internet")
+    image_size: int | None = Field(
+        None, ge=8, description="resize images to this side; default: native, or the arch's minimum"
+    )
+
+    # Algorithm
+    epochs: int = Field(10, ge=1)
+    num_clusters: int = Field(30, ge=2, description="k of k-means (pseudo-classes)")
+    arch: Literal["small", "alexnet", "vgg16"] = "small"
+    pca_dim: int = Field(256, ge=2, description="PCA-whitening output dimension (paper: 256)")
+    kmeans_iters: int = Field(20, ge=1)
+    kmeans_backend: Literal["torch", "faiss"] = "torch"
+
+    # Optimisation (paper Sec. 4)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-5, ge=0)
+    crop_scale: tuple[float, float] = Field((0.5, 1.0), description="random resized crop area range")
+    flip: bool = True
+
+    # Execution
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(0, ge=0)
+    deterministic: bool = Field(True, description="torch deterministic algorithms (exact resume on CPU)")
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        if value in DATASET_NAMES or Path(value).is_dir():
+            return value
+        if Path(value).exists():
+            raise ValueError(f"dataset path {value!r} is not a directory (expected a folder of images)")
+        raise ValueError(
+            f"unknown dataset {value!r}: expected one of {', '.join(DATASET_NAMES)} or a path to a folder of images"
+        )
+
+    @field_validator("classes")
+    @classmethod
+    def _valid_classes(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("classes must name at least one class")
+        if any(label < 0 for label in value):
+            raise ValueError(f"classes must be non-negative, got {list(value)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"classes contain duplicates: {list(value)}")
+        return tuple(sorted(value))
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _valid_crop_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {value}")
+        return value
+
+    def differing_keys(self, other: Config) -> list[str]:
+        """Keys whose values differ between two configs, ignoring extendable ones."""
+        mine, theirs = self.to_json_dict(), other.to_json_dict()
+        return sorted(key for key in mine if key not in EXTENDABLE_KEYS and mine[key] != theirs[key])
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def build_config(values: dict[str, Any]) -> Config:
+    """Validate user-supplied values into a Config, turning pydantic's errors into one ConfigError."""
+    try:
+        return Config.model_validate(values)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in issue['loc']) or 'config'}: {issue['msg']}"
+            for issue in error.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a JSON config file (keys as in `Config`)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a JSON object, got {type(values).__name__}")
+    return values

@@ -1,0 +1,125 @@
+"""k-means in torch on the features' device, with DeepCluster's fix against empty clusters.
+
+Empty clusters (Caron et al. 2018, Sec. 3.3, "Empty clusters"): while a cluster is empty, pick a
+non-empty cluster with probability proportional to its size, give the empty cluster a copy of its
+centroid with a small symmetric perturbation (c(1+eps), c(1-eps)) and re-split its points between
+the two. Where the split cannot separate the points (e.g. all duplicates), half of them, chosen at
+random, move. So for N >= k no cluster is ever empty.
+
+Distances are computed in chunks of rows, never as a full N x k matrix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+PERTURBATION = 1e-4
+CHUNK_ELEMENTS = 2**24  # distance-matrix elements per chunk (64 MiB in float32)
+
+
+@dataclass(frozen=True)
+class Clustering:
+    """assignments: int64 (N,) in [0, k); centroids: (k, d); loss: mean squared distance to the assigned centroid."""
+
+    assignments: torch.Tensor
+    centroids: torch.Tensor
+    loss: float
+
+
+def assign(points: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of each point. Returns (assignments int64 (N,), squared distances (N,))."""
+    num_clusters = len(centroids)
+    centroid_norms = (centroids * centroids).sum(dim=1)
+    rows_per_chunk = max(1, CHUNK_ELEMENTS // num_clusters)
+    assignments = torch.empty(len(points), dtype=torch.int64, device=points.device)
+    distances = torch.empty(len(points), dtype=points.dtype, device=points.device)
+    for start in range(0, len(points), rows_per_chunk):
+        chunk = points[start : start + rows_per_chunk]
+        # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 is constant per row, added after the argmin.
+        partial = torch.addmm(centroid_norms, chunk, centroids.T, alpha=-2.0)
+        best, index = partial.min(dim=1)
+        assignments[start : start + len(chunk)] = index
+        distances[start : start + len(chunk)] = (best + (chunk * chunk).sum(dim=1)).clamp_(min=0)
+    return assignments, distances
+
+
+def _centroid_means(points: torch.Tensor, assignments: torch.Tensor, num_clusters: int) -> torch.Tensor:
+    sums = torch.zeros((num_clusters, points.shape[1]), dtype=points.dtype, device=points.device)
+    sums.index_add_(0, assignments, points)
+    counts = torch.bincount(assignments, minlength=num_clusters).clamp_(min=1)
+    return sums / counts.unsqueeze(1).to(points.dtype)
+
+
+def _clustering(points: torch.Tensor, assignments: torch.Tensor, centroids: torch.Tensor) -> Clustering:
+    loss = ((points - centroids[assignments]) ** 2).sum(dim=1).mean()
+    return Clustering(assignments=assignments, centroids=centroids, loss=float(loss))
+
+
+def fill_empty_clusters(
+    points: torch.Tensor, assignments: torch.Tensor, centroids: torch.Tensor, generator: torch.Generator
+) -> int:
+    """Split non-empty clusters until none is empty. Modifies assignments and centroids in place.
+
+    Returns the number of clusters that were empty. Needs N >= k.
+    """
+    num_clusters = len(centroids)
+    counts = torch.bincount(assignments, minlength=num_clusters)
+    empty_clusters = (counts == 0).nonzero().flatten().tolist()
+    for empty in empty_clusters:
+        # Only clusters with >= 2 points can give some away; one exists while a cluster is empty and N >= k.
+        weights = torch.where(counts >= 2, counts, 0).double()
+        donor = int(torch.multinomial(weights.cpu(), 1, generator=generator))
+        members = (assignments == donor).nonzero().flatten()
+        centroid = centroids[donor].clone()
+        centroids[empty] = centroid * (1 + PERTURBATION)
+        centroids[donor] = centroid * (1 - PERTURBATION)
+        member_points = points[members]
+        to_empty = ((member_points - centroids[empty]) ** 2).sum(1) < ((member_points - centroids[donor]) ** 2).sum(1)
+        if to_empty.all() or not to_empty.any():
+            order = torch.randperm(len(members), generator=generator).to(members.device)
+            to_empty = torch.zeros(len(members), dtype=torch.bool, device=members.device)
+            to_empty[order[: len(members) // 2]] = True
+        assignments[members[to_empty]] = empty
+        centroids[empty] = member_points[to_empty].mean(dim=0)
+        centroids[donor] = member_points[~to_empty].mean(dim=0)
+        counts[empty] = int(to_empty.sum())
+        counts[donor] -= counts[empty]
+    return len(empty_clusters)
+
+
+def kmeans(points: torch.Tensor, num_clusters: int, generator: torch.Generator, iterations: int = 20) -> Clustering:
+    """Lloyd's k-means on points (N, d), initialised with k distinct random points.
+
+    generator: a CPU torch.Generator; every random draw (initialisation, empty-cluster fixes) uses it.
+    """
+    num_points = len(points)
+    if num_clusters < 2:
+        raise ValueError(f"k-means needs k >= 2, got {num_clusters}")
+    if num_clusters > num_points:
+        raise ValueError(f"k-means with k={num_clusters} needs at least as many points, got {num_points}")
+    if iterations < 1:
+        raise ValueError(f"k-means needs at least 1 iteration, got {iterations}")
+    initial = torch.randperm(num_points, generator=generator)[:num_clusters].to(points.device)
+    centroids = points[initial].clone()
+    for _ in range(iterations):
+        assignments, _ = assign(points, centroids)
+        fill_empty_clusters(points, assignments, centroids, generator)
+        centroids = _centroid_means(points, assignments, num_clusters)
+    return _clustering(points, assignments, centroids)
+
+
+def faiss_kmeans(points: torch.Tensor, num_clusters: int, seed: int, iterations: int = 20) -> Clustering:
+    """The same clustering with faiss (optional backend), then the empty-cluster fix for safety."""
+    try:
+        import faiss
+    except ImportError:
+        raise ImportError("kmeans_backend='faiss' needs the faiss package: pip install faiss-cpu") from None
+    data = points.detach().float().cpu().contiguous().numpy()
+    model = faiss.Kmeans(data.shape[1], num_clusters, niter=iterations, seed=seed % 2**31, verbose=False)
+    model.train(data)
+    centroids = torch.from_numpy(model.centroids).to(points.device)
+    assignments, _ = assign(points, centroids)
+    fill_empty_clusters(points, assignments, centroids, torch.Generator().manual_seed(seed))
+    return _clustering(points, assignments, _centroid_means(points, assignments, num_clusters))

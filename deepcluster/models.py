@@ -1,0 +1,138 @@
+"""Convnets for DeepCluster: a fixed Sobel front, a trunk producing features, and a k-way head.
+
+The trunk ends in the classifier's penultimate linear layer *without* its ReLU: those are the
+features clustered each epoch (as in the reference implementation). The head applies the ReLU and
+the top linear layer, which is re-initialised every epoch (Caron et al. 2018, Sec. 3.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from deepcluster.sobel import SobelFilter
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """What the data pipeline needs to know of an architecture."""
+
+    min_input_size: int
+    feature_dim: int
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "small": ArchSpec(min_input_size=8, feature_dim=512),
+    "alexnet": ArchSpec(min_input_size=63, feature_dim=4096),
+    "vgg16": ArchSpec(min_input_size=32, feature_dim=4096),
+}
+
+
+def _conv_block(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1, padding: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
+def _small_trunk() -> tuple[nn.Sequential, nn.Sequential]:
+    """A 6-conv VGG-style net for 28x28-ish images (about 0.03 GMAC per 28x28 image)."""
+    layers: list[nn.Module] = []
+    in_channels = 2
+    for width in (32, 64, 128):
+        layers += _conv_block(in_channels, width) + _conv_block(width, width) + [nn.MaxPool2d(2, ceil_mode=True)]
+        in_channels = width
+    layers.append(nn.AdaptiveAvgPool2d(3))
+    classifier = nn.Sequential(
+        nn.Flatten(), nn.Linear(128 * 9, 512), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Linear(512, 512)
+    )
+    return nn.Sequential(*layers), classifier
+
+
+def _alexnet_trunk() -> tuple[nn.Sequential, nn.Sequential]:
+    """AlexNet with batch norm, as in DeepCluster's reference model (input >= 63 pixels)."""
+    layers = (
+        _conv_block(2, 96, 11, 4, 2)
+        + [nn.MaxPool2d(3, 2)]
+        + _conv_block(96, 256, 5, 1, 2)
+        + [nn.MaxPool2d(3, 2)]
+        + _conv_block(256, 384)
+        + _conv_block(384, 384)
+        + _conv_block(384, 256)
+        + [nn.MaxPool2d(3, 2), nn.AdaptiveAvgPool2d(6)]
+    )
+    classifier = nn.Sequential(
+        nn.Flatten(), nn.Dropout(0.5), nn.Linear(256 * 36, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(4096, 4096),
+    )
+    return nn.Sequential(*layers), classifier
+
+
+def _vgg16_trunk() -> tuple[nn.Sequential, nn.Sequential]:
+    """VGG-16 with batch norm (input >= 32 pixels)."""
+    layers: list[nn.Module] = []
+    in_channels = 2
+    for width, repeats in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)):
+        for _ in range(repeats):
+            layers += _conv_block(in_channels, width)
+            in_channels = width
+        layers.append(nn.MaxPool2d(2))
+    layers.append(nn.AdaptiveAvgPool2d(7))
+    classifier = nn.Sequential(
+        nn.Flatten(), nn.Linear(512 * 49, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(4096, 4096)
+    )
+    return nn.Sequential(*layers), classifier
+
+
+_BUILDERS = {"small": _small_trunk, "alexnet": _alexnet_trunk, "vgg16": _vgg16_trunk}
+
+
+class DeepClusterNet(nn.Module):
+    """Sobel front + convolutional trunk + classifier body: grayscale (N, 1, H, W) -> features (N, D)."""
+
+    def __init__(self, arch: str, generator: torch.Generator) -> None:
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch {arch!r}: expected one of {', '.join(ARCHS)}")
+        self.arch = arch
+        self.feature_dim = ARCHS[arch].feature_dim
+        self.sobel = SobelFilter()
+        self.convs, self.classifier = _BUILDERS[arch]()
+        self._initialise(generator)
+
+    def _initialise(self, generator: torch.Generator) -> None:
+        """Reference initialisation: Kaiming for convs, N(0, 0.01) for linears, zero biases."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu", generator=generator)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, 0.01, generator=generator)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, grayscale: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.convs(self.sobel(grayscale)))
+
+
+class ClusterHead(nn.Module):
+    """ReLU + top linear layer mapping features (N, D) to k pseudo-class logits (N, k)."""
+
+    def __init__(self, feature_dim: int, num_clusters: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(feature_dim, num_clusters)
+
+    def reset_parameters(self, generator: torch.Generator) -> None:
+        """Weights N(0, 0.01), zero bias: the per-epoch re-initialisation of the paper."""
+        nn.init.normal_(self.linear.weight, 0.0, 0.01, generator=generator)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.relu(features))
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [0, 1]."""
+    return images.float().div_(255.0)

@@ -1,0 +1,51 @@
+"""The fixed Sobel front (Caron et al. 2018, Sec. 4, "Preprocessing"): grayscale, then the two
+Sobel kernels as two channels, so the network cannot cluster on colour or raw intensity.
+
+`prepare_inputs` is the preprocessing stage: it turns a dataset's uint8 images into the grayscale
+uint8 tensor the Sobel front consumes, once per run. `SobelFilter` is the first, frozen layer
+of every model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ITU-R BT.601 luma weights.
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def prepare_inputs(images: np.ndarray, image_size: int | None) -> np.ndarray:
+    """Grayscale and (optionally) resize images for the Sobel front.
+
+    images: uint8 (N, C, H, W) with C in {1, 3}. Returns uint8 (N, 1, S, S) where S is
+    `image_size`, or (N, 1, H, W) when `image_size` is None.
+    """
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 images of shape (N, 1|3, H, W), got {images.dtype} {images.shape}")
+    outputs = []
+    for start in range(0, len(images), 4096):
+        chunk = torch.from_numpy(np.array(images[start : start + 4096])).float()
+        if chunk.shape[1] == 3:
+            weights = torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
+            chunk = (chunk * weights).sum(dim=1, keepdim=True)
+        if image_size is not None and chunk.shape[-2:] != (image_size, image_size):
+            chunk = F.interpolate(chunk, size=(image_size, image_size), mode="bilinear", antialias=True)
+        outputs.append(chunk.round().clamp(0, 255).to(torch.uint8).numpy())
+    return np.concatenate(outputs)
+
+
+class SobelFilter(nn.Module):
+    """Fixed Sobel filter: (N, 1, H, W) grayscale in [0, 1] -> (N, 2, H, W) gradients (gx, gy)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+        kernels = torch.stack([gx, gx.t()]).unsqueeze(1)  # (2, 1, 3, 3)
+        # A buffer, not a parameter: never trained, and rebuilt rather than stored in checkpoints.
+        self.register_buffer("kernels", kernels, persistent=False)
+
+    def forward(self, grayscale: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(grayscale, self.kernels.to(grayscale.dtype), padding=1)

@@ -1,0 +1,103 @@
+"""One training epoch on pseudo-labels (Caron et al. 2018, Sec. 3.1 and 4).
+
+Augmentation is done in batch on the device: random resized crops and horizontal flips,
+as one affine resampling per image, all drawn from an explicit generator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from deepcluster.config import Config
+from deepcluster.models import ClusterHead, DeepClusterNet, to_unit_range
+from deepcluster.progress import progress_bar
+
+ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Mean cross-entropy over the epoch's batches and how many batches were run."""
+
+    loss: float
+    batches: int
+
+
+def random_resized_crop_flip(
+    images: torch.Tensor, generator: torch.Generator, scale: tuple[float, float], flip: bool
+) -> torch.Tensor:
+    """Augment float images (N, C, H, W): crop a random area fraction in `scale` with aspect ratio
+    in [3/4, 4/3], resize back to (H, W), and mirror half of them. generator: on the images' device.
+    """
+    num_images = len(images)
+    device = images.device
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(num_images, generator=generator, device=device) * (high - low) + low
+
+    area = uniform(*scale)
+    log_ratio = uniform(math.log(ASPECT_RATIO_RANGE[0]), math.log(ASPECT_RATIO_RANGE[1]))
+    width = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
+    height = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+    center_x = uniform(-1.0, 1.0) * (1 - width)
+    center_y = uniform(-1.0, 1.0) * (1 - height)
+    mirror = torch.rand(num_images, generator=generator, device=device) < 0.5
+    sign = torch.where(mirror, -1.0, 1.0) if flip else torch.ones(num_images, device=device)
+    theta = torch.zeros((num_images, 2, 3), device=device)
+    theta[:, 0, 0] = width * sign
+    theta[:, 0, 2] = center_x
+    theta[:, 1, 1] = height
+    theta[:, 1, 2] = center_y
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def make_optimizer(model: DeepClusterNet, config: Config) -> torch.optim.SGD:
+    """The convnet's optimizer, kept across epochs (its state is checkpointed)."""
+    return torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def train_epoch(
+    model: DeepClusterNet,
+    head: ClusterHead,
+    optimizer: torch.optim.Optimizer,
+    inputs: np.ndarray,
+    pseudo_labels: torch.Tensor,
+    sample: torch.Tensor,
+    config: Config,
+    generator: torch.Generator,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train convnet + freshly initialised head for one pass over `sample`.
+
+    inputs: uint8 (N, 1, H, W); pseudo_labels: int64 (N,) cluster ids; sample: int64 (M,) indices
+    (already shuffled). The head gets its own SGD without momentum, as in the reference code.
+    A final batch of one image is skipped (batch norm needs two).
+    """
+    device = next(model.parameters()).device
+    model.train()
+    head.train()
+    head_optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    pseudo_labels = pseudo_labels.to(device)
+    total_loss = torch.zeros((), device=device)
+    batches = [sample[start : start + config.batch_size] for start in range(0, len(sample), config.batch_size)]
+    batches = [batch for batch in batches if len(batch) > 1]
+    for batch in progress_bar(batches, "train", "batch", progress, leave=False):
+        index = batch.numpy()
+        images = torch.from_numpy(inputs[index]).to(device)
+        images = random_resized_crop_flip(to_unit_range(images), generator, config.crop_scale, config.flip)
+        loss = F.cross_entropy(head(model(images)), pseudo_labels[batch.to(device)])
+        optimizer.zero_grad(set_to_none=True)
+        head_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        head_optimizer.step()
+        total_loss += loss.detach()
+    return TrainResult(loss=float(total_loss) / max(1, len(batches)), batches=len(batches))
