@@ -225,7 +225,7 @@ def read_features(path: Path) -> np.ndarray:
     """Parquet written by `write_features` -> float32 (N, d), rows in `index` order."""
     table = pq.read_table(path)
     column = table.column("features").combine_chunks()
-    features = column.values.to_numpy().reshape(len(column), column.type.list_size)
+    features = column.values.to_numpy(zero_copy_only=False, writable=True).reshape(len(column), column.type.list_size)
     index = table.column("index").to_numpy()
     return features if np.array_equal(index, np.arange(len(index))) else features[np.argsort(index)]
 

@@ -1,0 +1,44 @@
+"""Shared fixtures: one Prefect test server for the whole session, tiny configs and runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deepcluster.config import Config
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """A temporary Prefect server and database, entered once per test session (it takes ~15 s)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+def tiny_config(**overrides: object) -> Config:
+    """300 sample images, 10 clusters, 32 PCA dims: an epoch takes about a second on CPU."""
+    values: dict[str, object] = {
+        "dataset": "fashion-mnist-sample",
+        "limit": 300,
+        "epochs": 2,
+        "num_clusters": 10,
+        "pca_dim": 32,
+        "batch_size": 64,
+        "device": "cpu",
+        "seed": 7,
+    }
+    values.update(overrides)
+    return Config.model_validate(values)
+
+
+@pytest.fixture(scope="session")
+def finished_run(prefect_harness, tmp_path_factory) -> Path:
+    """A 2-epoch flow run on 300 sample images; returns its runs directory (run id 'tiny')."""
+    from flows.deepcluster_flow import deepcluster_flow
+
+    runs_dir = tmp_path_factory.mktemp("runs")
+    deepcluster_flow(config=tiny_config(), run_id="tiny", runs_dir=str(runs_dir), progress=False)
+    return runs_dir

@@ -1,0 +1,78 @@
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from deepcluster import artifacts
+from deepcluster.artifacts import RunError, RunLayout, RunLock, RunLockedError
+
+
+def test_features_parquet_schema_and_roundtrip(tmp_path: Path):
+    features = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    artifacts.write_features(tmp_path / "f.parquet", features)
+    schema = pq.read_schema(tmp_path / "f.parquet")
+    assert schema.field("index").type == pa.int64()
+    assert schema.field("features").type == pa.list_(pa.float32(), 3)
+    assert np.array_equal(artifacts.read_features(tmp_path / "f.parquet"), features)
+
+
+def test_assignments_parquet_schema_with_and_without_labels(tmp_path: Path):
+    artifacts.write_assignments(tmp_path / "a.parquet", np.array([2, 0, 1]), np.array([1, 1, 0]))
+    artifacts.write_assignments(tmp_path / "b.parquet", np.array([2, 0, 1]), None)
+    table = pq.read_table(tmp_path / "a.parquet")
+    assert table.schema.field("index").type == pa.int64()
+    assert table.schema.field("cluster").type == pa.int32()
+    assert table.schema.field("label").type == pa.int32()
+    assert table.column("label").to_pylist() == [1, 1, 0]
+    assert pq.read_table(tmp_path / "b.parquet").column("label").null_count == 3
+    assert artifacts.read_clusters(tmp_path / "b.parquet").tolist() == [2, 0, 1]
+
+
+def test_manifest_detects_altered_missing_and_extra_files(tmp_path: Path):
+    (tmp_path / "a.bin").write_bytes(b"alpha")
+    (tmp_path / "b.bin").write_bytes(b"beta")
+    artifacts.write_manifest(tmp_path)
+    assert artifacts.verify_manifest(tmp_path) == []
+    (tmp_path / "a.bin").write_bytes(b"alpHa")
+    (tmp_path / "b.bin").unlink()
+    (tmp_path / "c.bin").write_bytes(b"new")
+    problems = artifacts.verify_manifest(tmp_path)
+    assert any("a.bin: content differs" in p for p in problems)
+    assert any("b.bin: missing" in p for p in problems)
+    assert any("c.bin: not in the manifest" in p for p in problems)
+
+
+def test_epoch_is_complete_only_after_commit(tmp_path: Path):
+    layout = RunLayout(tmp_path, "r1")
+    staging = artifacts.begin_epoch(layout, 0)
+    (staging / "metrics.json").write_text("{}")
+    assert layout.completed_epochs() == []
+    artifacts.commit_epoch(layout, 0)
+    assert layout.completed_epochs() == [0]
+    assert artifacts.verify_manifest(layout.epoch_dir(0)) == []
+    artifacts.begin_epoch(layout, 1)
+    assert [path.name for path in layout.discard_partial_epochs()] == [".0001.partial"]
+    assert layout.completed_epochs() == [0]
+
+
+@pytest.mark.parametrize("run_id", ["", "a/b", "..", "x y", "é"])
+def test_invalid_run_ids(tmp_path: Path, run_id: str):
+    with pytest.raises(RunError, match="run id"):
+        RunLayout(tmp_path, run_id)
+
+
+def test_second_lock_is_refused(tmp_path: Path):
+    layout = RunLayout(tmp_path, "locked")
+    with RunLock(layout):
+        with pytest.raises(RunLockedError, match="being written by another process"):
+            with RunLock(layout):
+                pass
+    with RunLock(layout):  # released on exit
+        pass
+
+
+def test_find_run_names_where_it_looked(tmp_path: Path):
+    with pytest.raises(RunError, match=f"no run 'nope' in {tmp_path}"):
+        artifacts.find_run("nope", tmp_path)

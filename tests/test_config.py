@@ -1,0 +1,53 @@
+from pathlib import Path
+
+import pytest
+
+from deepcluster.config import Config, ConfigError, build_config, load_config_file
+
+
+def test_defaults_follow_the_paper():
+    config = Config()
+    assert (config.lr, config.momentum, config.weight_decay, config.pca_dim) == (0.05, 0.9, 1e-5, 256)
+    assert config.dataset == "fashion-mnist-sample"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"num_clusters": 1}, "num_clusters"),
+        ({"epochs": 0}, "epochs"),
+        ({"dataset": "imagenet-please"}, "unknown dataset 'imagenet-please'"),
+        ({"classes": [1, 1]}, "duplicates"),
+        ({"classes": [-1]}, "non-negative"),
+        ({"crop_scale": [0.9, 0.2]}, "crop_scale"),
+        ({"no_such_knob": 3}, "no_such_knob"),
+    ],
+)
+def test_invalid_values_name_the_key(values, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(values)
+
+
+def test_dataset_may_be_a_folder(tmp_path: Path):
+    assert build_config({"dataset": str(tmp_path)}).dataset == str(tmp_path)
+    file = tmp_path / "x.txt"
+    file.write_text("x")
+    with pytest.raises(ConfigError, match="not a directory"):
+        build_config({"dataset": str(file)})
+
+
+def test_differing_keys_ignore_epochs():
+    base = Config()
+    assert base.differing_keys(Config(epochs=99)) == []
+    assert base.differing_keys(Config(seed=3, num_clusters=5)) == ["num_clusters", "seed"]
+
+
+def test_config_file(tmp_path: Path):
+    path = tmp_path / "config.json"
+    path.write_text('{"num_clusters": 12}')
+    assert build_config(load_config_file(path)).num_clusters == 12
+    path.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="JSON object"):
+        load_config_file(path)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        load_config_file(tmp_path / "missing.json")

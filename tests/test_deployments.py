@@ -1,0 +1,38 @@
+"""prefect.yaml declares deployments whose entrypoints import and whose parameters validate."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from deepcluster.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOYMENTS = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+
+
+def load_entrypoint(entrypoint: str):
+    path, name = entrypoint.split(":")
+    spec = importlib.util.spec_from_file_location(Path(path).stem, ROOT / path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
+def test_entrypoint_imports_a_flow_and_parameters_validate(deployment):
+    from prefect import Flow
+
+    flow = load_entrypoint(deployment["entrypoint"])
+    assert isinstance(flow, Flow)
+    Config.model_validate(deployment["parameters"]["config"])
+    assert deployment["concurrency_limit"]["limit"] == 1
+
+
+def test_prefect_accepts_the_file():
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    model = PrefectYamlModel.model_validate(yaml.safe_load((ROOT / "prefect.yaml").read_text()))
+    scheduled = [d for d in model.deployments if d.schedules]
+    assert len(scheduled) == 1 and scheduled[0].schedules[0].cron == "0 2 * * *"

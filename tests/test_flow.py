@@ -1,0 +1,92 @@
+"""The Prefect flow end to end on 300 sample images, under one session-scoped test server."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from deepcluster import artifacts
+from deepcluster.artifacts import RunError, RunLayout, RunLock, RunLockedError
+from tests.conftest import tiny_config
+
+EPOCH_FILES = ["assignments.parquet", "features.parquet", "manifest.json", "metrics.json", "model.pt"]
+
+
+def test_flow_writes_every_epoch_artifact(finished_run: Path):
+    layout = RunLayout(finished_run, "tiny")
+    assert layout.completed_epochs() == [0, 1]
+    record = json.loads(layout.run_json.read_text())
+    assert record["config"]["num_clusters"] == 10 and record["dataset"]["name"] == "fashion-mnist-sample"
+    assert len(record["dataset"]["fingerprint"]) == 64 and record["device"] == "cpu"
+    assert {"torch", "prefect", "numpy"} <= set(record["versions"])
+    for epoch in (0, 1):
+        directory = layout.epoch_dir(epoch)
+        assert sorted(path.name for path in directory.iterdir()) == EPOCH_FILES
+        assert artifacts.verify_manifest(directory) == []
+        features = pq.read_table(directory / "features.parquet")
+        assert features.num_rows == 300 and features.schema.field("features").type.list_size == 32
+        assignments = pq.read_table(directory / "assignments.parquet")
+        assert assignments.column("label").null_count == 0
+        metrics = json.loads((directory / "metrics.json").read_text())
+        assert set(metrics["stage_seconds"]) == {"extract", "pca", "kmeans", "resample", "train", "evaluate"}
+        assert metrics["cluster_sizes"]["empty"] == 0
+        assert (metrics["nmi_previous"] is None) == (epoch == 0)
+        assert 0 <= metrics["labels"]["nmi"] <= 1 and 0 <= metrics["labels"]["acc"] <= 1
+        checkpoint = torch.load(directory / "model.pt", weights_only=True)
+        assert checkpoint["epoch"] == epoch and {"model", "optimizer", "rng"} <= set(checkpoint)
+        assert not any(key.startswith("head") for key in checkpoint["model"])  # no top layer
+
+
+def test_flow_publishes_prefect_artifacts(finished_run: Path):
+    from prefect.artifacts import Artifact
+
+    table = Artifact.get("deepcluster-tiny")
+    summary = Artifact.get("deepcluster-tiny-summary")
+    assert table is not None and len(json.loads(table.data)) == 2
+    assert summary is not None and "DeepCluster run `tiny`" in summary.data
+
+
+def test_rerunning_a_finished_run_changes_nothing_and_more_epochs_extend_it(finished_run: Path, tmp_path: Path):
+    from flows.deepcluster_flow import deepcluster_flow
+
+    shutil.copytree(finished_run / "tiny", tmp_path / "tiny")
+    before = (tmp_path / "tiny" / "epochs" / "0001" / "manifest.json").read_text()
+    deepcluster_flow(config=tiny_config(), run_id="tiny", runs_dir=str(tmp_path), progress=False)
+    assert (tmp_path / "tiny" / "epochs" / "0001" / "manifest.json").read_text() == before
+    assert RunLayout(tmp_path, "tiny").completed_epochs() == [0, 1]
+    deepcluster_flow(config=tiny_config(epochs=3), run_id="tiny", runs_dir=str(tmp_path), progress=False)
+    assert RunLayout(tmp_path, "tiny").completed_epochs() == [0, 1, 2]
+    assert (tmp_path / "tiny" / "epochs" / "0001" / "manifest.json").read_text() == before
+
+
+def test_flow_refuses_a_changed_config(finished_run: Path):
+    from flows.deepcluster_flow import deepcluster_flow
+
+    with pytest.raises(RunError, match=r"num_clusters: 10 -> 11"):
+        deepcluster_flow(config=tiny_config(num_clusters=11), run_id="tiny", runs_dir=str(finished_run), progress=False)
+
+
+def test_flow_refuses_a_run_locked_by_another_writer(prefect_harness, tmp_path: Path):
+    from flows.deepcluster_flow import deepcluster_flow
+
+    with RunLock(RunLayout(tmp_path, "busy")):
+        with pytest.raises(RunLockedError, match="being written by another process"):
+            deepcluster_flow(config=tiny_config(), run_id="busy", runs_dir=str(tmp_path), progress=False)
+    assert not (tmp_path / "busy").exists()
+
+
+def test_task_functions_run_without_prefect(tmp_path: Path):
+    """Each task's .fn is the plain stage function: usable (and debuggable) without a server."""
+    import tasks
+
+    layout = RunLayout(tmp_path, "fn")
+    config = tiny_config()
+    info = tasks.ingest.fn(config, layout)
+    assert tasks.sobel_preprocess.fn(layout, info.image_size) == layout.inputs
+    raw = tasks.extract_features.fn(layout, config, 0, "cpu", False)
+    features = tasks.pca_reduce.fn(raw, config.pca_dim, "cpu")
+    assignments, loss = tasks.cluster_kmeans.fn(features, layout, config, 0, "cpu")
+    assert artifacts.read_clusters(assignments).shape == (300,) and loss > 0

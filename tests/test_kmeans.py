@@ -1,0 +1,86 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deepcluster.kmeans import assign, fill_empty_clusters, kmeans
+
+
+def blobs(num_per_blob: int = 50, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    labels = torch.arange(3).repeat_interleave(num_per_blob)
+    return centers[labels] + 0.3 * torch.randn(len(labels), 2, generator=generator), labels
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    num_points=st.integers(2, 80),
+    num_distinct=st.integers(1, 5),
+    k_fraction=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_never_an_empty_cluster_even_with_duplicates(num_points, num_distinct, k_fraction, seed):
+    generator = torch.Generator().manual_seed(seed)
+    distinct = torch.randn(num_distinct, 3, generator=generator)
+    points = distinct[torch.randint(0, num_distinct, (num_points,), generator=generator)]
+    num_clusters = 2 + int(k_fraction * (num_points - 2))
+    result = kmeans(points, num_clusters, generator, iterations=5)
+    # assignments partition the data: one cluster id in [0, k) per point, every cluster used
+    assert result.assignments.shape == (num_points,)
+    assert result.assignments.min() >= 0 and result.assignments.max() < num_clusters
+    assert torch.bincount(result.assignments, minlength=num_clusters).min() >= 1
+    assert result.centroids.shape == (num_clusters, 3)
+
+
+def test_recovers_separated_blobs_with_the_best_of_several_inits():
+    points, labels = blobs()
+    runs = [kmeans(points, 3, torch.Generator().manual_seed(seed), iterations=20) for seed in range(5)]
+    result = min(runs, key=lambda run: run.loss)
+    for blob in range(3):  # each blob is exactly one cluster
+        assert len(torch.unique(result.assignments[labels == blob])) == 1
+    assert len(torch.unique(result.assignments)) == 3
+    assert result.loss < 0.3
+
+
+def test_converges_to_a_lloyd_fixed_point():
+    points, _ = blobs(seed=2)
+    result = kmeans(points, 5, torch.Generator().manual_seed(0), iterations=50)
+    nearest, _ = assign(points, result.centroids)
+    assert torch.equal(nearest, result.assignments)
+    for cluster in range(5):
+        assert torch.allclose(result.centroids[cluster], points[result.assignments == cluster].mean(0), atol=1e-5)
+
+
+def test_same_generator_seed_same_result():
+    points, _ = blobs(seed=1)
+    first = kmeans(points, 7, torch.Generator().manual_seed(5))
+    again = kmeans(points, 7, torch.Generator().manual_seed(5))
+    assert torch.equal(first.assignments, again.assignments) and torch.equal(first.centroids, again.centroids)
+
+
+def test_fill_empty_clusters_splits_a_donor():
+    points = torch.tensor([[0.0], [0.1], [5.0], [5.1]])
+    assignments = torch.tensor([0, 0, 0, 0])
+    centroids = torch.tensor([[2.5], [100.0]])
+    filled = fill_empty_clusters(points, assignments, centroids, torch.Generator().manual_seed(0))
+    assert filled == 1
+    assert sorted(torch.bincount(assignments).tolist()) == [2, 2]  # the split followed the geometry
+
+
+def test_chunked_assignment_matches_full_distances(monkeypatch):
+    import deepcluster.kmeans as kmeans_module
+
+    generator = torch.Generator().manual_seed(0)
+    points, centroids = torch.randn(257, 4, generator=generator), torch.randn(9, 4, generator=generator)
+    monkeypatch.setattr(kmeans_module, "CHUNK_ELEMENTS", 20)  # 2 rows per chunk
+    assignments, distances = assign(points, centroids)
+    full = torch.cdist(points, centroids) ** 2
+    assert torch.equal(assignments, full.argmin(dim=1))
+    assert torch.allclose(distances, full.min(dim=1).values, atol=1e-4)
+
+
+@pytest.mark.parametrize(("num_clusters", "message"), [(1, "k >= 2"), (11, "at least as many points")])
+def test_invalid_k(num_clusters, message):
+    with pytest.raises(ValueError, match=message):
+        kmeans(torch.randn(10, 2), num_clusters, torch.Generator())

@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deepcluster.metrics import accuracy, ari, cluster_size_stats, nmi
+
+labelings = st.lists(st.integers(0, 4), min_size=2, max_size=60)
+
+
+@settings(max_examples=60, deadline=None)
+@given(labels=labelings, clusters_seed=st.integers(0, 999), permutation_seed=st.integers(0, 999))
+def test_nmi_and_acc_invariant_to_relabelling(labels, clusters_seed, permutation_seed):
+    labels = np.array(labels)
+    clusters = np.random.default_rng(clusters_seed).integers(0, 5, len(labels))
+    relabel = np.random.default_rng(permutation_seed).permutation(5)
+    assert nmi(labels, clusters) == pytest.approx(nmi(labels, relabel[clusters]))
+    assert accuracy(labels, clusters) == pytest.approx(accuracy(labels, relabel[clusters]))
+    assert ari(labels, clusters) == pytest.approx(ari(labels, relabel[clusters]))
+
+
+def test_known_values():
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    assert accuracy(labels, np.array([5, 5, 3, 3, 9, 9])) == 1.0
+    assert nmi(labels, np.array([5, 5, 3, 3, 9, 9])) == pytest.approx(1.0)
+    assert accuracy(labels, np.array([0, 0, 0, 0, 0, 0])) == pytest.approx(2 / 6)
+    assert accuracy(labels, np.array([0, 1, 2, 3, 4, 5])) == pytest.approx(3 / 6)  # extra clusters count as errors
+
+
+def test_cluster_size_stats():
+    stats = cluster_size_stats(np.array([0, 0, 0, 1]), 3)
+    assert stats == {"min": 0, "max": 3, "median": 1.0, "empty": 1, "largest_over_fair_share": 2.25}

@@ -1,0 +1,73 @@
+"""A run killed with SIGKILL mid-epoch and resumed ends bit-identical to one left alone (CPU)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepcluster import artifacts
+from deepcluster.artifacts import RunLayout
+from tests.conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = tiny_config(epochs=3)
+CLI_ARGS = [
+    "run", "--limit", "300", "--epochs", "3", "--k", "10", "--pca-dim", "32", "--batch-size", "64",
+    "--device", "cpu", "--seed", "7", "--no-progress",
+]
+
+
+def start_run(runs_dir: Path, run_id: str) -> subprocess.Popen:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the session's test server
+    command = [sys.executable, "-m", "deepcluster.cli", "--runs-dir", str(runs_dir), *CLI_ARGS, "--run-id", run_id]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def kill_when(process: subprocess.Popen, path: Path, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None:
+            pytest.fail(f"the run ended (code {process.returncode}) before {path.name} appeared: {process.stderr.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{path} did not appear within {timeout} s")
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+@pytest.mark.parametrize("kill_at", ["features.parquet", "sample.npy"])
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(prefect_harness, tmp_path: Path, kill_at: str):
+    from flows.deepcluster_flow import deepcluster_flow
+
+    layout = RunLayout(tmp_path, "killed")
+    process = start_run(tmp_path, "killed")
+    kill_when(process, layout.staging_dir(1) / kill_at)
+    assert process.returncode == -signal.SIGKILL
+    assert layout.completed_epochs() == [0]  # the half-written epoch 1 does not look finished
+
+    deepcluster_flow(config=CONFIG, run_id="killed", runs_dir=str(tmp_path), progress=False)
+    deepcluster_flow(config=CONFIG, run_id="straight", runs_dir=str(tmp_path), progress=False)
+
+    straight = RunLayout(tmp_path, "straight")
+    assert layout.completed_epochs() == straight.completed_epochs() == [0, 1, 2]
+    assert not list(layout.epochs_dir.glob(".*"))
+    for epoch in (1, 2):
+        resumed_dir, straight_dir = layout.epoch_dir(epoch), straight.epoch_dir(epoch)
+        assert (artifacts.read_clusters(resumed_dir / "assignments.parquet")
+                == artifacts.read_clusters(straight_dir / "assignments.parquet")).all()
+        assert (artifacts.read_features(resumed_dir / "features.parquet")
+                == artifacts.read_features(straight_dir / "features.parquet")).all()
+    resumed_weights = torch.load(layout.epoch_dir(2) / "model.pt", weights_only=True)
+    straight_weights = torch.load(straight.epoch_dir(2) / "model.pt", weights_only=True)
+    for key, tensor in straight_weights["model"].items():
+        assert torch.equal(resumed_weights["model"][key], tensor), key
+    for index, state in straight_weights["optimizer"]["state"].items():
+        assert torch.equal(resumed_weights["optimizer"]["state"][index]["momentum_buffer"], state["momentum_buffer"])
