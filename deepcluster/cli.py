@@ -16,7 +16,15 @@ from typing import Any
 import numpy as np
 
 from deepcluster import artifacts
-from deepcluster.artifacts import RunError, RunLayout, RunLockedError, default_runs_dir, find_run, list_runs
+from deepcluster.artifacts import (
+    RunError,
+    RunLayout,
+    RunLockedError,
+    default_runs_dir,
+    find_run,
+    list_runs,
+    validate_run_id,
+)
 from deepcluster.config import Config, ConfigError, build_config, load_config_file
 from deepcluster.data import DatasetError
 from deepcluster.report import epoch_metrics, flat_metrics, format_table, metric_rows
@@ -118,6 +126,8 @@ def run_flow(config: Config, run_id: str | None, runs_dir: Path | None, progress
 
 
 def command_run(args: argparse.Namespace) -> int:
+    if args.run_id is not None:
+        validate_run_id(args.run_id)  # before Prefect starts
     return run_flow(config_from_args(args), args.run_id, args.runs_dir, args.progress)
 
 

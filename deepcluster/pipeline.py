@@ -189,6 +189,7 @@ def sobel_preprocess(layout: RunLayout, image_size: int) -> Path:
     if not layout.inputs.is_file():
         inputs = prepare_inputs(artifacts.load_array(layout.images, mmap=True), image_size)
         artifacts.save_array(layout.inputs, inputs)
+    if not (layout.data_dir / artifacts.MANIFEST).is_file():
         artifacts.write_manifest(layout.data_dir)
     return layout.inputs
 

@@ -36,3 +36,15 @@ def test_prefect_accepts_the_file():
     model = PrefectYamlModel.model_validate(yaml.safe_load((ROOT / "prefect.yaml").read_text()))
     scheduled = [d for d in model.deployments if d.schedules]
     assert len(scheduled) == 1 and scheduled[0].schedules[0].cron == "0 2 * * *"
+
+
+def test_served_deployments_mirror_prefect_yaml():
+    from flows.serve import build_deployments
+
+    deployments = {deployment.name: deployment for deployment in build_deployments()}
+    assert set(deployments) == {entry["name"] for entry in DEPLOYMENTS}
+    nightly = deployments["nightly-fashion-mnist"]
+    assert nightly.schedules[0].schedule.cron == "0 2 * * *"
+    assert nightly.concurrency_limit == 1
+    assert nightly.parameters["config"]["dataset"] == "fashion-mnist"
+    assert not deployments["on-demand"].schedules

@@ -84,3 +84,14 @@ def test_chunked_assignment_matches_full_distances(monkeypatch):
 def test_invalid_k(num_clusters, message):
     with pytest.raises(ValueError, match=message):
         kmeans(torch.randn(10, 2), num_clusters, torch.Generator())
+
+
+def test_faiss_backend_agrees_with_torch():
+    pytest.importorskip("faiss", reason="faiss is an optional backend (pip install faiss-cpu)")
+    from deepcluster.kmeans import faiss_kmeans
+
+    points = torch.randn(2000, 8, generator=torch.Generator().manual_seed(3))  # no structure: no bad minima
+    ours = kmeans(points, 10, torch.Generator().manual_seed(0))
+    theirs = faiss_kmeans(points, 10, seed=0)
+    assert torch.bincount(theirs.assignments, minlength=10).min() > 0
+    assert theirs.loss == pytest.approx(ours.loss, rel=0.05)

@@ -1,0 +1,64 @@
+"""The `deepcluster` command on a finished run, and its errors."""
+
+import json
+import shutil
+from pathlib import Path
+
+from deepcluster.cli import main
+
+
+def test_runs_lists_the_run(finished_run: Path, capsys):
+    assert main(["--runs-dir", str(finished_run), "runs"]) == 0
+    output = capsys.readouterr().out
+    assert "tiny" in output and "2/2" in output and "fashion-mnist-sample" in output
+
+
+def test_inspect_table_and_epoch_json(finished_run: Path, capsys):
+    assert main(["--runs-dir", str(finished_run), "inspect", "tiny"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["epoch", "train_loss", "kmeans_loss"] and len(table) == 3
+    assert main(["--runs-dir", str(finished_run), "inspect", "tiny", "--epoch", "1", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["epoch"] == 1 and sum(metrics["cluster_size_list"]) == 300
+
+
+def test_inspect_unfinished_epoch_and_missing_run(finished_run: Path, capsys):
+    assert main(["--runs-dir", str(finished_run), "inspect", "tiny", "--epoch", "5"]) == 2
+    assert "epoch 5 of run 'tiny' is not finished (finished: 0-1)" in capsys.readouterr().err
+    assert main(["--runs-dir", str(finished_run), "inspect", "ghost"]) == 2
+    assert "no run 'ghost'" in capsys.readouterr().err
+
+
+def test_verify_passes_then_names_the_altered_file(finished_run: Path, tmp_path: Path, capsys):
+    shutil.copytree(finished_run / "tiny", tmp_path / "tiny")
+    assert main(["--runs-dir", str(tmp_path), "verify", "tiny"]) == 0
+    assert "all files match" in capsys.readouterr().out
+    metrics = tmp_path / "tiny" / "epochs" / "0001" / "metrics.json"
+    metrics.write_text(metrics.read_text().replace('"epoch": 1', '"epoch": 9'))
+    assert main(["--runs-dir", str(tmp_path), "verify", "tiny"]) == 1
+    assert "0001/metrics.json: content differs from the manifest" in capsys.readouterr().out
+
+
+def test_run_rejects_bad_input_before_writing(tmp_path: Path, capsys):
+    runs_dir = tmp_path / "runs"
+    assert main(["--runs-dir", str(runs_dir), "run", "--dataset", "nope", "--run-id", "x"]) == 2
+    assert "unknown dataset 'nope'" in capsys.readouterr().err
+    assert main(["--runs-dir", str(runs_dir), "run", "--epochs", "0", "--run-id", "x"]) == 2
+    assert "epochs" in capsys.readouterr().err
+    assert main(["--runs-dir", str(runs_dir), "run", "--run-id", "../escape"]) == 2
+    assert "run id '../escape' is invalid" in capsys.readouterr().err
+    assert not runs_dir.exists()
+
+
+def test_run_with_k_above_the_image_count_writes_no_run(prefect_harness, tmp_path: Path, capsys):
+    args = ["--runs-dir", str(tmp_path), "run", "--limit", "20", "--k", "21", "--run-id", "toobig", "--no-progress"]
+    assert main(args) == 2
+    assert "k=21 is larger than the number of images (20)" in capsys.readouterr().err
+    assert not (tmp_path / "toobig").exists()
+
+
+def test_resume_continues_a_run(finished_run: Path, tmp_path: Path, capsys):
+    shutil.copytree(finished_run / "tiny", tmp_path / "tiny")
+    assert main(["--runs-dir", str(tmp_path), "resume", "tiny", "--epochs", "3", "--no-progress"]) == 0
+    output = capsys.readouterr().out
+    assert "run tiny: 3 epochs" in output
