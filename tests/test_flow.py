@@ -40,13 +40,16 @@ def test_flow_writes_every_epoch_artifact(finished_run: Path):
         assert not any(key.startswith("head") for key in checkpoint["model"])  # no top layer
 
 
-def test_flow_publishes_prefect_artifacts(finished_run: Path):
+def test_flow_publishes_prefect_artifacts(prefect_harness, tmp_path: Path):
     from prefect.artifacts import Artifact
 
-    table = Artifact.get("deepcluster-tiny")
-    summary = Artifact.get("deepcluster-tiny-summary")
-    assert table is not None and len(json.loads(table.data)) == 2
-    assert summary is not None and "DeepCluster run `tiny`" in summary.data
+    from flows.deepcluster_flow import deepcluster_flow
+
+    deepcluster_flow(config=tiny_config(epochs=1), run_id="Published_Run", runs_dir=str(tmp_path), progress=False)
+    table = Artifact.get("deepcluster-published-run")
+    summary = Artifact.get("deepcluster-published-run-summary")
+    assert table is not None and [row["epoch"] for row in json.loads(table.data)] == [0]
+    assert summary is not None and "DeepCluster run `Published_Run`" in summary.data
 
 
 def test_rerunning_a_finished_run_changes_nothing_and_more_epochs_extend_it(finished_run: Path, tmp_path: Path):
