@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import logging
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,24 +111,28 @@ def _idx_directory(name: str, config: Config) -> Path:
         return config.data_dir
     candidates = [PROJECT_DATA_DIR / name, SYSTEM_DATA_DIR / name]
     for candidate in candidates:
-        if candidate.is_dir():
+        if any(candidate.glob("*-idx3-ubyte*")):
             return candidate
     if config.download:
-        return _download_idx(name, PROJECT_DATA_DIR / name)
+        return download_idx(name, PROJECT_DATA_DIR / name)
     raise FileNotFoundError(
-        f"no {name} files found in {' or '.join(map(str, candidates))}: pass --data-dir, "
+        f"no {name} IDX files found in {' or '.join(map(str, candidates))}: pass --data-dir, "
         f"install Debian's dataset-{name} package, or pass --download on a machine with internet"
     )
 
 
-def _download_idx(name: str, target: Path) -> Path:
-    """Fetch the IDX files with torchvision's downloader (needs internet)."""
+def download_idx(name: str, target: Path) -> Path:
+    """Fetch the train and test IDX files with torchvision's downloader (needs internet) into `target`."""
     import torchvision.datasets
 
     dataset_class = {"fashion-mnist": torchvision.datasets.FashionMNIST, "mnist": torchvision.datasets.MNIST}[name]
+    staging = target / ".download"
     for train in (True, False):
-        dataset_class(str(target / "torchvision"), train=train, download=True)
-    return target / "torchvision" / dataset_class.__name__ / "raw"
+        dataset_class(str(staging), train=train, download=True)
+    for path in staging.rglob("*-ubyte*"):  # torchvision keeps them in <root>/<ClassName>/raw/
+        path.replace(target / path.name)
+    shutil.rmtree(staging)
+    return target
 
 
 # ---------------------------------------------------------------- CIFAR-10

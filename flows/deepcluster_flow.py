@@ -22,17 +22,7 @@ from deepcluster.config import Config
 from deepcluster.pipeline import configure_torch, resolve_device
 from deepcluster.progress import progress_bar
 from deepcluster.report import format_table, metric_rows
-from tasks import (
-    balanced_resample,
-    cluster_kmeans,
-    commit_epoch,
-    evaluate_nmi,
-    extract_features,
-    ingest,
-    pca_reduce,
-    retrain,
-    sobel_preprocess,
-)
+import tasks
 
 Result = TypeVar("Result")
 
@@ -62,20 +52,20 @@ def deepcluster_flow(
     configure_torch(config)
     device = str(resolve_device(config.device))
     with RunLock(layout):
-        info = ingest(config, layout)
-        sobel_preprocess(layout, info.image_size)
+        info = tasks.ingest(config, layout)
+        tasks.sobel_preprocess(layout, info.image_size)
         for removed in layout.discard_partial_epochs():
             logger.info("discarded the half-written epoch %s", removed.name)
         first_epoch = _next_epoch(layout)
         logger.info("run %s: epochs %d..%d of %s on %s", layout.run_id, first_epoch, config.epochs - 1, layout.root, device)
         for epoch in progress_bar(range(first_epoch, config.epochs), "epochs", "epoch", progress):
             seconds: dict[str, float] = {}
-            raw = _timed(seconds, "extract", extract_features, layout, config, epoch, device, progress)
-            features = _timed(seconds, "pca", pca_reduce, raw, config.pca_dim, device)
-            assignments, kmeans_loss = _timed(seconds, "kmeans", cluster_kmeans, features, layout, config, epoch, device)
-            sample = _timed(seconds, "resample", balanced_resample, assignments, config, epoch)
-            train_loss = _timed(seconds, "train", retrain, layout, config, epoch, assignments, sample, device, progress)
-            evaluation = _timed(seconds, "evaluate", evaluate_nmi, layout, epoch, assignments, config.num_clusters)
+            raw = _timed(seconds, "extract", tasks.extract_features, layout, config, epoch, device, progress)
+            features = _timed(seconds, "pca", tasks.pca_reduce, raw, config.pca_dim, device)
+            assignments, kmeans_loss = _timed(seconds, "kmeans", tasks.cluster_kmeans, features, layout, config, epoch, device)
+            sample = _timed(seconds, "resample", tasks.balanced_resample, assignments, config, epoch)
+            train_loss = _timed(seconds, "train", tasks.retrain, layout, config, epoch, assignments, sample, device, progress)
+            evaluation = _timed(seconds, "evaluate", tasks.evaluate_nmi, layout, epoch, assignments, config.num_clusters)
             epoch_metrics = {
                 "epoch": epoch,
                 "num_images": info.num_images,
@@ -85,7 +75,7 @@ def deepcluster_flow(
                 **evaluation,
                 "stage_seconds": seconds,
             }
-            commit_epoch(layout, epoch, epoch_metrics)
+            tasks.commit_epoch(layout, epoch, epoch_metrics)
             _publish_epochs(layout)
     _publish_summary(layout, config)
     return str(layout.root)

@@ -159,3 +159,28 @@ def test_image_folder_errors(tmp_path: Path):
     Image.fromarray(np.zeros((10, 9), np.uint8)).save(tmp_path / "b.png")
     with pytest.raises(DatasetError, match="different sizes"):
         load_image_folder(tmp_path)
+
+
+def test_download_puts_the_idx_files_in_the_data_dir(tmp_path: Path, idx_dir: Path, monkeypatch):
+    """--download goes through torchvision's downloader (replaced here: no internet in tests)."""
+    import torchvision.datasets
+
+    import deepcluster.data as data_module
+
+    class FakeFashionMNIST:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            assert download
+            raw = Path(root) / "FashionMNIST" / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            for path in idx_dir.glob("*-ubyte*"):
+                (raw / path.name).write_bytes(path.read_bytes())
+
+    project_data = tmp_path / "project-data"
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeFashionMNIST)
+    monkeypatch.setattr(data_module, "PROJECT_DATA_DIR", project_data)
+    monkeypatch.setattr(data_module, "SYSTEM_DATA_DIR", tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="pass --download"):
+        load_dataset(Config(dataset="fashion-mnist"))
+    image_set = load_dataset(Config(dataset="fashion-mnist", download=True))
+    assert len(image_set) == 6 and not (project_data / "fashion-mnist" / ".download").exists()
+    assert len(load_dataset(Config(dataset="fashion-mnist"))) == 6  # found there next time, no download
