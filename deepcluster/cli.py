@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,16 +56,22 @@ def _classes(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--classes expects comma-separated integers like 0,1,2, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--classes expects comma-separated integers like 0,1,2, got {text!r}"
+        ) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepcluster", description="DeepCluster as a Prefect workflow.")
-    parser.add_argument("--runs-dir", type=Path, default=None, help="where runs live (default: $DEEPCLUSTER_RUNS_DIR or runs/)")
+    parser.add_argument(
+        "--runs-dir", type=Path, default=None, help="where runs live (default: $DEEPCLUSTER_RUNS_DIR or runs/)"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="train a new run, or continue one with --run-id")
-    run.add_argument("--dataset", help="fashion-mnist-sample (default), fashion-mnist, mnist, cifar10, digits, or a folder")
+    run.add_argument(
+        "--dataset", help="fashion-mnist-sample (default), fashion-mnist, mnist, cifar10, digits, or a folder"
+    )
     run.add_argument("--data-dir", type=Path, help="directory holding the dataset's files")
     run.add_argument("--split", choices=["train", "test"])
     run.add_argument("--classes", type=_classes, help="keep only these labels, e.g. 0,1,2")
@@ -101,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_progress_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--progress", dest="progress", action="store_true", default=None, help="always show progress bars")
+    parser.add_argument(
+        "--progress", dest="progress", action="store_true", default=None, help="always show progress bars"
+    )
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
 
 
@@ -115,9 +124,16 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def run_flow(config: Config, run_id: str | None, runs_dir: Path | None, progress: bool | None) -> int:
+    # The temporary server would try to send usage telemetry, which fails (loudly) offline.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.deepcluster_flow import deepcluster_flow
 
-    root = Path(deepcluster_flow(config=config, run_id=run_id, runs_dir=str(runs_dir or default_runs_dir()), progress=progress))
+    # Task states show in the UI; on the terminal, the flow's per-epoch lines are enough.
+    logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+
+    root = Path(
+        deepcluster_flow(config=config, run_id=run_id, runs_dir=str(runs_dir or default_runs_dir()), progress=progress)
+    )
     layout = RunLayout(root.parent, root.name)
     rows = metric_rows(layout)
     print(f"\nrun {layout.run_id}: {len(rows)} epochs, artifacts in {root}")

@@ -97,9 +97,7 @@ def load_idx_dataset(directory: Path, split: str, source: str) -> ImageSet:
     images = read_idx(images_path, IDX_IMAGES_MAGIC)
     labels = read_idx(labels_path, IDX_LABELS_MAGIC)
     if len(images) != len(labels):
-        raise DatasetError(
-            f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels"
-        )
+        raise DatasetError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
     return ImageSet(images[:, None, :, :], labels.astype(np.int64), source)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from deepcluster.models import DeepClusterNet, to_unit_range
 from deepcluster.progress import progress_bar
 
@@ -23,4 +24,3 @@ def extract_features(
         batch = torch.from_numpy(np.array(inputs[start : start + batch_size])).to(device)
         features[start : start + len(batch)] = model(to_unit_range(batch)).float()
     return features
-

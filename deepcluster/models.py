@@ -30,7 +30,9 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
-def _conv_block(in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1, padding: int = 1) -> list[nn.Module]:
+def _conv_block(
+    in_channels: int, out_channels: int, kernel: int = 3, stride: int = 1, padding: int = 1
+) -> list[nn.Module]:
     return [
         nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding),
         nn.BatchNorm2d(out_channels),
@@ -65,7 +67,11 @@ def _alexnet_trunk() -> tuple[nn.Sequential, nn.Sequential]:
         + [nn.MaxPool2d(3, 2), nn.AdaptiveAvgPool2d(6)]
     )
     classifier = nn.Sequential(
-        nn.Flatten(), nn.Dropout(0.5), nn.Linear(256 * 36, 4096), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Flatten(),
+        nn.Dropout(0.5),
+        nn.Linear(256 * 36, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
         nn.Linear(4096, 4096),
     )
     return nn.Sequential(*layers), classifier
@@ -108,7 +114,8 @@ class DeepClusterNet(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu", generator=generator)
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.01, generator=generator)
                 nn.init.zeros_(module.bias)

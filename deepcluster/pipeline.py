@@ -11,11 +11,10 @@ import logging
 import os
 import platform
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from deepcluster import __version__, artifacts, metrics
@@ -138,18 +137,19 @@ def check_resumable(layout: RunLayout, config: Config, fingerprint: str) -> None
     recorded = Config.model_validate(record["config"])
     differing = config.differing_keys(recorded)
     if differing:
-        details = ", ".join(
-            f"{key}: {getattr(recorded, key)!r} -> {getattr(config, key)!r}" for key in differing
-        )
+        details = ", ".join(f"{key}: {getattr(recorded, key)!r} -> {getattr(config, key)!r}" for key in differing)
         raise RunError(f"run {layout.run_id!r} exists with a different config ({details}); use a new --run-id")
-    if record["dataset"]["fingerprint"] != fingerprint:
+    recorded_fingerprint = record["dataset"]["fingerprint"]
+    if recorded_fingerprint != fingerprint:
         raise RunError(
-            f"run {layout.run_id!r} was trained on different data (fingerprint {record['dataset']['fingerprint'][:12]}…, "
+            f"run {layout.run_id!r} was trained on different data (fingerprint {recorded_fingerprint[:12]}…, "
             f"now {fingerprint[:12]}…); use a new --run-id"
         )
     done = layout.completed_epochs()
     if config.epochs < len(done):
-        raise RunError(f"run {layout.run_id!r} already has {len(done)} epochs; epochs={config.epochs} would not extend it")
+        raise RunError(
+            f"run {layout.run_id!r} already has {len(done)} epochs; epochs={config.epochs} would not extend it"
+        )
     if config.epochs != recorded.epochs:
         record["config"]["epochs"] = config.epochs
         artifacts.write_json(layout.run_json, record)
@@ -180,7 +180,7 @@ def run_record(run_id: str, config: Config, image_set: ImageSet, info: DatasetIn
         "versions": versions,
         "device": str(resolve_device(config.device)),
         "host": platform.node(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -213,11 +213,15 @@ def reduce(raw_features: Path, pca_dim: int, device: torch.device) -> Path:
     return path
 
 
-def cluster(features_path: Path, layout: RunLayout, config: Config, epoch: int, device: torch.device) -> tuple[Path, float]:
+def cluster(
+    features_path: Path, layout: RunLayout, config: Config, epoch: int, device: torch.device
+) -> tuple[Path, float]:
     """k-means on the reduced features -> assignments.parquet (with labels where known); returns its k-means loss."""
     points = torch.from_numpy(artifacts.read_features(features_path)).to(device)
     if config.kmeans_backend == "faiss":
-        result = faiss_kmeans(points, config.num_clusters, stage_seed(config.seed, epoch, "kmeans"), config.kmeans_iters)
+        result = faiss_kmeans(
+            points, config.num_clusters, stage_seed(config.seed, epoch, "kmeans"), config.kmeans_iters
+        )
     else:
         generator = stage_generator(config.seed, epoch, "kmeans")
         result = kmeans(points, config.num_clusters, generator, config.kmeans_iters)

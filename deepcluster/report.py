@@ -7,7 +7,19 @@ from typing import Any
 from deepcluster import artifacts
 from deepcluster.artifacts import RunLayout
 
-COLUMNS = ("epoch", "train_loss", "kmeans_loss", "nmi_previous", "nmi", "acc", "ari", "min_size", "max_size", "empty", "seconds")
+COLUMNS = (
+    "epoch",
+    "train_loss",
+    "kmeans_loss",
+    "nmi_previous",
+    "nmi",
+    "acc",
+    "ari",
+    "min_size",
+    "max_size",
+    "empty",
+    "seconds",
+)
 
 
 def flat_metrics(epoch_metrics: dict[str, Any]) -> dict[str, Any]:
@@ -54,7 +66,7 @@ def format_table(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS)
 
     cells = [list(columns)] + [[cell(row.get(column)) for column in columns] for row in rows]
     widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(text.rjust(width) for text, width in zip(line, widths)) for line in cells)
+    return "\n".join("  ".join(text.rjust(width) for text, width in zip(line, widths, strict=True)) for line in cells)
 
 
 def _ranges(epochs: list[int]) -> str:

@@ -40,6 +40,8 @@ def prepare_inputs(images: np.ndarray, image_size: int | None) -> np.ndarray:
 class SobelFilter(nn.Module):
     """Fixed Sobel filter: (N, 1, H, W) grayscale in [0, 1] -> (N, 2, H, W) gradients (gx, gy)."""
 
+    kernels: torch.Tensor
+
     def __init__(self) -> None:
         super().__init__()
         gx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])

@@ -59,9 +59,7 @@ def random_resized_crop_flip(
 
 def make_optimizer(model: DeepClusterNet, config: Config) -> torch.optim.SGD:
     """The convnet's optimizer, kept across epochs (its state is checkpointed)."""
-    return torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
 
 
 def train_epoch(

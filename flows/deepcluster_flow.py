@@ -10,26 +10,28 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+import tasks
 from deepcluster.artifacts import RunError, RunLayout, RunLock, default_runs_dir
 from deepcluster.config import Config
 from deepcluster.pipeline import configure_torch, resolve_device
 from deepcluster.progress import progress_bar
 from deepcluster.report import format_table, metric_rows
-import tasks
 
 Result = TypeVar("Result")
+DEFAULT_CONFIG = Config()
 
 
 def new_run_id() -> str:
     """A fresh run id: UTC time plus a random suffix, e.g. 20261126-153000-1a2b3c."""
-    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
 def _timed(seconds: dict[str, float], name: str, call: Callable[..., Result], *args: Any) -> Result:
@@ -41,7 +43,7 @@ def _timed(seconds: dict[str, float], name: str, call: Callable[..., Result], *a
 
 @flow(name="deepcluster")
 def deepcluster_flow(
-    config: Config = Config(),
+    config: Config = DEFAULT_CONFIG,
     run_id: str | None = None,
     runs_dir: str | None = None,
     progress: bool | None = None,
@@ -57,15 +59,23 @@ def deepcluster_flow(
         for removed in layout.discard_partial_epochs():
             logger.info("discarded the half-written epoch %s", removed.name)
         first_epoch = _next_epoch(layout)
-        logger.info("run %s: epochs %d..%d of %s on %s", layout.run_id, first_epoch, config.epochs - 1, layout.root, device)
+        logger.info(
+            "run %s: epochs %d..%d of %s on %s", layout.run_id, first_epoch, config.epochs - 1, layout.root, device
+        )
         for epoch in progress_bar(range(first_epoch, config.epochs), "epochs", "epoch", progress):
             seconds: dict[str, float] = {}
             raw = _timed(seconds, "extract", tasks.extract_features, layout, config, epoch, device, progress)
             features = _timed(seconds, "pca", tasks.pca_reduce, raw, config.pca_dim, device)
-            assignments, kmeans_loss = _timed(seconds, "kmeans", tasks.cluster_kmeans, features, layout, config, epoch, device)
+            assignments, kmeans_loss = _timed(
+                seconds, "kmeans", tasks.cluster_kmeans, features, layout, config, epoch, device
+            )
             sample = _timed(seconds, "resample", tasks.balanced_resample, assignments, config, epoch)
-            train_loss = _timed(seconds, "train", tasks.retrain, layout, config, epoch, assignments, sample, device, progress)
-            evaluation = _timed(seconds, "evaluate", tasks.evaluate_nmi, layout, epoch, assignments, config.num_clusters)
+            train_loss = _timed(
+                seconds, "train", tasks.retrain, layout, config, epoch, assignments, sample, device, progress
+            )
+            evaluation = _timed(
+                seconds, "evaluate", tasks.evaluate_nmi, layout, epoch, assignments, config.num_clusters
+            )
             epoch_metrics = {
                 "epoch": epoch,
                 "num_images": info.num_images,
@@ -76,9 +86,21 @@ def deepcluster_flow(
                 "stage_seconds": seconds,
             }
             tasks.commit_epoch(layout, epoch, epoch_metrics)
+            logger.info("epoch %d done: %s", epoch, _epoch_line(epoch_metrics))
             _publish_epochs(layout)
     _publish_summary(layout, config)
     return str(layout.root)
+
+
+def _epoch_line(epoch_metrics: dict[str, Any]) -> str:
+    labels = epoch_metrics.get("labels") or {}
+    parts = [f"train loss {epoch_metrics['train_loss']:.3f}", f"k-means loss {epoch_metrics['kmeans_loss']:.3f}"]
+    if epoch_metrics["nmi_previous"] is not None:
+        parts.append(f"NMI vs previous {epoch_metrics['nmi_previous']:.3f}")
+    if labels:
+        parts.append(f"NMI vs labels {labels['nmi']:.3f}")
+    parts.append(f"{sum(epoch_metrics['stage_seconds'].values()):.1f} s")
+    return ", ".join(parts)
 
 
 def _next_epoch(layout: RunLayout) -> int:
@@ -94,7 +116,9 @@ def _artifact_key(run_id: str) -> str:
 
 def _publish_epochs(layout: RunLayout) -> None:
     create_table_artifact(
-        table=metric_rows(layout), key=_artifact_key(layout.run_id), description=f"Per-epoch metrics of run {layout.run_id}"
+        table=metric_rows(layout),
+        key=_artifact_key(layout.run_id),
+        description=f"Per-epoch metrics of run {layout.run_id}",
     )
 
 
@@ -113,4 +137,6 @@ def _publish_summary(layout: RunLayout, config: Config) -> None:
             "```",
         ]
     )
-    create_markdown_artifact(markdown=markdown, key=_artifact_key(layout.run_id) + "-summary", description="Run summary")
+    create_markdown_artifact(
+        markdown=markdown, key=_artifact_key(layout.run_id) + "-summary", description="Run summary"
+    )

@@ -9,7 +9,7 @@ so `prefect deploy` and this script always agree.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from prefect import serve
@@ -24,13 +24,16 @@ def build_deployments(path: Path = PREFECT_YAML) -> list[RunnerDeployment]:
     """One served deployment per entry of prefect.yaml."""
     entries: list[dict[str, Any]] = yaml.safe_load(path.read_text())["deployments"]
     return [
-        deepcluster_flow.to_deployment(
-            name=entry["name"],
-            description=entry.get("description"),
-            parameters=entry.get("parameters", {}),
-            cron=[schedule["cron"] for schedule in entry.get("schedules", [])] or None,
-            concurrency_limit=entry["concurrency_limit"]["limit"],
-        )
+        cast(
+            RunnerDeployment,
+            deepcluster_flow.to_deployment(
+                name=entry["name"],
+                description=entry.get("description"),
+                parameters=entry.get("parameters", {}),
+                cron=[schedule["cron"] for schedule in entry.get("schedules", [])] or None,
+                concurrency_limit=entry["concurrency_limit"]["limit"],
+            ),
+        )  # a RunnerDeployment when called outside an event loop
         for entry in entries
     ]
 

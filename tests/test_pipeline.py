@@ -65,7 +65,11 @@ def test_one_epoch_of_stages_writes_the_contract(tmp_path: Path):
     assert evaluation["cluster_sizes"]["empty"] == 0
     final = pipeline.finish_epoch(layout, 0, {"epoch": 0})
     assert sorted(path.name for path in final.iterdir()) == [
-        "assignments.parquet", "features.parquet", "manifest.json", "metrics.json", "model.pt",
+        "assignments.parquet",
+        "features.parquet",
+        "manifest.json",
+        "metrics.json",
+        "model.pt",
     ]
 
 

@@ -17,8 +17,22 @@ from tests.conftest import tiny_config
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = tiny_config(epochs=3)
 CLI_ARGS = [
-    "run", "--limit", "300", "--epochs", "3", "--k", "10", "--pca-dim", "32", "--batch-size", "64",
-    "--device", "cpu", "--seed", "7", "--no-progress",
+    "run",
+    "--limit",
+    "300",
+    "--epochs",
+    "3",
+    "--k",
+    "10",
+    "--pca-dim",
+    "32",
+    "--batch-size",
+    "64",
+    "--device",
+    "cpu",
+    "--seed",
+    "7",
+    "--no-progress",
 ]
 
 
@@ -34,7 +48,9 @@ def kill_when(process: subprocess.Popen, path: Path, timeout: float = 180) -> No
     deadline = time.monotonic() + timeout
     while not path.exists():
         if process.poll() is not None:
-            pytest.fail(f"the run ended (code {process.returncode}) before {path.name} appeared: {process.stderr.read()}")
+            pytest.fail(
+                f"the run ended (code {process.returncode}) before {path.name} appeared: {process.stderr.read()}"
+            )
         if time.monotonic() > deadline:
             process.kill()
             pytest.fail(f"{path} did not appear within {timeout} s")
@@ -61,10 +77,14 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(prefect_harness, tmp
     assert not list(layout.epochs_dir.glob(".*"))
     for epoch in (1, 2):
         resumed_dir, straight_dir = layout.epoch_dir(epoch), straight.epoch_dir(epoch)
-        assert (artifacts.read_clusters(resumed_dir / "assignments.parquet")
-                == artifacts.read_clusters(straight_dir / "assignments.parquet")).all()
-        assert (artifacts.read_features(resumed_dir / "features.parquet")
-                == artifacts.read_features(straight_dir / "features.parquet")).all()
+        assert (
+            artifacts.read_clusters(resumed_dir / "assignments.parquet")
+            == artifacts.read_clusters(straight_dir / "assignments.parquet")
+        ).all()
+        assert (
+            artifacts.read_features(resumed_dir / "features.parquet")
+            == artifacts.read_features(straight_dir / "features.parquet")
+        ).all()
     resumed_weights = torch.load(layout.epoch_dir(2) / "model.pt", weights_only=True)
     straight_weights = torch.load(straight.epoch_dir(2) / "model.pt", weights_only=True)
     for key, tensor in straight_weights["model"].items():

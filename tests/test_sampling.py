@@ -6,7 +6,9 @@ from deepcluster.sampling import per_cluster_counts, uniform_cluster_sample
 
 
 @settings(max_examples=80, deadline=None)
-@given(sizes=st.lists(st.integers(0, 40), min_size=2, max_size=12).filter(lambda s: sum(s) > 0), seed=st.integers(0, 999))
+@given(
+    sizes=st.lists(st.integers(0, 40), min_size=2, max_size=12).filter(lambda s: sum(s) > 0), seed=st.integers(0, 999)
+)
 def test_counts_are_balanced_over_non_empty_clusters(sizes, seed):
     sizes_tensor = torch.tensor(sizes)
     counts = per_cluster_counts(sizes_tensor, sum(sizes), torch.Generator().manual_seed(seed))

@@ -46,7 +46,14 @@ def test_single_image_last_batch_is_skipped():
     model = DeepClusterNet("small", torch.Generator().manual_seed(0))
     head = ClusterHead(model.feature_dim, 2)
     result = train_epoch(
-        model, head, make_optimizer(model, config), inputs, torch.zeros(5, dtype=torch.int64), torch.arange(5),
-        config, torch.Generator(), progress=False,
+        model,
+        head,
+        make_optimizer(model, config),
+        inputs,
+        torch.zeros(5, dtype=torch.int64),
+        torch.arange(5),
+        config,
+        torch.Generator(),
+        progress=False,
     )
     assert result.batches == 1
