@@ -59,15 +59,24 @@ def kill_when(process: subprocess.Popen, path: Path, timeout: float = 180) -> No
     process.wait()
 
 
-@pytest.mark.parametrize("kill_at", ["features.parquet", "sample.npy"])
-def test_killed_and_resumed_run_equals_an_uninterrupted_one(prefect_harness, tmp_path: Path, kill_at: str):
+@pytest.mark.parametrize(
+    ("kill_at", "finished_before_kill"),
+    [
+        ("data/inputs.npy", []),  # right after preprocessing, before any epoch
+        ("epochs/.0001.partial/features.parquet", [0]),  # mid-epoch, after PCA
+        ("epochs/.0001.partial/sample.npy", [0]),  # mid-epoch, while training
+    ],
+)
+def test_killed_and_resumed_run_equals_an_uninterrupted_one(
+    prefect_harness, tmp_path: Path, kill_at: str, finished_before_kill: list[int]
+):
     from flows.deepcluster_flow import deepcluster_flow
 
     layout = RunLayout(tmp_path, "killed")
     process = start_run(tmp_path, "killed")
-    kill_when(process, layout.staging_dir(1) / kill_at)
+    kill_when(process, layout.root / kill_at)
     assert process.returncode == -signal.SIGKILL
-    assert layout.completed_epochs() == [0]  # the half-written epoch 1 does not look finished
+    assert layout.completed_epochs() == finished_before_kill  # a half-written epoch does not look finished
 
     deepcluster_flow(config=CONFIG, run_id="killed", runs_dir=str(tmp_path), progress=False)
     deepcluster_flow(config=CONFIG, run_id="straight", runs_dir=str(tmp_path), progress=False)
@@ -75,6 +84,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(prefect_harness, tmp
     straight = RunLayout(tmp_path, "straight")
     assert layout.completed_epochs() == straight.completed_epochs() == [0, 1, 2]
     assert not list(layout.epochs_dir.glob(".*"))
+    assert artifacts.verify_manifest(layout.data_dir) == []
     for epoch in (1, 2):
         resumed_dir, straight_dir = layout.epoch_dir(epoch), straight.epoch_dir(epoch)
         assert (
