@@ -138,7 +138,10 @@ def check_resumable(layout: RunLayout, config: Config, fingerprint: str) -> None
     differing = config.differing_keys(recorded)
     if differing:
         details = ", ".join(f"{key}: {getattr(recorded, key)!r} -> {getattr(config, key)!r}" for key in differing)
-        raise RunError(f"run {layout.run_id!r} exists with a different config ({details}); use a new --run-id")
+        raise RunError(
+            f"run {layout.run_id!r} exists with a different config ({details}); to continue it with its own "
+            f"config use `deepcluster resume {layout.run_id} [--epochs N]`, or pick a new --run-id"
+        )
     recorded_fingerprint = record["dataset"]["fingerprint"]
     if recorded_fingerprint != fingerprint:
         raise RunError(

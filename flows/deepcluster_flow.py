@@ -21,9 +21,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 import tasks
 from deepcluster.artifacts import RunError, RunLayout, RunLock, default_runs_dir
 from deepcluster.config import Config
-from deepcluster.pipeline import configure_torch, resolve_device
+from deepcluster.pipeline import DatasetInfo, configure_torch, resolve_device
 from deepcluster.progress import progress_bar
-from deepcluster.report import format_table, metric_rows
+from deepcluster.report import flat_metrics, format_table, metric_rows
 
 Result = TypeVar("Result")
 DEFAULT_CONFIG = Config()
@@ -62,34 +62,39 @@ def deepcluster_flow(
         logger.info(
             "run %s: epochs %d..%d of %s on %s", layout.run_id, first_epoch, config.epochs - 1, layout.root, device
         )
+        rows = metric_rows(layout)
         for epoch in progress_bar(range(first_epoch, config.epochs), "epochs", "epoch", progress):
-            seconds: dict[str, float] = {}
-            raw = _timed(seconds, "extract", tasks.extract_features, layout, config, epoch, device, progress)
-            features = _timed(seconds, "pca", tasks.pca_reduce, raw, config.pca_dim, device)
-            assignments, kmeans_loss = _timed(
-                seconds, "kmeans", tasks.cluster_kmeans, features, layout, config, epoch, device
-            )
-            sample = _timed(seconds, "resample", tasks.balanced_resample, assignments, config, epoch)
-            train_loss = _timed(
-                seconds, "train", tasks.retrain, layout, config, epoch, assignments, sample, device, progress
-            )
-            evaluation = _timed(
-                seconds, "evaluate", tasks.evaluate_nmi, layout, epoch, assignments, config.num_clusters
-            )
-            epoch_metrics = {
-                "epoch": epoch,
-                "num_images": info.num_images,
-                "num_clusters": config.num_clusters,
-                "train_loss": train_loss,
-                "kmeans_loss": kmeans_loss,
-                **evaluation,
-                "stage_seconds": seconds,
-            }
+            epoch_metrics = _run_epoch(layout, config, info, epoch, device, progress)
             tasks.commit_epoch(layout, epoch, epoch_metrics)
             logger.info("epoch %d done: %s", epoch, _epoch_line(epoch_metrics))
-            _publish_epochs(layout)
-    _publish_summary(layout, config)
+            rows.append(flat_metrics(epoch_metrics))
+            create_table_artifact(
+                table=rows, key=_artifact_key(layout.run_id), description=f"Per-epoch metrics of run {layout.run_id}"
+            )
+    _publish_summary(layout, config, rows)
     return str(layout.root)
+
+
+def _run_epoch(
+    layout: RunLayout, config: Config, info: DatasetInfo, epoch: int, device: str, progress: bool | None
+) -> dict[str, Any]:
+    """One DeepCluster epoch, stage by stage, into the epoch's staging directory; returns its metrics."""
+    seconds: dict[str, float] = {}
+    raw = _timed(seconds, "extract", tasks.extract_features, layout, config, epoch, device, progress)
+    features = _timed(seconds, "pca", tasks.pca_reduce, raw, config.pca_dim, device)
+    assignments, kmeans_loss = _timed(seconds, "kmeans", tasks.cluster_kmeans, features, layout, config, epoch, device)
+    sample = _timed(seconds, "resample", tasks.balanced_resample, assignments, config, epoch)
+    train_loss = _timed(seconds, "train", tasks.retrain, layout, config, epoch, assignments, sample, device, progress)
+    evaluation = _timed(seconds, "evaluate", tasks.evaluate_nmi, layout, epoch, assignments, config.num_clusters)
+    return {
+        "epoch": epoch,
+        "num_images": info.num_images,
+        "num_clusters": config.num_clusters,
+        "train_loss": train_loss,
+        "kmeans_loss": kmeans_loss,
+        **evaluation,
+        "stage_seconds": seconds,
+    }
 
 
 def _epoch_line(epoch_metrics: dict[str, Any]) -> str:
@@ -114,16 +119,7 @@ def _artifact_key(run_id: str) -> str:
     return "deepcluster-" + re.sub(r"[^a-z0-9-]", "-", run_id.lower())
 
 
-def _publish_epochs(layout: RunLayout) -> None:
-    create_table_artifact(
-        table=metric_rows(layout),
-        key=_artifact_key(layout.run_id),
-        description=f"Per-epoch metrics of run {layout.run_id}",
-    )
-
-
-def _publish_summary(layout: RunLayout, config: Config) -> None:
-    rows = metric_rows(layout)
+def _publish_summary(layout: RunLayout, config: Config, rows: list[dict[str, Any]]) -> None:
     last = rows[-1] if rows else {}
     markdown = "\n".join(
         [
