@@ -17,9 +17,11 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -182,14 +184,20 @@ class RunLock:
 # ---------------------------------------------------------------- files
 
 
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write a file so it is either absent or complete: temp file, fsync, rename."""
+@contextmanager
+def atomic_open(path: Path) -> Iterator[BinaryIO]:
+    """Open `path` for writing so it is either absent or complete: temp file, fsync, rename."""
     temporary = path.with_name(f".{path.name}.tmp")
     with open(temporary, "wb") as handle:
-        handle.write(payload)
+        yield handle
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    with atomic_open(path) as handle:
+        handle.write(payload)
 
 
 def write_json(path: Path, value: Any) -> None:
@@ -201,12 +209,8 @@ def read_json(path: Path) -> Any:
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
+    with atomic_open(path) as handle:
         np.save(handle, array, allow_pickle=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def load_array(path: Path, mmap: bool = False) -> np.ndarray:
@@ -251,9 +255,8 @@ def read_clusters(path: Path) -> np.ndarray:
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(checkpoint, temporary)
-    os.replace(temporary, path)
+    with atomic_open(path) as handle:
+        torch.save(checkpoint, handle)
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
