@@ -7,7 +7,6 @@ itself lives in the modules these functions call (features, reduce, kmeans, samp
 
 from __future__ import annotations
 
-import logging
 import os
 import platform
 from dataclasses import dataclass
@@ -29,8 +28,6 @@ from deepcluster.rng import INIT_EPOCH, stage_generator, stage_seed
 from deepcluster.sampling import uniform_cluster_sample
 from deepcluster.sobel import prepare_inputs
 from deepcluster.train import TrainResult, make_optimizer, train_epoch
-
-logger = logging.getLogger(__name__)
 
 SCRATCH_FILES = ("raw_features.npy", "sample.npy")
 
