@@ -17,7 +17,11 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +35,7 @@ import torch
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 EPOCH_DIR_PATTERN = re.compile(r"^\d{4}$")
 MANIFEST = "manifest.json"
-PARQUET_CODEC = "zstd"
+PARQUET_CODEC = "lz4"  # fast; whitened float features barely compress with any codec
 
 
 class RunError(ValueError):
@@ -179,6 +183,68 @@ class RunLock:
         self._handle.truncate()
         fcntl.flock(self._handle, fcntl.LOCK_UN)
         self._handle.close()
+
+
+# ---------------------------------------------------------------- background writing
+
+
+class ArtifactWriter:
+    """Runs write jobs on one background thread, in the order they were submitted.
+
+    The flow submits an epoch's files and then its commit; the commit therefore runs after the
+    files are written, while the next epoch already computes. Once a job fails, no later job runs
+    (so no epoch with a missing file is committed); the error surfaces on the next `submit` or on
+    `flush`. Leaving the context waits for every submitted job, so an epoch whose files were all
+    handed over is still committed when a later stage fails.
+    """
+
+    def __init__(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="artifact-writer")
+        self._pending: list[Future[None]] = []
+        self._lock = threading.Lock()
+        self._busy: defaultdict[int, float] = defaultdict(float)
+        self._failed = False
+
+    def submit(self, epoch: int, job: Callable[..., object], *args: Any) -> None:
+        """Queue job(*args); its time is counted as epoch `epoch`'s writing time."""
+        self.raise_errors()
+        self._pending.append(self._executor.submit(self._timed, epoch, job, *args))
+
+    def busy_seconds(self, epoch: int) -> float:
+        """Seconds the writer spent on epoch `epoch`'s jobs so far."""
+        with self._lock:
+            return round(self._busy[epoch], 4)
+
+    def raise_errors(self) -> None:
+        """Re-raise the error of the first finished job that failed."""
+        for future in self._pending:
+            if future.done() and future.exception() is not None:
+                raise RuntimeError("writing an artifact failed") from future.exception()
+        self._pending = [future for future in self._pending if not future.done()]
+
+    def flush(self) -> None:
+        """Wait for every queued job; raise the first error."""
+        for future in self._pending:
+            future.exception()
+        self.raise_errors()
+
+    def _timed(self, epoch: int, job: Callable[..., object], *args: Any) -> None:
+        if self._failed:
+            raise RuntimeError("skipped: an earlier write failed")
+        start = time.perf_counter()
+        try:
+            job(*args)
+        except BaseException:
+            self._failed = True
+            raise
+        with self._lock:
+            self._busy[epoch] += time.perf_counter() - start
+
+    def __enter__(self) -> ArtifactWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._executor.shutdown(wait=True)
 
 
 # ---------------------------------------------------------------- files

@@ -50,7 +50,7 @@ class Config(BaseModel):
 
     # Optimisation (paper Sec. 4)
     batch_size: int = Field(256, ge=1)
-    lr: float = Field(0.05, gt=0)
+    lr: float = Field(0.05, gt=0, description="learning rate for a batch of 256; scaled linearly with batch_size")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-5, ge=0)
     crop_scale: tuple[float, float] = Field((0.5, 1.0), description="random resized crop area range")
@@ -58,6 +58,9 @@ class Config(BaseModel):
 
     # Execution
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16 autocast for the convnet; auto: bf16 where the device has fast bf16 units"
+    )
     seed: int = Field(0, ge=0)
     deterministic: bool = Field(True, description="torch deterministic algorithms (exact resume on CPU)")
 

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from deepcluster.models import DeepClusterNet, to_unit_range
 from deepcluster.progress import progress_bar
+from deepcluster.train import autocast
 
 
 @torch.no_grad()
 def extract_features(
-    model: DeepClusterNet, inputs: np.ndarray, batch_size: int, device: torch.device, progress: bool | None = None
+    model: DeepClusterNet, inputs: torch.Tensor, batch_size: int, progress: bool | None = None, bf16: bool = False
 ) -> torch.Tensor:
-    """Features of all images. inputs: uint8 (N, 1, H, W). Returns float32 (N, D) on `device`.
+    """Features of all images. inputs: uint8 (N, 1, H, W) on the model's device. Returns float32 (N, D) there.
 
-    progress: show a batch progress bar (None: only on an interactive terminal).
+    progress: show a batch progress bar (None: only on an interactive terminal). bf16: autocast the convnet.
     """
     model.eval()
-    features = torch.empty((len(inputs), model.feature_dim), dtype=torch.float32, device=device)
+    features = torch.empty((len(inputs), model.feature_dim), dtype=torch.float32, device=inputs.device)
     starts = range(0, len(inputs), batch_size)
     for start in progress_bar(starts, "extract", "batch", progress, leave=False):
-        batch = torch.from_numpy(np.array(inputs[start : start + batch_size])).to(device)
-        features[start : start + len(batch)] = model(to_unit_range(batch)).float()
+        batch = to_unit_range(inputs[start : start + batch_size]).contiguous(memory_format=torch.channels_last)
+        with autocast(inputs.device, bf16):
+            features[start : start + len(batch)] = model(batch).float()
     return features

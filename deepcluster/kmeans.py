@@ -6,7 +6,8 @@ centroid with a small symmetric perturbation (c(1+eps), c(1-eps)) and re-split i
 the two. Where the split cannot separate the points (e.g. all duplicates), half of them, chosen at
 random, move. So for N >= k no cluster is ever empty.
 
-Distances are computed in chunks of rows, never as a full N x k matrix.
+Distances are computed in chunks of rows, never as a full N x k matrix. Lloyd's iterations stop
+early once the assignments no longer change: from there every further iteration is the identity.
 """
 
 from __future__ import annotations
@@ -16,32 +17,41 @@ from dataclasses import dataclass
 import torch
 
 PERTURBATION = 1e-4
-CHUNK_ELEMENTS = 2**24  # distance-matrix elements per chunk (64 MiB in float32)
+CHUNK_ELEMENTS = {"cpu": 2**24, "cuda": 2**28}  # distance-matrix elements per chunk: 64 MiB / 1 GiB in float32
 
 
 @dataclass(frozen=True)
 class Clustering:
-    """assignments: int64 (N,) in [0, k); centroids: (k, d); loss: mean squared distance to the assigned centroid."""
+    """assignments: int64 (N,) in [0, k); centroids: (k, d); loss: mean squared distance to the assigned
+    centroid; iterations: Lloyd iterations run (fewer than asked when the assignments stopped changing)."""
 
     assignments: torch.Tensor
     centroids: torch.Tensor
     loss: float
+    iterations: int
 
 
-def assign(points: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nearest centroid of each point. Returns (assignments int64 (N,), squared distances (N,))."""
+def assign(
+    points: torch.Tensor, centroids: torch.Tensor, point_norms: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of each point. Returns (assignments int64 (N,), squared distances (N,)).
+
+    point_norms: the points' squared norms, when the caller already has them.
+    """
     num_clusters = len(centroids)
+    if point_norms is None:
+        point_norms = (points * points).sum(dim=1)
     centroid_norms = (centroids * centroids).sum(dim=1)
-    rows_per_chunk = max(1, CHUNK_ELEMENTS // num_clusters)
+    chunk_elements = CHUNK_ELEMENTS.get(points.device.type, CHUNK_ELEMENTS["cpu"])
+    rows_per_chunk = max(1, chunk_elements // num_clusters)
     assignments = torch.empty(len(points), dtype=torch.int64, device=points.device)
     distances = torch.empty(len(points), dtype=points.dtype, device=points.device)
     for start in range(0, len(points), rows_per_chunk):
-        chunk = points[start : start + rows_per_chunk]
+        stop = start + rows_per_chunk
         # ||x - c||^2 = ||x||^2 - 2 x.c + ||c||^2; ||x||^2 is constant per row, added after the argmin.
-        partial = torch.addmm(centroid_norms, chunk, centroids.T, alpha=-2.0)
-        best, index = partial.min(dim=1)
-        assignments[start : start + len(chunk)] = index
-        distances[start : start + len(chunk)] = (best + (chunk * chunk).sum(dim=1)).clamp_(min=0)
+        partial = torch.addmm(centroid_norms, points[start:stop], centroids.T, alpha=-2.0)
+        torch.min(partial, dim=1, out=(distances[start:stop], assignments[start:stop]))
+    distances.add_(point_norms).clamp_(min=0)
     return assignments, distances
 
 
@@ -50,11 +60,6 @@ def _centroid_means(points: torch.Tensor, assignments: torch.Tensor, num_cluster
     sums.index_add_(0, assignments, points)
     counts = torch.bincount(assignments, minlength=num_clusters).clamp_(min=1)
     return sums / counts.unsqueeze(1).to(points.dtype)
-
-
-def _clustering(points: torch.Tensor, assignments: torch.Tensor, centroids: torch.Tensor) -> Clustering:
-    loss = ((points - centroids[assignments]) ** 2).sum(dim=1).mean()
-    return Clustering(assignments=assignments, centroids=centroids, loss=float(loss))
 
 
 def fill_empty_clusters(
@@ -103,11 +108,23 @@ def kmeans(points: torch.Tensor, num_clusters: int, generator: torch.Generator, 
         raise ValueError(f"k-means needs at least 1 iteration, got {iterations}")
     initial = torch.randperm(num_points, generator=generator)[:num_clusters].to(points.device)
     centroids = points[initial].clone()
-    for _ in range(iterations):
-        assignments, _ = assign(points, centroids)
-        fill_empty_clusters(points, assignments, centroids, generator)
+    point_norms = (points * points).sum(dim=1)
+    previous = None
+    done = 0
+    while done < iterations:
+        done += 1
+        assignments, _ = assign(points, centroids, point_norms)
+        refilled = fill_empty_clusters(points, assignments, centroids, generator)
+        if not refilled and previous is not None and torch.equal(assignments, previous):
+            break  # converged: the centroids below would equal the current ones
         centroids = _centroid_means(points, assignments, num_clusters)
-    return _clustering(points, assignments, centroids)
+        previous = assignments
+    return Clustering(assignments, centroids, _loss(points, assignments, centroids), done)
+
+
+def _loss(points: torch.Tensor, assignments: torch.Tensor, centroids: torch.Tensor) -> float:
+    """Mean squared distance of each point to the centroid it is assigned to."""
+    return float(((points - centroids[assignments]) ** 2).sum(dim=1).mean())
 
 
 def faiss_kmeans(points: torch.Tensor, num_clusters: int, seed: int, iterations: int = 20) -> Clustering:
@@ -122,4 +139,6 @@ def faiss_kmeans(points: torch.Tensor, num_clusters: int, seed: int, iterations:
     centroids = torch.from_numpy(model.centroids).to(points.device)
     assignments, _ = assign(points, centroids)
     fill_empty_clusters(points, assignments, centroids, torch.Generator().manual_seed(seed))
-    return _clustering(points, assignments, _centroid_means(points, assignments, num_clusters))
+    centroids = _centroid_means(points, assignments, num_clusters)
+    ran = iterations if model.obj is None else len(model.obj)  # faiss stops early when converged
+    return Clustering(assignments, centroids, _loss(points, assignments, centroids), ran)

@@ -1,19 +1,26 @@
-"""The stages of a DeepCluster run as functions over the run directory.
+"""The stages of a DeepCluster run.
 
-Each stage reads its inputs from files and writes its outputs to files, returning paths and
-small values, so the Prefect tasks wrapping them never carry big arrays or models. The algorithm
-itself lives in the modules these functions call (features, reduce, kmeans, sampling, train, metrics).
+Set-up stages (ingest, preprocess) work on the run directory. The epoch stages work in memory on a
+`Session` (inputs on the device, model, optimizer) that lives across epochs, so nothing is reloaded
+between stages; the flow hands their outputs to a background writer and commits each epoch once its
+files are written. `open_session` rebuilds the same state from a run's files, which is how a run
+resumes. The algorithm itself lives in the modules called here (features, reduce, kmeans, sampling,
+train, metrics).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
 from deepcluster import __version__, artifacts, metrics
@@ -21,7 +28,7 @@ from deepcluster.artifacts import RunError, RunLayout
 from deepcluster.config import Config, ConfigError
 from deepcluster.data import ImageSet, load_dataset
 from deepcluster.features import extract_features
-from deepcluster.kmeans import faiss_kmeans, kmeans
+from deepcluster.kmeans import Clustering, faiss_kmeans, kmeans
 from deepcluster.models import ARCHS, ClusterHead, DeepClusterNet
 from deepcluster.reduce import pca_whiten_l2
 from deepcluster.rng import INIT_EPOCH, stage_generator, stage_seed
@@ -29,7 +36,22 @@ from deepcluster.sampling import uniform_cluster_sample
 from deepcluster.sobel import prepare_inputs
 from deepcluster.train import TrainResult, make_optimizer, train_epoch
 
-SCRATCH_FILES = ("raw_features.npy", "sample.npy")
+Result = TypeVar("Result")
+
+
+@dataclass
+class Session:
+    """What the epochs of one process work on, kept in memory from epoch to epoch: the inputs on the
+    device, the labels (evaluation only), the convnet and its optimizer, the last epoch's assignments."""
+
+    config: Config
+    device: torch.device
+    bf16: bool
+    inputs: torch.Tensor  # uint8 (N, 1, S, S) on `device`
+    labels: np.ndarray | None
+    model: DeepClusterNet
+    optimizer: torch.optim.SGD
+    previous_assignments: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -95,11 +117,29 @@ def initial_model(config: Config) -> DeepClusterNet:
 
 
 def load_model(path: Path, config: Config, device: torch.device) -> tuple[DeepClusterNet, dict[str, Any]]:
-    """The convnet with the weights of a checkpoint, on `device`, and the checkpoint itself."""
+    """The convnet with the weights of a checkpoint, on `device` (channels-last), and the checkpoint itself."""
     checkpoint = artifacts.load_checkpoint(path, device)
-    model = DeepClusterNet(config.arch, torch.Generator()).to(device)
+    model = DeepClusterNet(config.arch, torch.Generator()).to(device).to(memory_format=torch.channels_last)
     model.load_state_dict(checkpoint["model"])
     return model, checkpoint
+
+
+def use_bf16(config: Config, device: torch.device) -> bool:
+    """Whether the convnet runs under bf16 autocast: as configured, or (auto) where bf16 is fast."""
+    if config.precision != "auto":
+        return config.precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return "amx_bf16" in _cpu_flags()  # CPUs with AMX tiles run bf16 convolutions several times faster
+
+
+@cache
+def _cpu_flags() -> frozenset[str]:
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    return frozenset(word for line in cpuinfo.splitlines() if line.startswith("flags") for word in line.split())
 
 
 # ---------------------------------------------------------------- stages
@@ -159,6 +199,7 @@ def run_record(run_id: str, config: Config, image_set: ImageSet, info: DatasetIn
     """The contents of run.json: config, dataset, library versions, device, creation time."""
     from importlib.metadata import PackageNotFoundError, version
 
+    device = resolve_device(config.device)
     versions = {"python": platform.python_version(), "deepcluster": __version__}
     for package in ("torch", "torchvision", "numpy", "pyarrow", "scikit-learn", "prefect", "faiss-cpu"):
         try:
@@ -178,7 +219,8 @@ def run_record(run_id: str, config: Config, image_set: ImageSet, info: DatasetIn
             "has_labels": info.has_labels,
         },
         "versions": versions,
-        "device": str(resolve_device(config.device)),
+        "device": str(device),
+        "precision": "bf16" if use_bf16(config, device) else "fp32",
         "host": platform.node(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
@@ -194,109 +236,179 @@ def sobel_preprocess(layout: RunLayout, image_size: int) -> Path:
     return layout.inputs
 
 
-def extract(layout: RunLayout, config: Config, epoch: int, device: torch.device, progress: bool | None = None) -> Path:
-    """Features of every image with the weights that enter `epoch`; written as scratch raw_features.npy."""
-    model, _ = load_model(layout.model_before(epoch), config, device)
-    inputs = artifacts.load_array(layout.inputs, mmap=True)
-    features = extract_features(model, inputs, config.batch_size, device, progress)
-    path = artifacts.begin_epoch(layout, epoch) / "raw_features.npy"
-    artifacts.save_array(path, features.cpu().numpy())
-    return path
-
-
-def reduce(raw_features: Path, pca_dim: int, device: torch.device) -> Path:
-    """PCA-whiten + L2-normalise the raw features -> features.parquet beside them."""
-    features = torch.from_numpy(artifacts.load_array(raw_features)).to(device)
-    reduced, _ = pca_whiten_l2(features, pca_dim)
-    path = raw_features.with_name("features.parquet")
-    artifacts.write_features(path, reduced.cpu().numpy())
-    return path
-
-
-def cluster(
-    features_path: Path, layout: RunLayout, config: Config, epoch: int, device: torch.device
-) -> tuple[Path, float]:
-    """k-means on the reduced features -> assignments.parquet (with labels where known); returns its k-means loss."""
-    points = torch.from_numpy(artifacts.read_features(features_path)).to(device)
-    if config.kmeans_backend == "faiss":
-        result = faiss_kmeans(
-            points, config.num_clusters, stage_seed(config.seed, epoch, "kmeans"), config.kmeans_iters
-        )
-    else:
-        generator = stage_generator(config.seed, epoch, "kmeans")
-        result = kmeans(points, config.num_clusters, generator, config.kmeans_iters)
-    labels = artifacts.load_array(layout.labels) if layout.labels.is_file() else None
-    path = features_path.with_name("assignments.parquet")
-    artifacts.write_assignments(path, result.assignments.cpu().numpy(), labels)
-    return path, result.loss
-
-
-def resample(assignments_path: Path, config: Config, epoch: int) -> Path:
-    """Indices of the epoch's training images, uniform over clusters -> scratch sample.npy."""
-    clusters = torch.from_numpy(artifacts.read_clusters(assignments_path))
-    sample = uniform_cluster_sample(clusters, config.num_clusters, stage_generator(config.seed, epoch, "sample"))
-    path = assignments_path.with_name("sample.npy")
-    artifacts.save_array(path, sample.numpy())
-    return path
-
-
-def retrain(
-    layout: RunLayout,
-    config: Config,
-    epoch: int,
-    assignments_path: Path,
-    sample_path: Path,
-    device: torch.device,
-    progress: bool | None = None,
-) -> TrainResult:
-    """Re-initialise the top layer, train convnet + top layer one epoch on the pseudo-labels -> model.pt."""
+def open_session(layout: RunLayout, config: Config, epoch: int, device: torch.device) -> Session:
+    """The state that enters `epoch` of a run, read from its files (the checkpoint of epoch - 1)."""
     model, checkpoint = load_model(layout.model_before(epoch), config, device)
     optimizer = make_optimizer(model, config)
     if "optimizer" in checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
-    head = ClusterHead(model.feature_dim, config.num_clusters)
+    labels = artifacts.load_array(layout.labels) if layout.labels.is_file() else None
+    previous = artifacts.read_clusters(layout.epoch_dir(epoch - 1) / "assignments.parquet") if epoch > 0 else None
+    inputs = torch.from_numpy(artifacts.load_array(layout.inputs)).to(device)
+    return Session(config, device, use_bf16(config, device), inputs, labels, model, optimizer, previous)
+
+
+def new_session(config: Config, inputs: np.ndarray, labels: np.ndarray | None, device: torch.device) -> Session:
+    """The state before epoch 0, with no run directory (the plain library loop)."""
+    model = initial_model(config).to(device).to(memory_format=torch.channels_last)
+    tensor = torch.from_numpy(inputs).to(device)
+    return Session(config, device, use_bf16(config, device), tensor, labels, model, make_optimizer(model, config))
+
+
+def extract(session: Session, progress: bool | None = None) -> torch.Tensor:
+    """Features (N, D) of every image with the current convnet, float32 on the device."""
+    config = session.config
+    return extract_features(session.model, session.inputs, config.batch_size, progress, session.bf16)
+
+
+def reduce(features: torch.Tensor, pca_dim: int) -> torch.Tensor:
+    """PCA-whitening to `pca_dim` dimensions + L2 normalisation."""
+    return pca_whiten_l2(features, pca_dim)[0]
+
+
+def cluster(points: torch.Tensor, config: Config, epoch: int) -> Clustering:
+    """k-means with the empty-cluster fix, seeded per (run, epoch)."""
+    if config.kmeans_backend == "faiss":
+        return faiss_kmeans(points, config.num_clusters, stage_seed(config.seed, epoch, "kmeans"), config.kmeans_iters)
+    return kmeans(points, config.num_clusters, stage_generator(config.seed, epoch, "kmeans"), config.kmeans_iters)
+
+
+def resample(assignments: torch.Tensor, config: Config, epoch: int) -> torch.Tensor:
+    """Indices of the epoch's training images, uniform over clusters, shuffled."""
+    generator = stage_generator(config.seed, epoch, "sample")
+    return uniform_cluster_sample(assignments.cpu(), config.num_clusters, generator)
+
+
+def retrain(
+    session: Session, assignments: torch.Tensor, sample: torch.Tensor, epoch: int, progress: bool | None = None
+) -> TrainResult:
+    """Re-initialise the top layer, then train convnet + top layer one epoch on the pseudo-labels (in place)."""
+    config, device = session.config, session.device
+    head = ClusterHead(session.model.feature_dim, config.num_clusters)
     head.reset_parameters(stage_generator(config.seed, epoch, "head"))
     head.to(device)
-    pseudo_labels = torch.from_numpy(artifacts.read_clusters(assignments_path))
-    sample = torch.from_numpy(artifacts.load_array(sample_path))
-    inputs = artifacts.load_array(layout.inputs, mmap=True)
     augment_generator = stage_generator(config.seed, epoch, "augment", device)
     # Dropout draws from torch's global generator: fork it, seeded per (run, epoch), so the
     # global state outside is untouched and a re-run epoch draws the same masks.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(stage_seed(config.seed, epoch, "dropout"))
-        result = train_epoch(model, head, optimizer, inputs, pseudo_labels, sample, config, augment_generator, progress)
-        global_rng = torch.get_rng_state()
-    checkpoint = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "rng": {"torch_in_epoch": global_rng, "augment": augment_generator.get_state()},
-        "epoch": epoch,
-    }
-    artifacts.save_checkpoint(assignments_path.with_name("model.pt"), checkpoint)
-    return result
+        return train_epoch(
+            session.model,
+            head,
+            session.optimizer,
+            session.inputs,
+            assignments,
+            sample,
+            config,
+            augment_generator,
+            progress,
+            session.bf16,
+        )
 
 
-def evaluate(layout: RunLayout, epoch: int, assignments_path: Path, num_clusters: int) -> dict[str, Any]:
-    """NMI against the previous epoch's assignments; NMI/ACC/ARI against labels when present; cluster sizes."""
-    clusters = artifacts.read_clusters(assignments_path)
-    result: dict[str, Any] = {"cluster_sizes": metrics.cluster_size_stats(clusters, num_clusters)}
-    previous = layout.epoch_dir(epoch - 1) / "assignments.parquet"
-    result["nmi_previous"] = metrics.nmi(clusters, artifacts.read_clusters(previous)) if epoch > 0 else None
-    if layout.labels.is_file():
-        labels = artifacts.load_array(layout.labels)
+def evaluate(session: Session, assignments: np.ndarray) -> dict[str, Any]:
+    """NMI against the previous epoch's assignments; NMI/ACC/ARI against labels when present; cluster sizes.
+
+    Then remembers `assignments` as the previous epoch's, for the next call.
+    """
+    result: dict[str, Any] = {"cluster_sizes": metrics.cluster_size_stats(assignments, session.config.num_clusters)}
+    previous = session.previous_assignments
+    result["nmi_previous"] = None if previous is None else metrics.nmi(assignments, previous)
+    if session.labels is not None:
         result["labels"] = {
-            "nmi": metrics.nmi(labels, clusters),
-            "acc": metrics.accuracy(labels, clusters),
-            "ari": metrics.ari(labels, clusters),
+            "nmi": metrics.nmi(session.labels, assignments),
+            "acc": metrics.accuracy(session.labels, assignments),
+            "ari": metrics.ari(session.labels, assignments),
         }
+    session.previous_assignments = assignments
     return result
+
+
+def run_epoch(session: Session, epoch: int, progress: bool | None = None) -> dict[str, Any]:
+    """One epoch of the plain library loop: no orchestration, nothing written. Returns its metrics.
+
+    The flow runs the same stages as Prefect tasks and persists their outputs; `deepcluster bench`
+    compares the two.
+    """
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+    features = timed(seconds, "extract", session.device, extract, session, progress)
+    features = timed(seconds, "pca", session.device, reduce, features, session.config.pca_dim)
+    clustering = timed(seconds, "kmeans", session.device, cluster, features, session.config, epoch)
+    del features
+    sample = timed(seconds, "resample", session.device, resample, clustering.assignments, session.config, epoch)
+    trained = timed(seconds, "train", session.device, retrain, session, clustering.assignments, sample, epoch, progress)
+    assignments = clustering.assignments.cpu().numpy()
+    evaluation = timed(seconds, "evaluate", session.device, evaluate, session, assignments)
+    seconds["epoch"] = round(time.perf_counter() - start, 4)
+    return epoch_metrics(session, epoch, clustering, trained, evaluation, seconds)
+
+
+def epoch_metrics(
+    session: Session,
+    epoch: int,
+    clustering: Clustering,
+    trained: TrainResult,
+    evaluation: dict[str, Any],
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """The contents of an epoch's metrics.json."""
+    return {
+        "epoch": epoch,
+        "num_images": len(session.inputs),
+        "num_clusters": session.config.num_clusters,
+        "train_loss": trained.loss,
+        "kmeans_loss": clustering.loss,
+        "kmeans_iterations": clustering.iterations,
+        **evaluation,
+        "stage_seconds": seconds,
+    }
+
+
+def timed(
+    seconds: dict[str, float], name: str, device: torch.device, call: Callable[..., Result], *args: Any
+) -> Result:
+    """call(*args), its wall time (the device's queued work included) recorded as seconds[name]."""
+    start = time.perf_counter()
+    result = call(*args)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds[name] = round(time.perf_counter() - start, 4)
+    return result
+
+
+# ---------------------------------------------------------------- persistence
+
+
+def checkpoint(session: Session, epoch: int) -> dict[str, Any]:
+    """A CPU copy of the convnet and optimizer state after `epoch`, safe to write while training goes on."""
+    state = {"model": session.model.state_dict(), "optimizer": session.optimizer.state_dict(), "epoch": epoch}
+    return _cpu_copy(state)
+
+
+def _cpu_copy(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_cpu_copy(item) for item in value]
+    return value
+
+
+def write_features(layout: RunLayout, epoch: int, features: np.ndarray) -> None:
+    artifacts.write_features(layout.staging_dir(epoch) / "features.parquet", features)
+
+
+def write_assignments(layout: RunLayout, epoch: int, assignments: np.ndarray, labels: np.ndarray | None) -> None:
+    artifacts.write_assignments(layout.staging_dir(epoch) / "assignments.parquet", assignments, labels)
+
+
+def write_checkpoint(layout: RunLayout, epoch: int, state: dict[str, Any]) -> None:
+    artifacts.save_checkpoint(layout.staging_dir(epoch) / "model.pt", state)
 
 
 def finish_epoch(layout: RunLayout, epoch: int, epoch_metrics: dict[str, Any]) -> Path:
-    """Write metrics.json, drop scratch files, and commit the epoch atomically."""
-    staging = layout.staging_dir(epoch)
-    for name in SCRATCH_FILES:
-        (staging / name).unlink(missing_ok=True)
-    artifacts.write_json(staging / "metrics.json", epoch_metrics)
+    """Write metrics.json and commit the epoch atomically (after its other files are written)."""
+    artifacts.write_json(layout.staging_dir(epoch) / "metrics.json", epoch_metrics)
     return artifacts.commit_epoch(layout, epoch)

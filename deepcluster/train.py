@@ -7,9 +7,9 @@ as one affine resampling per image, all drawn from an explicit generator.
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -18,6 +18,7 @@ from deepcluster.models import ClusterHead, DeepClusterNet, to_unit_range
 from deepcluster.progress import progress_bar
 
 ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+REFERENCE_BATCH_SIZE = 256  # config.lr is the learning rate for batches of this size
 
 
 @dataclass(frozen=True)
@@ -57,41 +58,54 @@ def random_resized_crop_flip(
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
+def learning_rate(config: Config) -> float:
+    """config.lr scaled linearly from batches of 256 to config.batch_size (Goyal et al. 2017)."""
+    return config.lr * config.batch_size / REFERENCE_BATCH_SIZE
+
+
 def make_optimizer(model: DeepClusterNet, config: Config) -> torch.optim.SGD:
     """The convnet's optimizer, kept across epochs (its state is checkpointed)."""
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=learning_rate(config), momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def autocast(device: torch.device, bf16: bool) -> AbstractContextManager[object]:
+    """bf16 autocast on `device` when asked, else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
 def train_epoch(
     model: DeepClusterNet,
     head: ClusterHead,
     optimizer: torch.optim.Optimizer,
-    inputs: np.ndarray,
+    inputs: torch.Tensor,
     pseudo_labels: torch.Tensor,
     sample: torch.Tensor,
     config: Config,
     generator: torch.Generator,
     progress: bool | None = None,
+    bf16: bool = False,
 ) -> TrainResult:
     """Train convnet + freshly initialised head for one pass over `sample`.
 
-    inputs: uint8 (N, 1, H, W); pseudo_labels: int64 (N,) cluster ids; sample: int64 (M,) indices
-    (already shuffled). The head gets its own SGD without momentum, as in the reference code.
-    A final batch of one image is skipped (batch norm needs two).
+    inputs: uint8 (N, 1, H, W) on the model's device; pseudo_labels: int64 (N,) cluster ids;
+    sample: int64 (M,) indices (already shuffled). Nothing in the batch loop waits for the device.
+    The head gets its own SGD without momentum, as in the reference code. A final batch of one
+    image is skipped (batch norm needs two). bf16: autocast the forward pass.
     """
-    device = next(model.parameters()).device
+    device = inputs.device
     model.train()
     head.train()
-    head_optimizer = torch.optim.SGD(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    head_optimizer = torch.optim.SGD(head.parameters(), lr=learning_rate(config), weight_decay=config.weight_decay)
     pseudo_labels = pseudo_labels.to(device)
     total_loss = torch.zeros((), device=device)
-    batches = [sample[start : start + config.batch_size] for start in range(0, len(sample), config.batch_size)]
-    batches = [batch for batch in batches if len(batch) > 1]
+    batches = [batch for batch in sample.to(device).split(config.batch_size) if len(batch) > 1]
     for batch in progress_bar(batches, "train", "batch", progress, leave=False):
-        index = batch.numpy()
-        images = torch.from_numpy(inputs[index]).to(device)
-        images = random_resized_crop_flip(to_unit_range(images), generator, config.crop_scale, config.flip)
-        loss = F.cross_entropy(head(model(images)), pseudo_labels[batch.to(device)])
+        images = random_resized_crop_flip(to_unit_range(inputs[batch]), generator, config.crop_scale, config.flip)
+        with autocast(device, bf16):
+            logits = head(model(images.contiguous(memory_format=torch.channels_last)))
+        loss = F.cross_entropy(logits.float(), pseudo_labels[batch])
         optimizer.zero_grad(set_to_none=True)
         head_optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,8 +1,9 @@
 """The DeepCluster flow: ingest, preprocess, then per epoch
 extract -> reduce -> cluster -> resample -> retrain -> evaluate -> commit.
 
-Each epoch's artifacts are committed atomically, so running the flow again on the same run id
-continues after the last finished epoch.
+The epoch tasks pass tensors in memory; features, assignments and the checkpoint go to a background
+writer as soon as they exist, and the epoch is committed atomically once they are written, while the
+next epoch computes. Running the flow again on the same run id continues after the last committed epoch.
 """
 
 from __future__ import annotations
@@ -10,35 +11,27 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 import tasks
-from deepcluster.artifacts import RunError, RunLayout, RunLock, default_runs_dir
+from deepcluster import artifacts, pipeline
+from deepcluster.artifacts import ArtifactWriter, RunError, RunLayout, RunLock, default_runs_dir
 from deepcluster.config import Config
-from deepcluster.pipeline import DatasetInfo, configure_torch, resolve_device
+from deepcluster.pipeline import Session, configure_torch, resolve_device, timed
 from deepcluster.progress import progress_bar
 from deepcluster.report import flat_metrics, format_table, metric_rows
 
-Result = TypeVar("Result")
 DEFAULT_CONFIG = Config()
 
 
 def new_run_id() -> str:
     """A fresh run id: UTC time plus a random suffix, e.g. 20261126-153000-1a2b3c."""
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
-
-
-def _timed(seconds: dict[str, float], name: str, call: Callable[..., Result], *args: Any) -> Result:
-    start = time.perf_counter()
-    result = call(*args)
-    seconds[name] = round(time.perf_counter() - start, 4)
-    return result
 
 
 @flow(name="deepcluster")
@@ -63,38 +56,57 @@ def deepcluster_flow(
             "run %s: epochs %d..%d of %s on %s", layout.run_id, first_epoch, config.epochs - 1, layout.root, device
         )
         rows = metric_rows(layout)
-        for epoch in progress_bar(range(first_epoch, config.epochs), "epochs", "epoch", progress):
-            epoch_metrics = _run_epoch(layout, config, info, epoch, device, progress)
-            tasks.commit_epoch(layout, epoch, epoch_metrics)
-            rows.append(flat_metrics(epoch_metrics))
-            logger.info("epoch %d done: %s", epoch, _epoch_line(rows[-1]))
-            create_table_artifact(
-                table=rows, key=_artifact_key(layout.run_id), description=f"Per-epoch metrics of run {layout.run_id}"
-            )
+        if first_epoch < config.epochs:
+            session = tasks.load_session(layout, config, first_epoch, device)
+            with ArtifactWriter() as writer:
+                for epoch in progress_bar(range(first_epoch, config.epochs), "epochs", "epoch", progress):
+                    rows.append(flat_metrics(_run_epoch(layout, session, epoch, writer, progress)))
+                    logger.info("epoch %d done: %s", epoch, _epoch_line(rows[-1]))
+                    create_table_artifact(
+                        table=rows,
+                        key=_artifact_key(layout.run_id),
+                        description=f"Per-epoch metrics of run {layout.run_id}",
+                    )
+                start = time.perf_counter()
+                writer.flush()
+                logger.info("artifacts written; waited %.2f s for the writer at the end", time.perf_counter() - start)
     _publish_summary(layout, config, rows)
     return str(layout.root)
 
 
 def _run_epoch(
-    layout: RunLayout, config: Config, info: DatasetInfo, epoch: int, device: str, progress: bool | None
+    layout: RunLayout, session: Session, epoch: int, writer: ArtifactWriter, progress: bool | None
 ) -> dict[str, Any]:
-    """One DeepCluster epoch, stage by stage, into the epoch's staging directory; returns its metrics."""
+    """One DeepCluster epoch, stage by stage; its files are queued on `writer`, then its commit.
+
+    Returns the epoch's metrics; its metrics.json also has `stage_seconds["write"]`, the time the
+    writer spent on the epoch's files, off the critical path.
+    """
+    config, device = session.config, session.device
     seconds: dict[str, float] = {}
-    raw = _timed(seconds, "extract", tasks.extract_features, layout, config, epoch, device, progress)
-    features = _timed(seconds, "pca", tasks.pca_reduce, raw, config.pca_dim, device)
-    assignments, kmeans_loss = _timed(seconds, "kmeans", tasks.cluster_kmeans, features, layout, config, epoch, device)
-    sample = _timed(seconds, "resample", tasks.balanced_resample, assignments, config, epoch)
-    train_loss = _timed(seconds, "train", tasks.retrain, layout, config, epoch, assignments, sample, device, progress)
-    evaluation = _timed(seconds, "evaluate", tasks.evaluate_nmi, layout, epoch, assignments, config.num_clusters)
-    return {
-        "epoch": epoch,
-        "num_images": info.num_images,
-        "num_clusters": config.num_clusters,
-        "train_loss": train_loss,
-        "kmeans_loss": kmeans_loss,
-        **evaluation,
-        "stage_seconds": seconds,
-    }
+    start = time.perf_counter()
+    artifacts.begin_epoch(layout, epoch)
+    features = timed(seconds, "extract", device, tasks.extract_features, session, progress)
+    features = timed(seconds, "pca", device, tasks.pca_reduce, features, config.pca_dim)
+    writer.submit(epoch, pipeline.write_features, layout, epoch, features.cpu().numpy())
+    clustering = timed(seconds, "kmeans", device, tasks.cluster_kmeans, features, config, epoch)
+    del features
+    assignments = clustering.assignments.cpu().numpy()
+    writer.submit(epoch, pipeline.write_assignments, layout, epoch, assignments, session.labels)
+    sample = timed(seconds, "resample", device, tasks.balanced_resample, clustering.assignments, config, epoch)
+    trained = timed(seconds, "train", device, tasks.retrain, session, clustering.assignments, sample, epoch, progress)
+    writer.submit(epoch, pipeline.write_checkpoint, layout, epoch, pipeline.checkpoint(session, epoch))
+    evaluation = timed(seconds, "evaluate", device, tasks.evaluate_nmi, session, assignments)
+    seconds["epoch"] = round(time.perf_counter() - start, 4)
+    epoch_metrics = pipeline.epoch_metrics(session, epoch, clustering, trained, evaluation, seconds)
+    writer.submit(epoch, _commit, layout, epoch, epoch_metrics, writer)
+    return epoch_metrics
+
+
+def _commit(layout: RunLayout, epoch: int, epoch_metrics: dict[str, Any], writer: ArtifactWriter) -> None:
+    """Runs on the writer after the epoch's files: record the writing time, write metrics, commit."""
+    seconds = {**epoch_metrics["stage_seconds"], "write": writer.busy_seconds(epoch)}
+    pipeline.finish_epoch(layout, epoch, {**epoch_metrics, "stage_seconds": seconds})
 
 
 def _epoch_line(row: dict[str, Any]) -> str:

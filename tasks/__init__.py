@@ -1,16 +1,16 @@
 """Thin Prefect tasks, one per DeepCluster stage; each calls one function of `deepcluster.pipeline`.
 
-Tasks pass paths and small values, never arrays or models, and never cache: a run's progress
-lives in its committed epoch directories, which is what resuming reads.
+Tasks never cache: a run's progress lives in its committed epoch directories, which is what
+resuming reads.
 """
 
 from tasks.stages import (
     balanced_resample,
     cluster_kmeans,
-    commit_epoch,
     evaluate_nmi,
     extract_features,
     ingest,
+    load_session,
     pca_reduce,
     retrain,
     sobel_preprocess,
@@ -19,10 +19,10 @@ from tasks.stages import (
 __all__ = [
     "balanced_resample",
     "cluster_kmeans",
-    "commit_epoch",
     "evaluate_nmi",
     "extract_features",
     "ingest",
+    "load_session",
     "pca_reduce",
     "retrain",
     "sobel_preprocess",

@@ -1,10 +1,16 @@
-"""One Prefect task per stage of a DeepCluster epoch."""
+"""One Prefect task per stage of a DeepCluster run.
+
+The set-up tasks work on the run directory. The epoch tasks take and return in-memory values (the
+`Session`, tensors): with no cache policy and no result persistence Prefect neither hashes nor
+pickles them, so a task call costs a few milliseconds whatever the size of its arguments.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -12,7 +18,9 @@ from prefect.cache_policies import NO_CACHE
 from deepcluster import pipeline
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import Config
-from deepcluster.pipeline import DatasetInfo
+from deepcluster.kmeans import Clustering
+from deepcluster.pipeline import DatasetInfo, Session
+from deepcluster.train import TrainResult
 
 stage = task(cache_policy=NO_CACHE, persist_result=False)
 
@@ -30,44 +38,44 @@ def sobel_preprocess(layout: RunLayout, image_size: int) -> Path:
 
 
 @stage
-def extract_features(layout: RunLayout, config: Config, epoch: int, device: str, progress: bool | None) -> Path:
+def load_session(layout: RunLayout, config: Config, epoch: int, device: str) -> Session:
+    """Inputs, model and optimizer as they enter `epoch`, from the run's files."""
+    return pipeline.open_session(layout, config, epoch, torch.device(device))
+
+
+@stage
+def extract_features(session: Session, progress: bool | None) -> torch.Tensor:
     """Features of every image with the current convnet."""
-    return pipeline.extract(layout, config, epoch, torch.device(device), progress)
+    return pipeline.extract(session, progress)
 
 
 @stage
-def pca_reduce(raw_features: Path, pca_dim: int, device: str) -> Path:
+def pca_reduce(features: torch.Tensor, pca_dim: int) -> torch.Tensor:
     """PCA-whitening + L2 normalisation of the features."""
-    return pipeline.reduce(raw_features, pca_dim, torch.device(device))
+    return pipeline.reduce(features, pca_dim)
 
 
 @stage
-def cluster_kmeans(features: Path, layout: RunLayout, config: Config, epoch: int, device: str) -> tuple[Path, float]:
-    """k-means with the empty-cluster fix; returns the assignments and the k-means loss."""
-    return pipeline.cluster(features, layout, config, epoch, torch.device(device))
+def cluster_kmeans(points: torch.Tensor, config: Config, epoch: int) -> Clustering:
+    """k-means with the empty-cluster fix."""
+    return pipeline.cluster(points, config, epoch)
 
 
 @stage
-def balanced_resample(assignments: Path, config: Config, epoch: int) -> Path:
+def balanced_resample(assignments: torch.Tensor, config: Config, epoch: int) -> torch.Tensor:
     """Training indices sampled uniformly over clusters."""
     return pipeline.resample(assignments, config, epoch)
 
 
 @stage
 def retrain(
-    layout: RunLayout, config: Config, epoch: int, assignments: Path, sample: Path, device: str, progress: bool | None
-) -> float:
-    """One epoch of training on the pseudo-labels; returns the mean loss."""
-    return pipeline.retrain(layout, config, epoch, assignments, sample, torch.device(device), progress).loss
+    session: Session, assignments: torch.Tensor, sample: torch.Tensor, epoch: int, progress: bool | None
+) -> TrainResult:
+    """One epoch of training on the pseudo-labels (updates the session's model and optimizer)."""
+    return pipeline.retrain(session, assignments, sample, epoch, progress)
 
 
 @stage
-def evaluate_nmi(layout: RunLayout, epoch: int, assignments: Path, num_clusters: int) -> dict[str, Any]:
+def evaluate_nmi(session: Session, assignments: np.ndarray) -> dict[str, Any]:
     """NMI against the previous epoch and, where labels exist, NMI/ACC/ARI against them."""
-    return pipeline.evaluate(layout, epoch, assignments, num_clusters)
-
-
-@stage
-def commit_epoch(layout: RunLayout, epoch: int, epoch_metrics: dict[str, Any]) -> Path:
-    """Write metrics, manifest, and rename the epoch into place."""
-    return pipeline.finish_epoch(layout, epoch, epoch_metrics)
+    return pipeline.evaluate(session, assignments)

@@ -76,3 +76,52 @@ def test_second_lock_is_refused(tmp_path: Path):
 def test_find_run_names_where_it_looked(tmp_path: Path):
     with pytest.raises(RunError, match=f"no run 'nope' in {tmp_path}"):
         artifacts.find_run("nope", tmp_path)
+
+
+def test_writer_runs_jobs_in_order_off_the_calling_thread():
+    import threading
+
+    done: list[tuple[int, str]] = []
+    with artifacts.ArtifactWriter() as writer:
+        for epoch in (0, 1):
+            for name in ("features", "commit"):
+                writer.submit(epoch, lambda e, n: done.append((e, n, threading.current_thread().name)), epoch, name)
+        writer.flush()
+    assert [(epoch, name) for epoch, name, _ in done] == [
+        (0, "features"),
+        (0, "commit"),
+        (1, "features"),
+        (1, "commit"),
+    ]
+    assert all(thread != threading.current_thread().name for _, _, thread in done)
+    assert writer.busy_seconds(0) >= 0 and writer.busy_seconds(7) == 0
+
+
+def test_writer_runs_nothing_after_a_failed_job_and_reports_it():
+    import threading
+
+    ran: list[str] = []
+    both_queued = threading.Event()
+
+    def fail() -> None:
+        both_queued.wait()
+        raise OSError("disk full")
+
+    with artifacts.ArtifactWriter() as writer:
+        writer.submit(0, fail)
+        writer.submit(0, ran.append, "commit")  # must not commit an epoch with a missing file
+        both_queued.set()
+        with pytest.raises(RuntimeError, match="writing an artifact failed") as error:
+            writer.flush()
+    assert isinstance(error.value.__cause__, OSError) and ran == []
+
+
+def test_leaving_the_writer_waits_for_queued_jobs():
+    import time
+
+    ran: list[int] = []
+    with pytest.raises(KeyError):
+        with artifacts.ArtifactWriter() as writer:
+            writer.submit(0, lambda: (time.sleep(0.2), ran.append(0)))
+            raise KeyError("a later stage failed")
+    assert ran == [0]

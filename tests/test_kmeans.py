@@ -73,11 +73,23 @@ def test_chunked_assignment_matches_full_distances(monkeypatch):
 
     generator = torch.Generator().manual_seed(0)
     points, centroids = torch.randn(257, 4, generator=generator), torch.randn(9, 4, generator=generator)
-    monkeypatch.setattr(kmeans_module, "CHUNK_ELEMENTS", 20)  # 2 rows per chunk
+    monkeypatch.setattr(kmeans_module, "CHUNK_ELEMENTS", {"cpu": 20})  # 2 rows per chunk
     assignments, distances = assign(points, centroids)
     full = torch.cdist(points, centroids) ** 2
     assert torch.equal(assignments, full.argmin(dim=1))
     assert torch.allclose(distances, full.min(dim=1).values, atol=1e-4)
+
+
+def test_stopping_at_convergence_gives_what_more_iterations_would():
+    generator = torch.Generator().manual_seed(4)
+    points = torch.cat([torch.randn(100, 3, generator=generator) + shift for shift in (0.0, 8.0, 16.0)])
+    converged = kmeans(points, 3, torch.Generator().manual_seed(0), iterations=50)
+    assert converged.iterations < 50
+    exact = kmeans(points, 3, torch.Generator().manual_seed(0), iterations=converged.iterations)
+    assert torch.equal(exact.assignments, converged.assignments)
+    assert torch.equal(exact.centroids, converged.centroids)
+    one_less = kmeans(points, 3, torch.Generator().manual_seed(0), iterations=converged.iterations - 1)
+    assert torch.equal(one_less.assignments, converged.assignments)  # the last iteration only confirmed it
 
 
 @pytest.mark.parametrize(("num_clusters", "message"), [(1, "k >= 2"), (11, "at least as many points")])

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from deepcluster import pipeline
@@ -47,30 +48,41 @@ def test_existing_run_refuses_changed_data(tmp_path: Path):
         pipeline.ingest(config, layout)
 
 
-def test_one_epoch_of_stages_writes_the_contract(tmp_path: Path):
+def test_one_epoch_of_the_library_loop(tmp_path: Path):
     layout = RunLayout(tmp_path, "stages")
     config = tiny_config()
-    device = pipeline.resolve_device("cpu")
     info = pipeline.ingest(config, layout)
     assert (info.num_images, info.image_size, info.has_labels) == (300, 28, True)
     pipeline.sobel_preprocess(layout, info.image_size)
-    raw = pipeline.extract(layout, config, 0, device, progress=False)
-    features = pipeline.reduce(raw, config.pca_dim, device)
-    assignments, loss = pipeline.cluster(features, layout, config, 0, device)
-    sample = pipeline.resample(assignments, config, 0)
-    result = pipeline.retrain(layout, config, 0, assignments, sample, device, progress=False)
-    evaluation = pipeline.evaluate(layout, 0, assignments, config.num_clusters)
-    assert loss > 0 and result.loss > 0 and result.batches == 5
-    assert evaluation["nmi_previous"] is None and 0 <= evaluation["labels"]["nmi"] <= 1
-    assert evaluation["cluster_sizes"]["empty"] == 0
-    final = pipeline.finish_epoch(layout, 0, {"epoch": 0})
-    assert sorted(path.name for path in final.iterdir()) == [
-        "assignments.parquet",
-        "features.parquet",
-        "manifest.json",
-        "metrics.json",
-        "model.pt",
-    ]
+    session = pipeline.open_session(layout, config, 0, pipeline.resolve_device("cpu"))
+    assert session.inputs.dtype == torch.uint8 and session.inputs.shape == (300, 1, 28, 28)
+    metrics = pipeline.run_epoch(session, 0, progress=False)
+    assert metrics["train_loss"] > 0 and metrics["kmeans_loss"] > 0 and 1 <= metrics["kmeans_iterations"] <= 20
+    assert metrics["nmi_previous"] is None and 0 <= metrics["labels"]["nmi"] <= 1
+    assert metrics["cluster_sizes"]["empty"] == 0
+    assert set(metrics["stage_seconds"]) == {"extract", "pca", "kmeans", "resample", "train", "evaluate", "epoch"}
+    first = session.previous_assignments
+    assert first is not None and first.shape == (300,)
+    assert 0 <= pipeline.run_epoch(session, 1, progress=False)["nmi_previous"] <= 1
+
+
+def test_checkpoint_is_a_snapshot_that_later_training_does_not_change(tmp_path: Path):
+    layout = RunLayout(tmp_path, "snap")
+    config = tiny_config()
+    info = pipeline.ingest(config, layout)
+    pipeline.sobel_preprocess(layout, info.image_size)
+    session = pipeline.open_session(layout, config, 0, pipeline.resolve_device("cpu"))
+    pipeline.run_epoch(session, 0, progress=False)
+    state = pipeline.checkpoint(session, 0)
+    frozen = {key: value.clone() for key, value in state["model"].items()}
+    pipeline.run_epoch(session, 1, progress=False)
+    assert all(torch.equal(frozen[key], state["model"][key]) for key in frozen)
+    assert not all(torch.equal(frozen[key], value) for key, value in session.model.state_dict().items())
+
+
+@pytest.mark.parametrize(("precision", "expected"), [("fp32", False), ("bf16", True)])
+def test_precision_is_as_configured(precision: str, expected: bool):
+    assert pipeline.use_bf16(tiny_config(precision=precision), torch.device("cpu")) is expected
 
 
 def test_cuda_requested_without_gpu(monkeypatch):

@@ -64,7 +64,9 @@ def kill_when(process: subprocess.Popen, path: Path, timeout: float = 180) -> No
     [
         ("data/inputs.npy", []),  # right after preprocessing, before any epoch
         ("epochs/.0001.partial/features.parquet", [0]),  # mid-epoch, after PCA
-        ("epochs/.0001.partial/sample.npy", [0]),  # mid-epoch, while training
+        ("epochs/.0001.partial/assignments.parquet", [0]),  # mid-epoch, while training
+        # The writer commits epoch 1 before it writes anything of epoch 2 (one thread, in order).
+        ("epochs/.0002.partial/features.parquet", [0, 1]),
     ],
 )
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(
