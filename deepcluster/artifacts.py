@@ -35,6 +35,7 @@ import torch
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 EPOCH_DIR_PATTERN = re.compile(r"^\d{4}$")
 MANIFEST = "manifest.json"
+WRITER_NICENESS = 19
 PARQUET_CODEC = "lz4"  # fast; whitened float features barely compress with any codec
 
 
@@ -199,7 +200,7 @@ class ArtifactWriter:
     """
 
     def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="artifact-writer")
+        self._executor = ThreadPoolExecutor(1, "artifact-writer", initializer=_lower_own_priority)
         self._pending: list[Future[None]] = []
         self._lock = threading.Lock()
         self._busy: defaultdict[int, float] = defaultdict(float)
@@ -245,6 +246,15 @@ class ArtifactWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         self._executor.shutdown(wait=True)
+
+
+def _lower_own_priority() -> None:
+    """Give the calling thread the lowest CPU priority (on Linux a thread is scheduled on its own),
+    so writing artifacts takes the gaps the compute threads leave instead of stalling them."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WRITER_NICENESS)
+    except OSError:  # not permitted or not supported: write at normal priority
+        pass
 
 
 # ---------------------------------------------------------------- files

@@ -1,7 +1,7 @@
-"""The `deepcluster` command: run, resume, runs, inspect, verify.
+"""The `deepcluster` command: run, resume, runs, inspect, verify, bench, bench-kmeans.
 
-Only `run` and `resume` import Prefect (the flow), inside the command, so the other commands
-start fast and the library stays free of Prefect.
+Only `run`, `resume` and `bench` import Prefect (the flow), inside the command, so the other
+commands start fast and the library stays free of Prefect.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deepcluster import artifacts
+from deepcluster import artifacts, pipeline
 from deepcluster.artifacts import (
     RunError,
     RunLayout,
@@ -30,6 +31,7 @@ from deepcluster.config import Config, ConfigError, build_config, load_config_fi
 from deepcluster.data import DatasetError
 from deepcluster.report import epoch_metrics, flat_metrics, format_table, metric_rows
 
+BENCH_EPOCHS = 3  # epoch 0 warms up; the medians are over epochs 1 and 2
 USER_ERRORS = (ConfigError, DatasetError, RunError, RunLockedError, FileNotFoundError)
 
 # CLI flag -> Config key, for the flags that map one to one.
@@ -48,6 +50,7 @@ RUN_FLAGS = {
     "batch_size": "batch_size",
     "lr": "lr",
     "device": "device",
+    "precision": "precision",
     "seed": "seed",
 }
 
@@ -69,24 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="train a new run, or continue one with --run-id")
-    run.add_argument(
-        "--dataset", help="fashion-mnist-sample (default), fashion-mnist, mnist, cifar10, digits, or a folder"
-    )
-    run.add_argument("--data-dir", type=Path, help="directory holding the dataset's files")
-    run.add_argument("--split", choices=["train", "test"])
-    run.add_argument("--classes", type=_classes, help="keep only these labels, e.g. 0,1,2")
-    run.add_argument("--limit", type=int, help="keep only the first N images")
-    run.add_argument("--download", action="store_true", default=None, help="download the dataset (needs internet)")
-    run.add_argument("--image-size", type=int)
-    run.add_argument("--epochs", type=int)
-    run.add_argument("--k", type=int, help="number of clusters")
-    run.add_argument("--arch", choices=["small", "alexnet", "vgg16"])
-    run.add_argument("--pca-dim", type=int)
-    run.add_argument("--batch-size", type=int)
-    run.add_argument("--lr", type=float)
-    run.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    run.add_argument("--seed", type=int)
-    run.add_argument("--config", type=Path, help="JSON file of config keys; flags override it")
+    _add_config_flags(run)
     run.add_argument("--run-id", help="name of the run (letters, digits, - and _); continues it if it exists")
     _add_progress_flags(run)
 
@@ -104,7 +90,54 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser("verify", help="re-hash every artifact against the manifests")
     verify.add_argument("run_id")
+
+    bench = commands.add_parser(
+        "bench", help="time the flow (all artifacts written) against the plain library loop, per stage"
+    )
+    _add_config_flags(bench)
+    bench.add_argument("--rounds", type=int, default=2, help="alternating library/flow rounds (default 2)")
+    bench.add_argument("--json", type=Path, help="also write the summary to this JSON file")
+
+    bench_kmeans = commands.add_parser(
+        "bench-kmeans", help="time the project's k-means against faiss and scikit-learn on synthetic points"
+    )
+    bench_kmeans.add_argument("--n", type=int, default=100_000, help="number of points")
+    bench_kmeans.add_argument("--dim", type=int, default=256)
+    bench_kmeans.add_argument("--k", type=int, default=1000)
+    bench_kmeans.add_argument("--iters", type=int, default=20, help="at most this many Lloyd iterations")
+    bench_kmeans.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    bench_kmeans.add_argument("--seed", type=int, default=0)
+    bench_kmeans.add_argument(
+        "--sklearn-init",
+        choices=["both", "random", "k-means++", "none"],
+        default="both",
+        help="scikit-learn initialisations to time (random: the same scheme as ours; k-means++: its default)",
+    )
+    bench_kmeans.add_argument("--no-faiss", action="store_true", help="skip faiss")
+    bench_kmeans.add_argument("--json", type=Path, help="also write the results to this JSON file")
     return parser
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset", help="fashion-mnist-sample (default), fashion-mnist, mnist, cifar10, digits, or a folder"
+    )
+    parser.add_argument("--data-dir", type=Path, help="directory holding the dataset's files")
+    parser.add_argument("--split", choices=["train", "test"])
+    parser.add_argument("--classes", type=_classes, help="keep only these labels, e.g. 0,1,2")
+    parser.add_argument("--limit", type=int, help="keep only the first N images")
+    parser.add_argument("--download", action="store_true", default=None, help="download the dataset (needs internet)")
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--k", type=int, help="number of clusters")
+    parser.add_argument("--arch", choices=["small", "alexnet", "vgg16"])
+    parser.add_argument("--pca-dim", type=int)
+    parser.add_argument("--batch-size", type=int, help="images per batch; the learning rate scales with it")
+    parser.add_argument("--lr", type=float, help="learning rate for a batch of 256")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="bf16 autocast (auto: where fast)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--config", type=Path, help="JSON file of config keys; flags override it")
 
 
 def _add_progress_flags(parser: argparse.ArgumentParser) -> None:
@@ -123,14 +156,19 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return build_config(values)
 
 
-def run_flow(config: Config, run_id: str | None, runs_dir: Path | None, progress: bool | None) -> int:
+def import_flow() -> Callable[..., str]:
+    """The flow, with Prefect set up as the CLI runs it (also what `bench` measures)."""
     # The temporary server would try to send usage telemetry, which fails (loudly) offline.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.deepcluster_flow import deepcluster_flow
 
     # Task states show in the UI; on the terminal, the flow's per-epoch lines are enough.
     logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+    return deepcluster_flow
 
+
+def run_flow(config: Config, run_id: str | None, runs_dir: Path | None, progress: bool | None) -> int:
+    deepcluster_flow = import_flow()
     root = Path(
         deepcluster_flow(config=config, run_id=run_id, runs_dir=str(runs_dir or default_runs_dir()), progress=progress)
     )
@@ -153,6 +191,33 @@ def command_resume(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         values["epochs"] = args.epochs
     return run_flow(build_config(values), args.run_id, layout.runs_dir, args.progress)
+
+
+def command_bench(args: argparse.Namespace) -> int:
+    from deepcluster.bench import bench
+
+    if args.epochs is None:
+        args.epochs = BENCH_EPOCHS
+    if args.rounds < 1:
+        raise ConfigError(f"--rounds must be at least 1, got {args.rounds}")
+    config = config_from_args(args)
+    pipeline.resolve_device(config.device)  # a clear error before any child process starts
+    bench(config, args.rounds, args.json)
+    return 0
+
+
+def command_bench_kmeans(args: argparse.Namespace) -> int:
+    from deepcluster.bench import bench_kmeans
+
+    for name in ("n", "dim", "k", "iters"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.k > args.n:
+        raise ConfigError(f"--k {args.k} is larger than --n {args.n}")
+    inits = {"both": ("random", "k-means++"), "none": ()}.get(args.sklearn_init, (args.sklearn_init,))
+    device = pipeline.resolve_device(args.device)
+    bench_kmeans(args.n, args.dim, args.k, args.iters, device, args.seed, inits, not args.no_faiss, args.json)
+    return 0
 
 
 def command_runs(args: argparse.Namespace) -> int:
@@ -218,6 +283,8 @@ COMMANDS = {
     "runs": command_runs,
     "inspect": command_inspect,
     "verify": command_verify,
+    "bench": command_bench,
+    "bench-kmeans": command_bench_kmeans,
 }
 
 
