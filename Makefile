@@ -3,8 +3,10 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 RUN_ARGS ?=
+BENCH_ARGS ?=
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: run test clean
+.PHONY: run test clean bench bench-fmnist bench-kmeans
 
 $(INSTALLED): pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,6 +19,20 @@ run: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -q
+
+# Benchmarks (docs/PERFORMANCE.md): flow vs plain library loop, per stage; k-means vs faiss and scikit-learn.
+bench: $(INSTALLED)
+	$(VENV)/bin/deepcluster bench $(BENCH_ARGS)
+
+bench-fmnist: $(INSTALLED) $(FASHION_MNIST)
+	$(VENV)/bin/deepcluster bench --dataset fashion-mnist --k 100 --rounds 1 $(BENCH_ARGS)
+
+bench-kmeans: $(INSTALLED)
+	$(VENV)/bin/deepcluster bench-kmeans $(BENCH_ARGS)
+
+# The full Fashion-MNIST, from Debian (the machine's package registry).
+$(FASHION_MNIST):
+	apt-get update && apt-get install -y dataset-fashion-mnist
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -128,7 +128,7 @@ def summarize(config: Config, results: dict[str, list[dict[str, Any]]]) -> dict[
             epoch["stage_seconds"]["epoch"] - sum(epoch["stage_seconds"][name] for name in STAGES) for epoch in counted
         )
         if mode == "flow":
-            medians["write (background)"] = statistics.median(epoch["stage_seconds"]["write"] for epoch in counted)
+            medians["write (background, wall)"] = statistics.median(epoch["stage_seconds"]["write"] for epoch in counted)
         summary[mode] = {
             "device": runs[0]["device"],
             "median_seconds": {name: round(value, 4) for name, value in medians.items()},
@@ -161,7 +161,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary['cpus']} CPUs; medians over epochs >= 1 of {summary['rounds']} alternating rounds",
         f"{'':24}{'library':>12}{'flow':>12}",
     ]
-    names = (*STAGES, "orchestration", "epoch", "write (background)")
+    names = (*STAGES, "orchestration", "epoch", "write (background, wall)")
     for name in names:
         lib, flo = library["median_seconds"].get(name), flow["median_seconds"].get(name)
         lines.append(f"{name + ' s':24}{_cell(lib, '.3f'):>12}{_cell(flo, '.3f'):>12}")

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The GPU figures of docs/PERFORMANCE.md, as one script for a session lent a GPU machine.
+# Prepare here:  bash bench/wheelhouse.sh
+#                mkdir -p data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/train-* data/fashion-mnist/
+# Then, with the device tool:  run(command="bash bench/gpu.sh", carry=[".wheels", "data/fashion-mnist"], timeout_s=420)
+# Results (logs and JSON) are written under $OUT. Takes about 3-4 minutes on an H100.
+set -uo pipefail
+OUT=${OUT:-/tmp/deepcluster-gpu}
+mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu.log") 2>&1
+cd "$(dirname "$0")/.."
+export PYTHONPATH=$PWD PREFECT_SERVER_ANALYTICS_ENABLED=false
+step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
+
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name())'
+
+step "install Prefect from the carried wheels"
+python3 -m pip install --quiet --no-index --find-links .wheels prefect || exit 1
+
+step "k-means at the paper's scale: 1,281,167 x 256, k = 10,000, 20 iterations"
+python3 -m deepcluster.cli bench-kmeans --n 1281167 --dim 256 --k 10000 --iters 20 --device cuda \
+    --sklearn-init none --no-faiss --json "$OUT/kmeans-paper-h100.json"
+
+step "full Fashion-MNIST epoch, default model, batch 1024 (lr scaled), flow vs library"
+python3 -m deepcluster.cli bench --dataset fashion-mnist --device cuda --k 100 --batch-size 1024 \
+    --epochs 4 --rounds 1 --json "$OUT/bench-fmnist-b1024.json"
+
+step "the same at the default batch of 256"
+python3 -m deepcluster.cli bench --dataset fashion-mnist --device cuda --k 100 \
+    --epochs 3 --rounds 1 --json "$OUT/bench-fmnist-b256.json"
+step "done"
