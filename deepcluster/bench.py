@@ -128,7 +128,9 @@ def summarize(config: Config, results: dict[str, list[dict[str, Any]]]) -> dict[
             epoch["stage_seconds"]["epoch"] - sum(epoch["stage_seconds"][name] for name in STAGES) for epoch in counted
         )
         if mode == "flow":
-            medians["write (background, wall)"] = statistics.median(epoch["stage_seconds"]["write"] for epoch in counted)
+            medians["write (background, wall)"] = statistics.median(
+                epoch["stage_seconds"]["write"] for epoch in counted
+            )
         summary[mode] = {
             "device": runs[0]["device"],
             "median_seconds": {name: round(value, 4) for name, value in medians.items()},
@@ -137,7 +139,8 @@ def summarize(config: Config, results: dict[str, list[dict[str, Any]]]) -> dict[
             "peak_rss_mb": max(run["peak_rss_mb"] for run in runs),
             "peak_cuda_mb": runs[0]["peak_cuda_mb"] and max(run["peak_cuda_mb"] for run in runs),
             "per_epoch": [
-                [{"epoch": epoch["epoch"], **epoch["stage_seconds"]} for epoch in run["epochs"]] for run in runs
+                [{"epoch": epoch["epoch"], "stage_seconds": epoch["stage_seconds"]} for epoch in run["epochs"]]
+                for run in runs
             ],
             "train_losses": [epoch["train_loss"] for epoch in epochs],
             "nmi": [(epoch.get("labels") or {}).get("nmi") for epoch in epochs],
@@ -172,6 +175,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         ("peak CUDA MB", "peak_cuda_mb", ".0f"),
     ]:
         lines.append(f"{label:24}{_cell(library[key], spec):>12}{_cell(flow[key], spec):>12}")
+    lines.append("per epoch (seconds; first round):")
+    for mode in MODES:
+        for epoch in summary[mode]["per_epoch"][0]:
+            seconds = epoch["stage_seconds"]
+            stages = ", ".join(f"{name} {seconds[name]:.3f}" for name in (*STAGES, "epoch", "write") if name in seconds)
+            lines.append(f"  {mode:8} epoch {epoch['epoch']}: {stages}")
     lines.append(f"flow / library epoch time: {summary['flow_over_library']:.3f}")
     lines.append(f"same train losses in every run: {'yes' if summary['same_results'] else 'no'}")
     return "\n".join(lines)
@@ -324,6 +333,9 @@ def format_kmeans(summary: dict[str, Any]) -> str:
             f"{row['objective']:>12.4f}"
             f"{row['seconds_vs_ours']:>11.2f}{row['objective_vs_ours']:>+12.2%}"
         )
+    extra = summary["results"][0].get("extra_cuda_mb")
+    if extra is not None:
+        lines.append(f"GPU memory of the project's k-means beyond the points: {extra:.0f} MB")
     return "\n".join(lines)
 
 
