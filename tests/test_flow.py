@@ -117,3 +117,31 @@ def test_flow_and_library_loop_compute_the_same_epochs(finished_run: Path):
         assert (
             session.previous_assignments == artifacts.read_clusters(layout.epoch_dir(epoch) / "assignments.parquet")
         ).all()
+
+
+def test_a_failed_background_write_commits_nothing_and_the_run_resumes_exactly(
+    prefect_harness, finished_run: Path, tmp_path: Path, monkeypatch
+):
+    from deepcluster import pipeline
+    from flows.deepcluster_flow import deepcluster_flow
+
+    original = pipeline.write_checkpoint
+
+    def failing_on_epoch_1(layout, epoch, state):
+        if epoch == 1:
+            raise OSError("No space left on device")
+        original(layout, epoch, state)
+
+    monkeypatch.setattr(pipeline, "write_checkpoint", failing_on_epoch_1)
+    with pytest.raises(RuntimeError, match="writing an artifact failed"):
+        deepcluster_flow(config=tiny_config(), run_id="tiny", runs_dir=str(tmp_path), progress=False)
+    layout = RunLayout(tmp_path, "tiny")
+    assert layout.completed_epochs() == [0]  # epoch 1 lacks its checkpoint: it was not committed
+    monkeypatch.setattr(pipeline, "write_checkpoint", original)
+    deepcluster_flow(config=tiny_config(), run_id="tiny", runs_dir=str(tmp_path), progress=False)
+    straight = RunLayout(finished_run, "tiny")
+    assert layout.completed_epochs() == [0, 1] and not list(layout.epochs_dir.glob(".*"))
+    for epoch in (0, 1):
+        for name in ("features.parquet", "assignments.parquet", "model.pt"):
+            ours = (layout.epoch_dir(epoch) / name).read_bytes()
+            assert ours == (straight.epoch_dir(epoch) / name).read_bytes(), (epoch, name)
