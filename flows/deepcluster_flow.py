@@ -61,7 +61,7 @@ def deepcluster_flow(
             with ArtifactWriter() as writer:
                 for epoch in progress_bar(range(first_epoch, config.epochs), "epochs", "epoch", progress):
                     rows.append(flat_metrics(_run_epoch(layout, session, epoch, writer, progress)))
-                    logger.info("epoch %d done: %s", epoch, _epoch_line(rows[-1]))
+                    logger.info("epoch %d computed (committed in the background): %s", epoch, _epoch_line(rows[-1]))
                     create_table_artifact(
                         table=rows,
                         key=_artifact_key(layout.run_id),
