@@ -47,18 +47,14 @@ def measure(mode: str, config: Config) -> dict[str, Any]:
         "device": str(device),
         "epochs": epochs,
         "total_seconds": round(total, 3),
+        "torch_threads": torch.get_num_threads(),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "peak_cuda_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if device.type == "cuda" else None,
     }
 
 
 def _run_library(config: Config, device: torch.device) -> list[dict[str, Any]]:
-    from deepcluster.data import load_dataset
-    from deepcluster.sobel import prepare_inputs
-
-    image_set = load_dataset(config)
-    inputs = prepare_inputs(image_set.images, pipeline.validate_for_dataset(config, image_set))
-    session = pipeline.new_session(config, inputs, image_set.labels, device)
+    session = pipeline.new_session(config, *pipeline.load_inputs(config), device)
     return [pipeline.run_epoch(session, epoch, progress=False) for epoch in range(config.epochs)]
 
 
@@ -115,7 +111,7 @@ def summarize(config: Config, results: dict[str, list[dict[str, Any]]]) -> dict[
         "config": config.to_json_dict(),
         "host": os.uname().nodename,
         "cpus": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": results["library"][0].get("torch_threads"),
         "date": time.strftime("%Y-%m-%d"),
         "rounds": len(results["library"]),
     }

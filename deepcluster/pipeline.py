@@ -236,6 +236,12 @@ def sobel_preprocess(layout: RunLayout, image_size: int) -> Path:
     return layout.inputs
 
 
+def load_inputs(config: Config) -> tuple[np.ndarray, np.ndarray | None]:
+    """The network's inputs (uint8 N x 1 x S x S) and the labels, straight from the dataset (no run directory)."""
+    image_set = load_dataset(config)
+    return prepare_inputs(image_set.images, validate_for_dataset(config, image_set)), image_set.labels
+
+
 def open_session(layout: RunLayout, config: Config, epoch: int, device: torch.device) -> Session:
     """The state that enters `epoch` of a run, read from its files (the checkpoint of epoch - 1)."""
     model, checkpoint = load_model(layout.model_before(epoch), config, device)
@@ -341,10 +347,10 @@ def run_epoch(session: Session, epoch: int, progress: bool | None = None) -> dic
     assignments = clustering.assignments.cpu().numpy()
     evaluation = timed(seconds, "evaluate", session.device, evaluate, session, assignments)
     seconds["epoch"] = round(time.perf_counter() - start, 4)
-    return epoch_metrics(session, epoch, clustering, trained, evaluation, seconds)
+    return epoch_record(session, epoch, clustering, trained, evaluation, seconds)
 
 
-def epoch_metrics(
+def epoch_record(
     session: Session,
     epoch: int,
     clustering: Clustering,

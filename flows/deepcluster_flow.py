@@ -98,7 +98,7 @@ def _run_epoch(
     writer.submit(epoch, pipeline.write_checkpoint, layout, epoch, pipeline.checkpoint(session, epoch))
     evaluation = timed(seconds, "evaluate", device, tasks.evaluate_nmi, session, assignments)
     seconds["epoch"] = round(time.perf_counter() - start, 4)
-    epoch_metrics = pipeline.epoch_metrics(session, epoch, clustering, trained, evaluation, seconds)
+    epoch_metrics = pipeline.epoch_record(session, epoch, clustering, trained, evaluation, seconds)
     writer.submit(epoch, _commit, layout, epoch, epoch_metrics, writer)
     return epoch_metrics
 

@@ -101,13 +101,9 @@ def test_task_functions_run_without_prefect(tmp_path: Path):
 def test_flow_and_library_loop_compute_the_same_epochs(finished_run: Path):
     """`deepcluster bench` compares the two: they must be the same algorithm."""
     from deepcluster import pipeline
-    from deepcluster.data import load_dataset
-    from deepcluster.sobel import prepare_inputs
 
     config = tiny_config()
-    image_set = load_dataset(config)
-    inputs = prepare_inputs(image_set.images, pipeline.validate_for_dataset(config, image_set))
-    session = pipeline.new_session(config, inputs, image_set.labels, torch.device("cpu"))
+    session = pipeline.new_session(config, *pipeline.load_inputs(config), torch.device("cpu"))
     layout = RunLayout(finished_run, "tiny")
     for epoch in (0, 1):
         metrics = pipeline.run_epoch(session, epoch, progress=False)
