@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from deepcluster import pipeline
@@ -242,8 +241,11 @@ def bench_kmeans(
     return summary
 
 
-def _objective(points: torch.Tensor, centroids: torch.Tensor) -> float:
-    return float(assign(points, centroids.to(points.device, torch.float32))[1].mean())
+def _row(method: str, seconds: float, iterations: int, points: torch.Tensor, centroids: Any) -> dict[str, Any]:
+    """One method's result; its objective measured on `points` the same way for every method."""
+    centroids = torch.as_tensor(centroids, dtype=torch.float32, device=points.device)  # tensor or numpy
+    objective = float(assign(points, centroids)[1].mean())
+    return {"method": method, "seconds": round(seconds, 3), "iterations": iterations, "objective": objective}
 
 
 def _synchronize(device: torch.device) -> None:
@@ -260,12 +262,7 @@ def _time_ours(points: torch.Tensor, k: int, iterations: int, seed: int) -> dict
     result = kmeans(points, k, torch.Generator().manual_seed(seed), iterations)
     _synchronize(points.device)
     seconds = time.perf_counter() - start
-    row: dict[str, Any] = {
-        "method": f"deepcluster (torch, {points.device.type})",
-        "seconds": round(seconds, 3),
-        "iterations": result.iterations,
-        "objective": _objective(points, result.centroids),
-    }
+    row = _row(f"deepcluster (torch, {points.device.type})", seconds, result.iterations, points, result.centroids)
     if points.device.type == "cuda":
         row["extra_cuda_mb"] = round((torch.cuda.max_memory_allocated(points.device) - base) / 2**20, 1)
     return row
@@ -289,12 +286,8 @@ def _time_faiss(points: torch.Tensor, k: int, iterations: int, seed: int) -> dic
     start = time.perf_counter()
     model.train(data)
     seconds = time.perf_counter() - start
-    return {
-        "method": f"faiss {faiss.__version__} ({'gpu' if use_gpu else 'cpu'})",
-        "seconds": round(seconds, 3),
-        "iterations": len(model.obj) if model.obj is not None else iterations,
-        "objective": _objective(points, torch.from_numpy(model.centroids)),
-    }
+    ran = len(model.obj) if model.obj is not None else iterations
+    return _row(f"faiss {faiss.__version__} ({'gpu' if use_gpu else 'cpu'})", seconds, ran, points, model.centroids)
 
 
 def _time_sklearn(points: torch.Tensor, k: int, iterations: int, seed: int, init: str) -> dict[str, Any]:
@@ -306,12 +299,8 @@ def _time_sklearn(points: torch.Tensor, k: int, iterations: int, seed: int, init
     start = time.perf_counter()
     model.fit(data)
     seconds = time.perf_counter() - start
-    return {
-        "method": f"scikit-learn {sklearn.__version__} (cpu, init={init})",
-        "seconds": round(seconds, 3),
-        "iterations": int(model.n_iter_),
-        "objective": _objective(points, torch.from_numpy(np.asarray(model.cluster_centers_, dtype=np.float32))),
-    }
+    method = f"scikit-learn {sklearn.__version__} (cpu, init={init})"
+    return _row(method, seconds, int(model.n_iter_), points, model.cluster_centers_)
 
 
 def format_kmeans(summary: dict[str, Any]) -> str:
