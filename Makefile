@@ -6,16 +6,16 @@ RUN_ARGS ?=
 BENCH_ARGS ?=
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: run test clean bench bench-fmnist bench-kmeans
+.PHONY: run test clean bench bench-fmnist bench-kmeans bench-quality bench-quality-fmnist
 
 $(INSTALLED): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet -e ".[test]"
 	touch $(INSTALLED)
 
-# The main job: DeepCluster on the embedded Fashion-MNIST sample, then its metrics.
+# The main job: DeepCluster on the embedded Fashion-MNIST sample, then its metrics and its evaluation.
 run: $(INSTALLED)
-	$(VENV)/bin/deepcluster run $(RUN_ARGS)
+	$(VENV)/bin/deepcluster run --evaluate $(RUN_ARGS)
 
 test: $(INSTALLED)
 	$(PYTHON) -m pytest -q
@@ -29,6 +29,13 @@ bench-fmnist: $(INSTALLED) $(FASHION_MNIST)
 
 bench-kmeans: $(INSTALLED)
 	$(VENV)/bin/deepcluster bench-kmeans $(BENCH_ARGS)
+
+# Quality (docs/RESULTS.md): each configuration of a suite trained and evaluated with 3 seeds.
+bench-quality: $(INSTALLED)
+	$(VENV)/bin/deepcluster bench-quality --suite sample $(BENCH_ARGS)
+
+bench-quality-fmnist: $(INSTALLED) $(FASHION_MNIST)
+	$(VENV)/bin/deepcluster bench-quality --suite fashion-mnist $(BENCH_ARGS)
 
 # The full Fashion-MNIST, from Debian (the machine's package registry).
 $(FASHION_MNIST):

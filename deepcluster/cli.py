@@ -1,4 +1,4 @@
-"""The `deepcluster` command: run, resume, runs, inspect, verify, bench, bench-kmeans.
+"""The `deepcluster` command: run, resume, runs, inspect, verify, evaluate, bench, bench-kmeans.
 
 Only `run`, `resume` and `bench` import Prefect (the flow), inside the command, so the other
 commands start fast and the library stays free of Prefect.
@@ -27,10 +27,11 @@ from deepcluster.artifacts import (
     list_runs,
     validate_run_id,
 )
-from deepcluster.config import Config, ConfigError, build_config, load_config_file
+from deepcluster.config import Config, ConfigError, build_config, load_config_file, recorded_config
 from deepcluster.data import DatasetError
 from deepcluster.report import epoch_metrics, flat_metrics, format_table, metric_rows
 
+NO_PCA = "none"  # --pca-dim none: L2 normalisation only (config pca_dim null)
 BENCH_EPOCHS = 3  # epoch 0 warms up; the medians are over epochs 1 and 2
 USER_ERRORS = (ConfigError, DatasetError, RunError, RunLockedError, FileNotFoundError)
 
@@ -45,8 +46,18 @@ RUN_FLAGS = {
     "image_size": "image_size",
     "epochs": "epochs",
     "k": "num_clusters",
+    "heads": "num_heads",
+    "kmeans_init": "kmeans_init",
     "arch": "arch",
+    "head": "head",
+    "proj_dim": "proj_dim",
+    "temperature": "temperature",
     "pca_dim": "pca_dim",
+    "warmup_epochs": "warmup_epochs",
+    "lr_schedule": "lr_schedule",
+    "crop_scale": "crop_scale",
+    "rotation": "rotation",
+    "flip": "flip",
     "batch_size": "batch_size",
     "lr": "lr",
     "device": "device",
@@ -64,6 +75,23 @@ def _classes(text: str) -> list[int]:
         ) from None
 
 
+def _pca_dim(text: str) -> int | str:
+    if text.lower() == "none":
+        return NO_PCA
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--pca-dim expects an integer or 'none', got {text!r}") from None
+
+
+def _crop_scale(text: str) -> list[float]:
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--crop-scale expects two numbers like 0.3,1, got {text!r}") from None
+    return [low, high]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepcluster", description="DeepCluster as a Prefect workflow.")
     parser.add_argument(
@@ -74,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="train a new run, or continue one with --run-id")
     _add_config_flags(run)
     run.add_argument("--run-id", help="name of the run (letters, digits, - and _); continues it if it exists")
+    run.add_argument(
+        "--evaluate", action="store_true", help="then `deepcluster evaluate` the last epoch (labelled datasets)"
+    )
     _add_progress_flags(run)
 
     resume = commands.add_parser("resume", help="continue a run after its last finished epoch")
@@ -91,12 +122,33 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="re-hash every artifact against the manifests")
     verify.add_argument("run_id")
 
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="score a finished epoch against the labels: k-means at k = classes (NMI/ACC/ARI), kNN and "
+        "linear probe on frozen features, k-means on pixels as baseline; writes evaluation.json",
+    )
+    evaluate.add_argument("run_id")
+    evaluate.add_argument("--epoch", type=int, help="default: the last finished epoch")
+    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    evaluate.add_argument("--json", action="store_true", help="print the epoch's evaluation as JSON")
+
     bench = commands.add_parser(
         "bench", help="time the flow (all artifacts written) against the plain library loop, per stage"
     )
     _add_config_flags(bench)
     bench.add_argument("--rounds", type=int, default=2, help="alternating library/flow rounds (default 2)")
     bench.add_argument("--json", type=Path, help="also write the summary to this JSON file")
+
+    quality = commands.add_parser(
+        "bench-quality",
+        help="train and evaluate the quality suite's configurations over seeds; write docs/RESULTS.md",
+    )
+    quality.add_argument("--suite", default="sample", help="sample (default) or fashion-mnist")
+    quality.add_argument("--seeds", type=_classes, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    quality.add_argument("--configs", help="comma-separated configurations of the suite (default: all)")
+    quality.add_argument("--epochs", type=int, help="train every configuration this many epochs")
+    quality.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"), help="results file to update")
+    quality.add_argument("--json", type=Path, help="raw results (default docs/bench/quality-SUITE.json)")
 
     bench_kmeans = commands.add_parser(
         "bench-kmeans", help="time the project's k-means against faiss and scikit-learn on synthetic points"
@@ -130,10 +182,22 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--k", type=int, help="number of clusters")
+    parser.add_argument("--heads", type=int, help="k-means clusterings trained at once")
+    parser.add_argument(
+        "--kmeans-init", choices=["random", "k-means++", "previous"], help="k-means seeding (previous: last epoch's)"
+    )
     parser.add_argument("--arch", choices=["small", "alexnet", "vgg16"])
-    parser.add_argument("--pca-dim", type=int)
+    parser.add_argument("--head", choices=["linear", "prototypes"], help="top layer: random (paper) or centroids (v2)")
+    parser.add_argument("--proj-dim", type=int, help="projection dimension (head prototypes)")
+    parser.add_argument("--temperature", type=float, help="prototype softmax temperature (head prototypes)")
+    parser.add_argument("--pca-dim", type=_pca_dim, help="PCA-whitening dimension, or 'none' for L2 only")
     parser.add_argument("--batch-size", type=int, help="images per batch; the learning rate scales with it")
     parser.add_argument("--lr", type=float, help="learning rate for a batch of 256")
+    parser.add_argument("--warmup-epochs", type=int, help="epochs of linear learning-rate warm-up")
+    parser.add_argument("--lr-schedule", choices=["constant", "cosine"])
+    parser.add_argument("--crop-scale", type=_crop_scale, help="random resized crop area range, e.g. 0.3,1")
+    parser.add_argument("--rotation", type=float, help="random rotation of training crops, up to +-degrees")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random mirroring")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="bf16 autocast (auto: where fast)")
     parser.add_argument("--seed", type=int)
@@ -152,7 +216,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     for flag, key in RUN_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
-            values[key] = value
+            values[key] = None if value == NO_PCA else value
     return build_config(values)
 
 
@@ -167,7 +231,9 @@ def import_flow() -> Callable[..., str]:
     return deepcluster_flow
 
 
-def run_flow(config: Config, run_id: str | None, runs_dir: Path | None, progress: bool | None) -> int:
+def run_flow(
+    config: Config, run_id: str | None, runs_dir: Path | None, progress: bool | None, evaluate: bool = False
+) -> int:
     deepcluster_flow = import_flow()
     root = Path(
         deepcluster_flow(config=config, run_id=run_id, runs_dir=str(runs_dir or default_runs_dir()), progress=progress)
@@ -176,18 +242,23 @@ def run_flow(config: Config, run_id: str | None, runs_dir: Path | None, progress
     rows = metric_rows(layout)
     print(f"\nrun {layout.run_id}: {len(rows)} epochs, artifacts in {root}")
     print(format_table(rows[-1:]))
+    if evaluate:
+        if not layout.labels.is_file():
+            print(f"\nnot evaluated: {config.dataset} has no labels")
+            return 0
+        print_evaluation(layout, None, config.device, as_json=False)
     return 0
 
 
 def command_run(args: argparse.Namespace) -> int:
     if args.run_id is not None:
         validate_run_id(args.run_id)  # before Prefect starts
-    return run_flow(config_from_args(args), args.run_id, args.runs_dir, args.progress)
+    return run_flow(config_from_args(args), args.run_id, args.runs_dir, args.progress, args.evaluate)
 
 
 def command_resume(args: argparse.Namespace) -> int:
     layout = find_run(args.run_id, args.runs_dir)
-    values = artifacts.read_json(layout.run_json)["config"]
+    values = recorded_config(artifacts.read_json(layout.run_json)["config"]).to_json_dict()
     if args.epochs is not None:
         values["epochs"] = args.epochs
     return run_flow(build_config(values), args.run_id, layout.runs_dir, args.progress)
@@ -203,6 +274,25 @@ def command_bench(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     pipeline.resolve_device(config.device)  # a clear error before any child process starts
     bench(config, args.rounds, args.json)
+    return 0
+
+
+def command_bench_quality(args: argparse.Namespace) -> int:
+    from deepcluster import quality
+
+    if not args.seeds:
+        raise ConfigError("--seeds must name at least one seed")
+    extra = [] if args.epochs is None else ["--epochs", str(args.epochs)]
+    names = args.configs.split(",") if args.configs else None
+    runs_dir = args.runs_dir or default_runs_dir()
+    results = quality.run_suite(args.suite, args.seeds, runs_dir, main, extra, names)
+    command = f"deepcluster bench-quality --suite {args.suite} --seeds {','.join(map(str, args.seeds))}"
+    command += f" --configs {args.configs}" if args.configs else ""
+    command += f" --epochs {args.epochs}" if args.epochs is not None else ""
+    section = quality.suite_markdown(args.suite, results, command)
+    quality.write_results(args.out, args.suite, section)
+    quality.save_raw(args.json or Path(f"docs/bench/quality-{args.suite}.json"), results)
+    print(section)
     return 0
 
 
@@ -277,13 +367,32 @@ def command_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_evaluate(args: argparse.Namespace) -> int:
+    print_evaluation(find_run(args.run_id, args.runs_dir), args.epoch, args.device, args.json)
+    return 0
+
+
+def print_evaluation(layout: RunLayout, epoch: int | None, device: str, as_json: bool) -> None:
+    """Evaluate `epoch` (default: the last) of a run and print the table, or the epoch's result as JSON."""
+    from deepcluster.evaluate import evaluate_run, evaluation_path, format_evaluation
+
+    evaluation = evaluate_run(layout, epoch, device)
+    epoch = epoch if epoch is not None else layout.completed_epochs()[-1]
+    if as_json:
+        print(json.dumps({"baselines": evaluation["baselines"], **evaluation["epochs"][str(epoch)]}, indent=2))
+    else:
+        print(f"\n{format_evaluation(evaluation, epoch)}\n\nwritten to {evaluation_path(layout)}")
+
+
 COMMANDS = {
     "run": command_run,
     "resume": command_resume,
     "runs": command_runs,
     "inspect": command_inspect,
     "verify": command_verify,
+    "evaluate": command_evaluate,
     "bench": command_bench,
+    "bench-quality": command_bench_quality,
     "bench-kmeans": command_bench_kmeans,
 }
 

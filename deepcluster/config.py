@@ -1,8 +1,11 @@
-"""The one configuration object of a run: every knob, validated, with the paper's defaults.
+"""The one configuration object of a run: every knob, validated, with measured defaults.
 
-Defaults follow Caron et al. 2018, Sec. 4 ("Implementation details") where they apply to
-small images: SGD with momentum 0.9, learning rate 0.05, weight decay 1e-5, batch 256,
-PCA to 256 dimensions, whitening and L2 normalisation, k-means re-seeded every epoch.
+The optimiser follows Caron et al. 2018, Sec. 4 ("Implementation details"): SGD with momentum 0.9,
+learning rate 0.05, weight decay 1e-5, batch 256. The clustering defaults are those that measured
+best on the embedded sample (docs/RESULTS.md): DeepCluster-v2's prototype head (an L2-normalised
+projection is clustered, no PCA, and the top layer is the k-means centroids), stronger crops with
+rotations, and k-means seeded from the previous epoch's clusters. The paper's own set-up is
+`head="linear", pca_dim=256, crop_scale=(0.5, 1), rotation=0, kmeans_init="random"`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DATASET_NAMES = ("fashion-mnist-sample", "fashion-mnist", "mnist", "cifar10", "digits")
 
@@ -43,17 +46,37 @@ class Config(BaseModel):
     # Algorithm
     epochs: int = Field(10, ge=1)
     num_clusters: int = Field(30, ge=2, description="k of k-means (pseudo-classes)")
+    num_heads: int = Field(1, ge=1, description="k-means clusterings (each with its own seed) trained at once")
     arch: Literal["small", "alexnet", "vgg16"] = "small"
-    pca_dim: int = Field(256, ge=2, description="PCA-whitening output dimension (paper: 256)")
+    head: Literal["linear", "prototypes"] = Field(
+        "prototypes",
+        description="linear: the paper's top layer, re-initialised at random each epoch; prototypes: "
+        "DeepCluster-v2, a projection head whose L2-normalised output is clustered, the top layer set to the centroids",
+    )
+    proj_dim: int = Field(128, ge=2, description="output dimension of the projection head (head=prototypes)")
+    temperature: float = Field(0.1, gt=0, description="softmax temperature of the prototype logits (head=prototypes)")
+    pca_dim: int | None = Field(
+        None, ge=2, description="PCA-whitening output dimension (paper: 256); null: no PCA, L2 normalisation only"
+    )
     kmeans_iters: int = Field(20, ge=1)
     kmeans_backend: Literal["torch", "faiss"] = "torch"
+    kmeans_init: Literal["random", "k-means++", "previous"] = Field(
+        "previous",
+        description="k-means seeding: k random points (paper), greedy k-means++, or previous: the previous "
+        "epoch's clusters' means in the new features (head 0; k-means++ at epoch 0 and for other heads)",
+    )
 
     # Optimisation (paper Sec. 4)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(0.05, gt=0, description="learning rate for a batch of 256; scaled linearly with batch_size")
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-5, ge=0)
-    crop_scale: tuple[float, float] = Field((0.5, 1.0), description="random resized crop area range")
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear learning-rate warm-up from 0")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="after warm-up: constant, or cosine decay to 0 at the last epoch"
+    )
+    crop_scale: tuple[float, float] = Field((0.3, 1.0), description="random resized crop area range")
+    rotation: float = Field(15.0, ge=0, le=180, description="random rotation of training crops, up to +-degrees")
     flip: bool = True
 
     # Execution
@@ -96,6 +119,15 @@ class Config(BaseModel):
             raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {value}")
         return value
 
+    @model_validator(mode="after")
+    def _prototypes_cluster_the_embedding(self) -> Config:
+        if self.head == "prototypes" and self.pca_dim is not None:
+            raise ValueError(
+                "head=prototypes clusters the L2-normalised projection itself (its centroids become the top "
+                "layer), so pca_dim must be null"
+            )
+        return self
+
     def differing_keys(self, other: Config) -> list[str]:
         """Keys whose values differ between two configs, ignoring extendable ones."""
         mine, theirs = self.to_json_dict(), other.to_json_dict()
@@ -114,6 +146,23 @@ def build_config(values: dict[str, Any]) -> Config:
             f"{'.'.join(str(part) for part in issue['loc']) or 'config'}: {issue['msg']}" for issue in error.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+# Keys added to Config after runs were already being recorded, each with the value that reproduces how
+# such a run trained, so that an older run.json still resumes and evaluates as it was trained.
+PREDATED_KEYS: dict[str, Any] = {
+    "num_heads": 1,
+    "head": "linear",
+    "kmeans_init": "random",
+    "warmup_epochs": 0,
+    "lr_schedule": "constant",
+    "rotation": 0.0,
+}
+
+
+def recorded_config(values: dict[str, Any]) -> Config:
+    """The config of an existing run from its run.json, keys the run predates filled as it trained."""
+    return build_config({**PREDATED_KEYS, **values})
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

@@ -6,12 +6,19 @@ centroid with a small symmetric perturbation (c(1+eps), c(1-eps)) and re-split i
 the two. Where the split cannot separate the points (e.g. all duplicates), half of them, chosen at
 random, move. So for N >= k no cluster is ever empty.
 
+Initialisation: k distinct random points, or k-means++ (Arthur & Vassilvitskii 2007) in its greedy
+form: each new centroid is the best, by total squared distance, of a few candidates drawn with
+probability proportional to the squared distance to the nearest centroid so far. k-means++ makes
+the clustering of an epoch depend far less on the seed, so consecutive epochs agree where the
+features do.
+
 Distances are computed in chunks of rows, never as a full N x k matrix. Lloyd's iterations stop
 early once the assignments no longer change: from there every further iteration is the identity.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +62,8 @@ def assign(
     return assignments, distances
 
 
-def _centroid_means(points: torch.Tensor, assignments: torch.Tensor, num_clusters: int) -> torch.Tensor:
+def centroid_means(points: torch.Tensor, assignments: torch.Tensor, num_clusters: int) -> torch.Tensor:
+    """The mean of each cluster's points (k, d); a cluster with no point gets the origin."""
     sums = torch.zeros((num_clusters, points.shape[1]), dtype=points.dtype, device=points.device)
     sums.index_add_(0, assignments, points)
     counts = torch.bincount(assignments, minlength=num_clusters).clamp_(min=1)
@@ -94,8 +102,44 @@ def fill_empty_clusters(
     return len(empty_clusters)
 
 
-def kmeans(points: torch.Tensor, num_clusters: int, generator: torch.Generator, iterations: int = 20) -> Clustering:
-    """Lloyd's k-means on points (N, d), initialised with k distinct random points.
+def kmeans_plus_plus(
+    points: torch.Tensor, num_clusters: int, generator: torch.Generator, point_norms: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Greedy k-means++ seeding: (k, d) initial centroids, rows of `points`. generator: a CPU generator."""
+    if point_norms is None:
+        point_norms = (points * points).sum(dim=1)
+    trials = 2 + int(math.log(num_clusters))
+    first = int(torch.randint(len(points), (1,), generator=generator))
+    chosen = [first]
+    nearest = _squared_distances(points, points[first : first + 1], point_norms)[:, 0]
+    for _ in range(1, num_clusters):
+        weights = nearest.double().cpu()
+        if weights.sum() <= 0:  # every point sits on a centroid already: any unused point will do
+            weights = torch.ones_like(weights)
+            weights[chosen] = 0
+        candidates = torch.multinomial(weights, trials, replacement=True, generator=generator).to(points.device)
+        distances = torch.minimum(nearest.unsqueeze(1), _squared_distances(points, points[candidates], point_norms))
+        best = int(distances.sum(dim=0).argmin())
+        chosen.append(int(candidates[best]))
+        nearest = distances[:, best]
+    return points[torch.tensor(chosen, device=points.device)].clone()
+
+
+def _squared_distances(points: torch.Tensor, others: torch.Tensor, point_norms: torch.Tensor) -> torch.Tensor:
+    """(N, m) squared distances from points to a few other points, clamped at 0."""
+    products = torch.addmm((others * others).sum(dim=1), points, others.T, alpha=-2.0)
+    return products.add_(point_norms.unsqueeze(1)).clamp_(min=0)
+
+
+def kmeans(
+    points: torch.Tensor,
+    num_clusters: int,
+    generator: torch.Generator,
+    iterations: int = 20,
+    init: str | torch.Tensor = "random",
+) -> Clustering:
+    """Lloyd's k-means on points (N, d), initialised with k distinct random points ('random'), by
+    k-means++ ('k-means++'), or from given (k, d) centroids.
 
     generator: a CPU torch.Generator; every random draw (initialisation, empty-cluster fixes) uses it.
     """
@@ -106,9 +150,18 @@ def kmeans(points: torch.Tensor, num_clusters: int, generator: torch.Generator, 
         raise ValueError(f"k-means with k={num_clusters} needs at least as many points, got {num_points}")
     if iterations < 1:
         raise ValueError(f"k-means needs at least 1 iteration, got {iterations}")
-    initial = torch.randperm(num_points, generator=generator)[:num_clusters].to(points.device)
-    centroids = points[initial].clone()
     point_norms = (points * points).sum(dim=1)
+    if isinstance(init, torch.Tensor):
+        if init.shape != (num_clusters, points.shape[1]):
+            raise ValueError(f"initial centroids must be ({num_clusters}, {points.shape[1]}), got {tuple(init.shape)}")
+        centroids = init.to(points.device, points.dtype).clone()
+    elif init == "k-means++":
+        centroids = kmeans_plus_plus(points, num_clusters, generator, point_norms)
+    elif init == "random":
+        initial = torch.randperm(num_points, generator=generator)[:num_clusters].to(points.device)
+        centroids = points[initial].clone()
+    else:
+        raise ValueError(f"unknown k-means initialisation {init!r}: expected 'random' or 'k-means++'")
     previous = None
     done = 0
     while done < iterations:
@@ -117,7 +170,7 @@ def kmeans(points: torch.Tensor, num_clusters: int, generator: torch.Generator, 
         refilled = fill_empty_clusters(points, assignments, centroids, generator)
         if not refilled and previous is not None and torch.equal(assignments, previous):
             break  # converged: the centroids below would equal the current ones
-        centroids = _centroid_means(points, assignments, num_clusters)
+        centroids = centroid_means(points, assignments, num_clusters)
         previous = assignments
     return Clustering(assignments, centroids, _loss(points, assignments, centroids), done)
 
@@ -127,18 +180,27 @@ def _loss(points: torch.Tensor, assignments: torch.Tensor, centroids: torch.Tens
     return float(((points - centroids[assignments]) ** 2).sum(dim=1).mean())
 
 
-def faiss_kmeans(points: torch.Tensor, num_clusters: int, seed: int, iterations: int = 20) -> Clustering:
-    """The same clustering with faiss (optional backend), then the empty-cluster fix for safety."""
+def faiss_kmeans(
+    points: torch.Tensor, num_clusters: int, seed: int, iterations: int = 20, init: str | torch.Tensor = "random"
+) -> Clustering:
+    """The same clustering with faiss (optional backend), then the empty-cluster fix for safety.
+    init: 'random' (faiss's own), 'k-means++' (this module's seeding) or (k, d) initial centroids."""
     try:
         import faiss
     except ImportError:
         raise ImportError("kmeans_backend='faiss' needs the faiss package: pip install faiss-cpu") from None
     data = points.detach().float().cpu().contiguous().numpy()
     model = faiss.Kmeans(data.shape[1], num_clusters, niter=iterations, seed=seed % 2**31, verbose=False)
-    model.train(data)
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(init, str) and init == "k-means++":
+        init = kmeans_plus_plus(points, num_clusters, generator)
+    if isinstance(init, torch.Tensor):
+        model.train(data, init_centroids=init.float().cpu().contiguous().numpy())
+    else:
+        model.train(data)
     centroids = torch.from_numpy(model.centroids).to(points.device)
     assignments, _ = assign(points, centroids)
-    fill_empty_clusters(points, assignments, centroids, torch.Generator().manual_seed(seed))
-    centroids = _centroid_means(points, assignments, num_clusters)
+    fill_empty_clusters(points, assignments, centroids, generator)
+    centroids = centroid_means(points, assignments, num_clusters)
     ran = iterations if model.obj is None else len(model.obj)  # faiss stops early when converged
     return Clustering(assignments, centroids, _loss(points, assignments, centroids), ran)

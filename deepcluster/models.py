@@ -97,16 +97,22 @@ _BUILDERS = {"small": _small_trunk, "alexnet": _alexnet_trunk, "vgg16": _vgg16_t
 
 
 class DeepClusterNet(nn.Module):
-    """Sobel front + convolutional trunk + classifier body: grayscale (N, 1, H, W) -> features (N, D)."""
+    """Sobel front + convolutional trunk + classifier body: grayscale (N, 1, H, W) -> features (N, D).
 
-    def __init__(self, arch: str, generator: torch.Generator) -> None:
+    With `proj_dim`, a projection head (ReLU + linear) follows and the features are its L2-normalised
+    output, of dimension proj_dim (DeepCluster-v2); `trunk` still gives the classifier body's output.
+    """
+
+    def __init__(self, arch: str, generator: torch.Generator, proj_dim: int | None = None) -> None:
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}: expected one of {', '.join(ARCHS)}")
         self.arch = arch
-        self.feature_dim = ARCHS[arch].feature_dim
+        self.trunk_dim = ARCHS[arch].feature_dim
+        self.feature_dim = proj_dim or self.trunk_dim
         self.sobel = SobelFilter()
         self.convs, self.classifier = _BUILDERS[arch]()
+        self.projection = nn.Linear(self.trunk_dim, proj_dim) if proj_dim else None
         self._initialise(generator)
 
     def _initialise(self, generator: torch.Generator) -> None:
@@ -120,8 +126,15 @@ class DeepClusterNet(nn.Module):
                 nn.init.normal_(module.weight, 0.0, 0.01, generator=generator)
                 nn.init.zeros_(module.bias)
 
-    def forward(self, grayscale: torch.Tensor) -> torch.Tensor:
+    def trunk(self, grayscale: torch.Tensor) -> torch.Tensor:
+        """The classifier body's output (N, trunk_dim), before any projection head."""
         return self.classifier(self.convs(self.sobel(grayscale)))
+
+    def forward(self, grayscale: torch.Tensor) -> torch.Tensor:
+        features = self.trunk(grayscale)
+        if self.projection is None:
+            return features
+        return nn.functional.normalize(self.projection(torch.relu(features)), dim=1)
 
 
 class ClusterHead(nn.Module):
@@ -143,3 +156,21 @@ class ClusterHead(nn.Module):
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     """uint8 images -> float32 in [0, 1]."""
     return images.float().div_(255.0)
+
+
+class PrototypeHead(nn.Module):
+    """DeepCluster-v2's top layer: cosine similarity to the k-means centroids, over a temperature.
+
+    The prototypes are the epoch's centroids (L2-normalised) and stay fixed while training: the
+    convnet learns to bring augmented views of an image to the centroid of the clean image's cluster.
+    """
+
+    prototypes: torch.Tensor
+
+    def __init__(self, centroids: torch.Tensor, temperature: float) -> None:
+        super().__init__()
+        self.register_buffer("prototypes", nn.functional.normalize(centroids.float(), dim=1))
+        self.temperature = temperature
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features @ self.prototypes.T / self.temperature

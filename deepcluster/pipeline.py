@@ -25,11 +25,11 @@ import torch
 
 from deepcluster import __version__, artifacts, metrics
 from deepcluster.artifacts import RunError, RunLayout
-from deepcluster.config import Config, ConfigError
+from deepcluster.config import Config, ConfigError, recorded_config
 from deepcluster.data import ImageSet, load_dataset
 from deepcluster.features import extract_features
-from deepcluster.kmeans import Clustering, faiss_kmeans, kmeans
-from deepcluster.models import ARCHS, ClusterHead, DeepClusterNet
+from deepcluster.kmeans import Clustering, centroid_means, faiss_kmeans, kmeans
+from deepcluster.models import ARCHS, ClusterHead, DeepClusterNet, PrototypeHead
 from deepcluster.reduce import pca_whiten_l2
 from deepcluster.rng import INIT_EPOCH, stage_generator, stage_seed
 from deepcluster.sampling import uniform_cluster_sample
@@ -103,7 +103,7 @@ def validate_for_dataset(config: Config, image_set: ImageSet) -> int:
     spec = ARCHS[config.arch]
     if size < spec.min_input_size:
         raise ConfigError(f"arch {config.arch} needs images of at least {spec.min_input_size} pixels, got {size}")
-    if config.pca_dim > spec.feature_dim or config.pca_dim >= num_images:
+    if config.pca_dim is not None and (config.pca_dim > spec.feature_dim or config.pca_dim >= num_images):
         raise ConfigError(
             f"pca_dim={config.pca_dim} must be at most the feature dimension ({spec.feature_dim}) "
             f"and below the number of images ({num_images})"
@@ -111,15 +111,20 @@ def validate_for_dataset(config: Config, image_set: ImageSet) -> int:
     return size
 
 
+def build_model(config: Config, generator: torch.Generator) -> DeepClusterNet:
+    """The run's convnet (with the projection head where head=prototypes), initialised from `generator`."""
+    return DeepClusterNet(config.arch, generator, config.proj_dim if config.head == "prototypes" else None)
+
+
 def initial_model(config: Config) -> DeepClusterNet:
     """The convnet before any training, drawn from the run's seed."""
-    return DeepClusterNet(config.arch, stage_generator(config.seed, INIT_EPOCH, "init"))
+    return build_model(config, stage_generator(config.seed, INIT_EPOCH, "init"))
 
 
 def load_model(path: Path, config: Config, device: torch.device) -> tuple[DeepClusterNet, dict[str, Any]]:
     """The convnet with the weights of a checkpoint, on `device` (channels-last), and the checkpoint itself."""
     checkpoint = artifacts.load_checkpoint(path, device)
-    model = DeepClusterNet(config.arch, torch.Generator()).to(device).to(memory_format=torch.channels_last)
+    model = build_model(config, torch.Generator()).to(device).to(memory_format=torch.channels_last)
     model.load_state_dict(checkpoint["model"])
     return model, checkpoint
 
@@ -171,7 +176,7 @@ def ingest(config: Config, layout: RunLayout) -> DatasetInfo:
 def check_resumable(layout: RunLayout, config: Config, fingerprint: str) -> None:
     """Refuse to continue a run whose config (but for `epochs`) or dataset changed."""
     record = artifacts.read_json(layout.run_json)
-    recorded = Config.model_validate(record["config"])
+    recorded = recorded_config(record["config"])
     differing = config.differing_keys(recorded)
     if differing:
         details = ", ".join(f"{key}: {getattr(recorded, key)!r} -> {getattr(config, key)!r}" for key in differing)
@@ -267,16 +272,38 @@ def extract(session: Session, progress: bool | None = None) -> torch.Tensor:
     return extract_features(session.model, session.inputs, config.batch_size, progress, session.bf16)
 
 
-def reduce(features: torch.Tensor, pca_dim: int) -> torch.Tensor:
-    """PCA-whitening to `pca_dim` dimensions + L2 normalisation."""
+def reduce(features: torch.Tensor, pca_dim: int | None) -> torch.Tensor:
+    """PCA-whitening to `pca_dim` dimensions + L2 normalisation; L2 normalisation only when pca_dim is None."""
+    if pca_dim is None:
+        return torch.nn.functional.normalize(features, dim=1)
     return pca_whiten_l2(features, pca_dim)[0]
 
 
-def cluster(points: torch.Tensor, config: Config, epoch: int) -> Clustering:
-    """k-means with the empty-cluster fix, seeded per (run, epoch)."""
-    if config.kmeans_backend == "faiss":
-        return faiss_kmeans(points, config.num_clusters, stage_seed(config.seed, epoch, "kmeans"), config.kmeans_iters)
-    return kmeans(points, config.num_clusters, stage_generator(config.seed, epoch, "kmeans"), config.kmeans_iters)
+def cluster(points: torch.Tensor, config: Config, epoch: int, previous: np.ndarray | None = None) -> list[Clustering]:
+    """One k-means with the empty-cluster fix per head, each seeded per (run, epoch, head).
+
+    previous: the previous epoch's assignments (head 0), for kmeans_init='previous'.
+    """
+    clusterings = []
+    for head in range(config.num_heads):
+        name = _per_head("kmeans", head)
+        init: str | torch.Tensor = config.kmeans_init
+        if init == "previous":
+            init = "k-means++"
+            if head == 0 and previous is not None:
+                init = centroid_means(points, torch.from_numpy(previous).to(points.device), config.num_clusters)
+        if config.kmeans_backend == "faiss":
+            seed = stage_seed(config.seed, epoch, name)
+            clusterings.append(faiss_kmeans(points, config.num_clusters, seed, config.kmeans_iters, init))
+        else:
+            generator = stage_generator(config.seed, epoch, name)
+            clusterings.append(kmeans(points, config.num_clusters, generator, config.kmeans_iters, init))
+    return clusterings
+
+
+def _per_head(stage: str, head: int) -> str:
+    """The random stream of `stage` for head `head` (head 0 keeps the stage's own name)."""
+    return stage if head == 0 else f"{stage}-{head}"
 
 
 def resample(assignments: torch.Tensor, config: Config, epoch: int) -> torch.Tensor:
@@ -286,13 +313,20 @@ def resample(assignments: torch.Tensor, config: Config, epoch: int) -> torch.Ten
 
 
 def retrain(
-    session: Session, assignments: torch.Tensor, sample: torch.Tensor, epoch: int, progress: bool | None = None
+    session: Session, clusterings: list[Clustering], sample: torch.Tensor, epoch: int, progress: bool | None = None
 ) -> TrainResult:
-    """Re-initialise the top layer, then train convnet + top layer one epoch on the pseudo-labels (in place)."""
+    """New top layers (one per clustering), then train convnet + top layers one epoch on the pseudo-labels
+    (in place). head=linear: re-initialised at random; head=prototypes: the clustering's centroids."""
     config, device = session.config, session.device
-    head = ClusterHead(session.model.feature_dim, config.num_clusters)
-    head.reset_parameters(stage_generator(config.seed, epoch, "head"))
-    head.to(device)
+    heads: list[torch.nn.Module] = []
+    for index, clustering in enumerate(clusterings):
+        if config.head == "prototypes":
+            heads.append(PrototypeHead(clustering.centroids, config.temperature).to(device))
+        else:
+            head = ClusterHead(session.model.feature_dim, config.num_clusters)
+            head.reset_parameters(stage_generator(config.seed, epoch, _per_head("head", index)))
+            heads.append(head.to(device))
+    pseudo_labels = torch.stack([clustering.assignments for clustering in clusterings])
     augment_generator = stage_generator(config.seed, epoch, "augment", device)
     # Dropout draws from torch's global generator: fork it, seeded per (run, epoch), so the
     # global state outside is untouched and a re-run epoch draws the same masks.
@@ -300,12 +334,13 @@ def retrain(
         torch.manual_seed(stage_seed(config.seed, epoch, "dropout"))
         return train_epoch(
             session.model,
-            head,
+            heads,
             session.optimizer,
             session.inputs,
-            assignments,
+            pseudo_labels,
             sample,
             config,
+            epoch,
             augment_generator,
             progress,
             session.bf16,
@@ -340,14 +375,16 @@ def run_epoch(session: Session, epoch: int, progress: bool | None = None) -> dic
     start = time.perf_counter()
     features = timed(seconds, "extract", session.device, extract, session, progress)
     features = timed(seconds, "pca", session.device, reduce, features, session.config.pca_dim)
-    clustering = timed(seconds, "kmeans", session.device, cluster, features, session.config, epoch)
+    clusterings = timed(
+        seconds, "kmeans", session.device, cluster, features, session.config, epoch, session.previous_assignments
+    )
     del features
-    sample = timed(seconds, "resample", session.device, resample, clustering.assignments, session.config, epoch)
-    trained = timed(seconds, "train", session.device, retrain, session, clustering.assignments, sample, epoch, progress)
-    assignments = clustering.assignments.cpu().numpy()
+    sample = timed(seconds, "resample", session.device, resample, clusterings[0].assignments, session.config, epoch)
+    trained = timed(seconds, "train", session.device, retrain, session, clusterings, sample, epoch, progress)
+    assignments = clusterings[0].assignments.cpu().numpy()
     evaluation = timed(seconds, "evaluate", session.device, evaluate, session, assignments)
     seconds["epoch"] = round(time.perf_counter() - start, 4)
-    return epoch_record(session, epoch, clustering, trained, evaluation, seconds)
+    return epoch_record(session, epoch, clusterings[0], trained, evaluation, seconds)
 
 
 def epoch_record(

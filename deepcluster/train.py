@@ -1,7 +1,8 @@
 """One training epoch on pseudo-labels (Caron et al. 2018, Sec. 3.1 and 4).
 
-Augmentation is done in batch on the device: random resized crops and horizontal flips,
-as one affine resampling per image, all drawn from an explicit generator.
+Augmentation is done in batch on the device: random resized crops, rotations and horizontal flips,
+as one affine resampling per image, all drawn from an explicit generator. The learning rate follows
+an optional linear warm-up and cosine decay, set before every step from the run's progress.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from deepcluster.config import Config
-from deepcluster.models import ClusterHead, DeepClusterNet, to_unit_range
+from deepcluster.models import DeepClusterNet, to_unit_range
 from deepcluster.progress import progress_bar
 
 ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
@@ -30,10 +32,15 @@ class TrainResult:
 
 
 def random_resized_crop_flip(
-    images: torch.Tensor, generator: torch.Generator, scale: tuple[float, float], flip: bool
+    images: torch.Tensor,
+    generator: torch.Generator,
+    scale: tuple[float, float],
+    flip: bool,
+    rotation: float = 0.0,
 ) -> torch.Tensor:
     """Augment float images (N, C, H, W): crop a random area fraction in `scale` with aspect ratio
-    in [3/4, 4/3], resize back to (H, W), and mirror half of them. generator: on the images' device.
+    in [3/4, 4/3], rotate it by up to +-`rotation` degrees, resize back to (H, W), and mirror half
+    of them. generator: on the images' device. Pixels from outside the image are reflections.
     """
     num_images = len(images)
     device = images.device
@@ -49,10 +56,15 @@ def random_resized_crop_flip(
     center_y = uniform(-1.0, 1.0) * (1 - height)
     mirror = torch.rand(num_images, generator=generator, device=device) < 0.5
     sign = torch.where(mirror, -1.0, 1.0) if flip else torch.ones(num_images, device=device)
+    angle = uniform(-math.radians(rotation), math.radians(rotation))
+    cos, sin = angle.cos(), angle.sin()
+    # Output (x, y) samples the input at diag(width * sign, height) @ R(angle) @ (x, y) + center.
     theta = torch.zeros((num_images, 2, 3), device=device)
-    theta[:, 0, 0] = width * sign
+    theta[:, 0, 0] = width * sign * cos
+    theta[:, 0, 1] = -width * sign * sin
     theta[:, 0, 2] = center_x
-    theta[:, 1, 1] = height
+    theta[:, 1, 0] = height * sin
+    theta[:, 1, 1] = height * cos
     theta[:, 1, 2] = center_y
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
@@ -61,6 +73,19 @@ def random_resized_crop_flip(
 def learning_rate(config: Config) -> float:
     """config.lr scaled linearly from batches of 256 to config.batch_size (Goyal et al. 2017)."""
     return config.lr * config.batch_size / REFERENCE_BATCH_SIZE
+
+
+def scheduled_learning_rate(config: Config, epochs_done: float) -> float:
+    """The learning rate after `epochs_done` (fractional) epochs of the run: linear warm-up from 0 over
+    config.warmup_epochs, then constant or cosine decay to 0 at config.epochs."""
+    peak = learning_rate(config)
+    if epochs_done < config.warmup_epochs:
+        return peak * epochs_done / config.warmup_epochs
+    if config.lr_schedule == "constant":
+        return peak
+    decay_epochs = max(1, config.epochs - config.warmup_epochs)
+    fraction = min(1.0, (epochs_done - config.warmup_epochs) / decay_epochs)
+    return peak * 0.5 * (1 + math.cos(math.pi * fraction))
 
 
 def make_optimizer(model: DeepClusterNet, config: Config) -> torch.optim.SGD:
@@ -77,39 +102,52 @@ def autocast(device: torch.device, bf16: bool) -> AbstractContextManager[object]
 
 def train_epoch(
     model: DeepClusterNet,
-    head: ClusterHead,
+    heads: list[nn.Module],
     optimizer: torch.optim.Optimizer,
     inputs: torch.Tensor,
     pseudo_labels: torch.Tensor,
     sample: torch.Tensor,
     config: Config,
+    epoch: int,
     generator: torch.Generator,
     progress: bool | None = None,
     bf16: bool = False,
 ) -> TrainResult:
-    """Train convnet + freshly initialised head for one pass over `sample`.
+    """Train convnet + the epoch's heads (one per clustering) for one pass over `sample`.
 
-    inputs: uint8 (N, 1, H, W) on the model's device; pseudo_labels: int64 (N,) cluster ids;
-    sample: int64 (M,) indices (already shuffled). Nothing in the batch loop waits for the device.
-    The head gets its own SGD without momentum, as in the reference code. A final batch of one
-    image is skipped (batch norm needs two). bf16: autocast the forward pass.
+    inputs: uint8 (N, 1, H, W) on the model's device; pseudo_labels: int64 (num_heads, N) cluster ids;
+    sample: int64 (M,) indices (already shuffled). The loss is the mean over heads of the cross-entropy.
+    Nothing in the batch loop waits for the device. Heads with parameters get their own SGD without
+    momentum, as in the reference code. A final batch of one image is skipped (batch norm needs two).
+    bf16: autocast the forward pass. The learning rate of step s is scheduled_learning_rate(epoch + s / steps).
     """
     device = inputs.device
     model.train()
-    head.train()
-    head_optimizer = torch.optim.SGD(head.parameters(), lr=learning_rate(config), weight_decay=config.weight_decay)
+    head_parameters = [parameter for head in heads for parameter in head.parameters()]
+    optimizers = [optimizer]
+    if head_parameters:
+        optimizers.append(torch.optim.SGD(head_parameters, lr=learning_rate(config), weight_decay=config.weight_decay))
     pseudo_labels = pseudo_labels.to(device)
     total_loss = torch.zeros((), device=device)
     batches = [batch for batch in sample.to(device).split(config.batch_size) if len(batch) > 1]
-    for batch in progress_bar(batches, "train", "batch", progress, leave=False):
-        images = random_resized_crop_flip(to_unit_range(inputs[batch]), generator, config.crop_scale, config.flip)
+    for step, batch in enumerate(progress_bar(batches, "train", "batch", progress, leave=False)):
+        rate = scheduled_learning_rate(config, epoch + step / len(batches))
+        images = random_resized_crop_flip(
+            to_unit_range(inputs[batch]), generator, config.crop_scale, config.flip, config.rotation
+        )
         with autocast(device, bf16):
-            logits = head(model(images.contiguous(memory_format=torch.channels_last)))
-        loss = F.cross_entropy(logits.float(), pseudo_labels[batch])
-        optimizer.zero_grad(set_to_none=True)
-        head_optimizer.zero_grad(set_to_none=True)
+            features = model(images.contiguous(memory_format=torch.channels_last))
+        losses = [
+            F.cross_entropy(head(features.float()), labels[batch])
+            for head, labels in zip(heads, pseudo_labels, strict=True)
+        ]
+        loss = torch.stack(losses).mean()
+        for each in optimizers:
+            each.zero_grad(set_to_none=True)
+            for group in each.param_groups:
+                group["lr"] = rate
         loss.backward()
-        optimizer.step()
-        head_optimizer.step()
+        for each in optimizers:
+            each.step()
         total_loss += loss.detach()
     return TrainResult(loss=float(total_loss) / max(1, len(batches)), batches=len(batches))

@@ -89,16 +89,17 @@ def _run_epoch(
     features = timed(seconds, "extract", device, tasks.extract_features, session, progress)
     features = timed(seconds, "pca", device, tasks.pca_reduce, features, config.pca_dim)
     writer.submit(epoch, pipeline.write_features, layout, epoch, features.cpu().numpy())
-    clustering = timed(seconds, "kmeans", device, tasks.cluster_kmeans, features, config, epoch)
+    previous = session.previous_assignments
+    clusterings = timed(seconds, "kmeans", device, tasks.cluster_kmeans, features, config, epoch, previous)
     del features
-    assignments = clustering.assignments.cpu().numpy()
+    assignments = clusterings[0].assignments.cpu().numpy()
     writer.submit(epoch, pipeline.write_assignments, layout, epoch, assignments, session.labels)
-    sample = timed(seconds, "resample", device, tasks.balanced_resample, clustering.assignments, config, epoch)
-    trained = timed(seconds, "train", device, tasks.retrain, session, clustering.assignments, sample, epoch, progress)
+    sample = timed(seconds, "resample", device, tasks.balanced_resample, clusterings[0].assignments, config, epoch)
+    trained = timed(seconds, "train", device, tasks.retrain, session, clusterings, sample, epoch, progress)
     writer.submit(epoch, pipeline.write_checkpoint, layout, epoch, pipeline.checkpoint(session, epoch))
     evaluation = timed(seconds, "evaluate", device, tasks.evaluate_nmi, session, assignments)
     seconds["epoch"] = round(time.perf_counter() - start, 4)
-    epoch_metrics = pipeline.epoch_record(session, epoch, clustering, trained, evaluation, seconds)
+    epoch_metrics = pipeline.epoch_record(session, epoch, clusterings[0], trained, evaluation, seconds)
     writer.submit(epoch, _commit, layout, epoch, epoch_metrics, writer)
     return epoch_metrics
 

@@ -50,15 +50,17 @@ def extract_features(session: Session, progress: bool | None) -> torch.Tensor:
 
 
 @stage
-def pca_reduce(features: torch.Tensor, pca_dim: int) -> torch.Tensor:
-    """PCA-whitening + L2 normalisation of the features."""
+def pca_reduce(features: torch.Tensor, pca_dim: int | None) -> torch.Tensor:
+    """PCA-whitening (unless pca_dim is None) + L2 normalisation of the features."""
     return pipeline.reduce(features, pca_dim)
 
 
 @stage
-def cluster_kmeans(points: torch.Tensor, config: Config, epoch: int) -> Clustering:
-    """k-means with the empty-cluster fix."""
-    return pipeline.cluster(points, config, epoch)
+def cluster_kmeans(
+    points: torch.Tensor, config: Config, epoch: int, previous: np.ndarray | None = None
+) -> list[Clustering]:
+    """k-means with the empty-cluster fix, once per head (seeded from `previous` where configured)."""
+    return pipeline.cluster(points, config, epoch, previous)
 
 
 @stage
@@ -69,10 +71,10 @@ def balanced_resample(assignments: torch.Tensor, config: Config, epoch: int) -> 
 
 @stage
 def retrain(
-    session: Session, assignments: torch.Tensor, sample: torch.Tensor, epoch: int, progress: bool | None
+    session: Session, clusterings: list[Clustering], sample: torch.Tensor, epoch: int, progress: bool | None
 ) -> TrainResult:
     """One epoch of training on the pseudo-labels (updates the session's model and optimizer)."""
-    return pipeline.retrain(session, assignments, sample, epoch, progress)
+    return pipeline.retrain(session, clusterings, sample, epoch, progress)
 
 
 @stage

@@ -2,12 +2,13 @@ from pathlib import Path
 
 import pytest
 
-from deepcluster.config import Config, ConfigError, build_config, load_config_file
+from deepcluster.config import PREDATED_KEYS, Config, ConfigError, build_config, load_config_file, recorded_config
 
 
-def test_defaults_follow_the_paper():
+def test_defaults_follow_the_paper_optimiser_and_deepcluster_v2_head():
     config = Config()
-    assert (config.lr, config.momentum, config.weight_decay, config.pca_dim) == (0.05, 0.9, 1e-5, 256)
+    assert (config.lr, config.momentum, config.weight_decay, config.batch_size) == (0.05, 0.9, 1e-5, 256)
+    assert (config.head, config.pca_dim, config.temperature) == ("prototypes", None, 0.1)
     assert config.dataset == "fashion-mnist-sample"
 
 
@@ -21,6 +22,9 @@ def test_defaults_follow_the_paper():
         ({"classes": [-1]}, "non-negative"),
         ({"crop_scale": [0.9, 0.2]}, "crop_scale"),
         ({"no_such_knob": 3}, "no_such_knob"),
+        ({"head": "prototypes", "pca_dim": 64}, "pca_dim must be null"),
+        ({"rotation": 200}, "rotation"),
+        ({"num_heads": 0}, "num_heads"),
     ],
 )
 def test_invalid_values_name_the_key(values, message):
@@ -51,3 +55,13 @@ def test_config_file(tmp_path: Path):
         load_config_file(path)
     with pytest.raises(FileNotFoundError, match="missing.json"):
         load_config_file(tmp_path / "missing.json")
+
+
+def test_a_run_recorded_before_a_key_existed_keeps_how_it_trained():
+    old = Config().to_json_dict()
+    for key in PREDATED_KEYS:
+        del old[key]
+    old["pca_dim"] = 256  # as every run before the prototype head recorded
+    config = recorded_config(old)
+    assert (config.head, config.kmeans_init, config.rotation, config.num_heads) == ("linear", "random", 0.0, 1)
+    assert recorded_config(Config().to_json_dict()) == Config()  # complete records are taken as they are

@@ -27,7 +27,7 @@ def test_flow_writes_every_epoch_artifact(finished_run: Path):
         assert sorted(path.name for path in directory.iterdir()) == EPOCH_FILES
         assert artifacts.verify_manifest(directory) == []
         features = pq.read_table(directory / "features.parquet")
-        assert features.num_rows == 300 and features.schema.field("features").type.list_size == 32
+        assert features.num_rows == 300 and features.schema.field("features").type.list_size == 128  # proj_dim
         assignments = pq.read_table(directory / "assignments.parquet")
         assert assignments.column("label").null_count == 0
         metrics = json.loads((directory / "metrics.json").read_text())
@@ -92,10 +92,10 @@ def test_task_functions_run_without_prefect(tmp_path: Path):
     assert tasks.sobel_preprocess.fn(layout, info.image_size) == layout.inputs
     session = tasks.load_session.fn(layout, config, 0, "cpu")
     features = tasks.pca_reduce.fn(tasks.extract_features.fn(session, False), config.pca_dim)
-    clustering = tasks.cluster_kmeans.fn(features, config, 0)
-    sample = tasks.balanced_resample.fn(clustering.assignments, config, 0)
-    assert tasks.retrain.fn(session, clustering.assignments, sample, 0, False).loss > 0
-    assert tasks.evaluate_nmi.fn(session, clustering.assignments.numpy())["cluster_sizes"]["empty"] == 0
+    clusterings = tasks.cluster_kmeans.fn(features, config, 0)
+    sample = tasks.balanced_resample.fn(clusterings[0].assignments, config, 0)
+    assert tasks.retrain.fn(session, clusterings, sample, 0, False).loss > 0
+    assert tasks.evaluate_nmi.fn(session, clusterings[0].assignments.numpy())["cluster_sizes"]["empty"] == 0
 
 
 def test_flow_and_library_loop_compute_the_same_epochs(finished_run: Path):

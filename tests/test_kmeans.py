@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepcluster.kmeans import assign, fill_empty_clusters, kmeans
+from deepcluster.kmeans import assign, centroid_means, fill_empty_clusters, kmeans, kmeans_plus_plus
 
 
 def blobs(num_per_blob: int = 50, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,3 +107,27 @@ def test_faiss_backend_agrees_with_torch():
     theirs = faiss_kmeans(points, 10, seed=0)
     assert torch.bincount(theirs.assignments, minlength=10).min() > 0
     assert theirs.loss == pytest.approx(ours.loss, rel=0.05)
+
+
+def test_kmeans_plus_plus_seeds_one_centroid_per_separated_blob():
+    points, labels = blobs()
+    for seed in range(5):  # random seeding often puts two centroids in one blob; D^2 seeding does not
+        centroids = kmeans_plus_plus(points, 3, torch.Generator().manual_seed(seed))
+        nearest, _ = assign(centroids, torch.stack([points[labels == blob].mean(0) for blob in range(3)]))
+        assert sorted(nearest.tolist()) == [0, 1, 2]
+        assert any(torch.equal(centroids[0], point) for point in points)  # seeds are data points
+
+
+def test_kmeans_plus_plus_copes_with_fewer_distinct_points_than_k():
+    points = torch.tensor([[0.0, 0.0], [1.0, 1.0]]).repeat(5, 1)
+    result = kmeans(points, 4, torch.Generator().manual_seed(0), init="k-means++")
+    assert torch.bincount(result.assignments, minlength=4).min() > 0
+
+
+def test_given_centroids_start_lloyd_there():
+    points, labels = blobs(seed=4)
+    start = centroid_means(points, labels, 3)  # already the fixed point of these clusters
+    result = kmeans(points, 3, torch.Generator(), iterations=5, init=start)
+    assert torch.equal(result.assignments, labels) and result.iterations == 2  # the second one sees no change
+    with pytest.raises(ValueError, match=r"initial centroids must be \(3, 2\)"):
+        kmeans(points, 3, torch.Generator(), init=start[:2])

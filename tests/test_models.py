@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from deepcluster.models import ARCHS, ClusterHead, DeepClusterNet
+from deepcluster.models import ARCHS, ClusterHead, DeepClusterNet, PrototypeHead
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -34,3 +34,22 @@ def test_head_reset_is_normal_001_with_zero_bias():
 def test_unknown_arch():
     with pytest.raises(ValueError, match="unknown arch 'resnet'"):
         DeepClusterNet("resnet", torch.Generator())
+
+
+def test_projection_head_gives_unit_features_and_keeps_the_trunk():
+    model = DeepClusterNet("small", torch.Generator().manual_seed(0), proj_dim=16).eval()
+    images = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        features, trunk = model(images), model.trunk(images)
+    assert features.shape == (3, 16) and model.feature_dim == 16
+    assert torch.allclose(features.norm(dim=1), torch.ones(3))
+    assert trunk.shape == (3, model.trunk_dim) == (3, 512)
+
+
+def test_prototype_head_is_cosine_to_the_centroids_over_the_temperature():
+    centroids = torch.tensor([[2.0, 0.0], [0.0, 0.5], [-1.0, -1.0]])
+    head = PrototypeHead(centroids, temperature=0.1)
+    logits = head(torch.nn.functional.normalize(centroids, dim=1))
+    assert torch.equal(logits.argmax(dim=1), torch.arange(3))
+    assert torch.allclose(logits.diagonal(), torch.full((3,), 10.0))
+    assert list(head.parameters()) == []  # fixed while training

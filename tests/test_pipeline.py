@@ -10,6 +10,8 @@ from PIL import Image
 from deepcluster import pipeline
 from deepcluster.artifacts import RunError, RunLayout
 from deepcluster.config import ConfigError
+from deepcluster.kmeans import centroid_means, kmeans
+from deepcluster.rng import stage_generator
 from tests.conftest import tiny_config
 
 
@@ -17,7 +19,7 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path: Path):
     layout = RunLayout(tmp_path, "bad")
     for config, message in [
         (tiny_config(num_clusters=301), "k=301 is larger than the number of images"),
-        (tiny_config(pca_dim=512), "pca_dim=512"),
+        (tiny_config(head="linear", pca_dim=512), "pca_dim=512"),
         (tiny_config(arch="alexnet", image_size=32), "alexnet needs images of at least 63"),
     ]:
         with pytest.raises(ConfigError, match=message):
@@ -40,7 +42,7 @@ def test_existing_run_refuses_changed_data(tmp_path: Path):
     images.mkdir()
     for i in range(12):
         Image.fromarray(np.full((10, 10), i * 20, np.uint8)).save(images / f"{i}.png")
-    config = tiny_config(dataset=str(images), limit=None, num_clusters=3, pca_dim=4)
+    config = tiny_config(dataset=str(images), limit=None, num_clusters=3)
     layout = RunLayout(tmp_path / "runs", "folder")
     pipeline.ingest(config, layout)
     Image.fromarray(np.full((10, 10), 255, np.uint8)).save(images / "0.png")
@@ -90,3 +92,43 @@ def test_cuda_requested_without_gpu(monkeypatch):
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         pipeline.resolve_device("cuda")
     assert str(pipeline.resolve_device("auto")) == "cpu"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"num_heads": 2},
+        {"head": "linear", "pca_dim": 32, "num_heads": 2, "kmeans_init": "random"},
+        {"head": "linear", "pca_dim": 32, "kmeans_backend": "faiss", "kmeans_init": "k-means++"},
+    ],
+)
+def test_epochs_with_several_heads_and_the_paper_head(overrides: dict[str, object]):
+    if overrides.get("kmeans_backend") == "faiss":
+        pytest.importorskip("faiss", reason="faiss is an optional backend (pip install faiss-cpu)")
+    config = tiny_config(**overrides)
+    inputs, labels = pipeline.load_inputs(config)
+    session = pipeline.new_session(config, inputs, labels, torch.device("cpu"))
+    for epoch in range(2):
+        metrics = pipeline.run_epoch(session, epoch, progress=False)
+        assert metrics["train_loss"] > 0 and metrics["cluster_sizes"]["empty"] == 0
+    features = pipeline.reduce(pipeline.extract(session), config.pca_dim)
+    clusterings = pipeline.cluster(features, config, 2)
+    assert len(clusterings) == config.num_heads
+    if config.num_heads > 1:  # each head draws its own k-means seeds
+        assert not torch.equal(clusterings[0].assignments, clusterings[1].assignments)
+
+
+def test_previous_init_starts_k_means_from_last_epochs_clusters():
+    config = tiny_config(kmeans_init="previous")
+    inputs, labels = pipeline.load_inputs(config)
+    session = pipeline.new_session(config, inputs, labels, torch.device("cpu"))
+    pipeline.run_epoch(session, 0, progress=False)
+    previous = session.previous_assignments
+    assert previous is not None
+    features = pipeline.reduce(pipeline.extract(session), config.pca_dim)
+    start = centroid_means(features, torch.from_numpy(previous), config.num_clusters)
+    expected = kmeans(features, config.num_clusters, stage_generator(config.seed, 1, "kmeans"), 20, start)
+    assert torch.equal(pipeline.cluster(features, config, 1, previous)[0].assignments, expected.assignments)
+    first_epoch = pipeline.cluster(features, config, 0)[0]  # no previous epoch: k-means++ from the epoch's seed
+    plus_plus = kmeans(features, config.num_clusters, stage_generator(config.seed, 0, "kmeans"), 20, "k-means++")
+    assert torch.equal(first_epoch.assignments, plus_plus.assignments)

@@ -24,8 +24,6 @@ CLI_ARGS = [
     "3",
     "--k",
     "10",
-    "--pca-dim",
-    "32",
     "--batch-size",
     "64",
     "--device",

@@ -4,7 +4,13 @@ import torch
 
 from deepcluster.config import Config
 from deepcluster.models import ClusterHead, DeepClusterNet
-from deepcluster.train import learning_rate, make_optimizer, random_resized_crop_flip, train_epoch
+from deepcluster.train import (
+    learning_rate,
+    make_optimizer,
+    random_resized_crop_flip,
+    scheduled_learning_rate,
+    train_epoch,
+)
 
 
 def test_full_crop_without_flip_is_identity():
@@ -37,8 +43,10 @@ def test_training_lowers_the_loss_on_learnable_pseudo_labels(bf16: bool):
     optimizer = make_optimizer(model, config)
     generator = torch.Generator().manual_seed(0)
     losses = [
-        train_epoch(model, head, optimizer, inputs, labels, torch.randperm(128), config, generator, False, bf16).loss
-        for _ in range(4)
+        train_epoch(
+            model, [head], optimizer, inputs, labels[None], torch.randperm(128), config, epoch, generator, False, bf16
+        ).loss
+        for epoch in range(4)
     ]
     assert losses[-1] < 0.5 * losses[0]
 
@@ -50,12 +58,13 @@ def test_single_image_last_batch_is_skipped():
     head = ClusterHead(model.feature_dim, 2)
     result = train_epoch(
         model,
-        head,
+        [head],
         make_optimizer(model, config),
         inputs,
-        torch.zeros(5, dtype=torch.int64),
+        torch.zeros((1, 5), dtype=torch.int64),
         torch.arange(5),
         config,
+        0,
         torch.Generator(),
         progress=False,
     )
@@ -65,3 +74,32 @@ def test_single_image_last_batch_is_skipped():
 def test_learning_rate_scales_linearly_with_the_batch():
     assert learning_rate(Config(lr=0.05, batch_size=256)) == 0.05
     assert learning_rate(Config(lr=0.05, batch_size=1024)) == 0.2
+
+
+def test_rotation_is_drawn_after_the_crop_and_reproducible():
+    images = torch.rand(32, 1, 12, 12)
+
+    def augment(rotation: float) -> torch.Tensor:
+        return random_resized_crop_flip(images, torch.Generator().manual_seed(3), (0.5, 1.0), True, rotation)
+
+    unrotated = random_resized_crop_flip(images, torch.Generator().manual_seed(3), (0.5, 1.0), True)
+    assert torch.equal(augment(0.0), unrotated)  # rotation 0 keeps the crops of runs without rotation
+    assert torch.equal(augment(30.0), augment(30.0)) and not torch.allclose(augment(30.0), unrotated)
+
+
+def test_warmup_then_cosine_schedule():
+    config = Config(lr=0.1, epochs=10, warmup_epochs=2, lr_schedule="cosine")
+    rates = [scheduled_learning_rate(config, epoch) for epoch in (0, 1, 2, 6, 10)]
+    assert rates == pytest.approx([0.0, 0.05, 0.1, 0.05, 0.0])
+    constant = Config(lr=0.1, epochs=10, warmup_epochs=2)
+    assert scheduled_learning_rate(constant, 1) == pytest.approx(0.05) and scheduled_learning_rate(constant, 9) == 0.1
+
+
+def test_train_epoch_sets_the_scheduled_rate_before_every_step():
+    config = Config(batch_size=4, epochs=4, warmup_epochs=2)
+    model = DeepClusterNet("small", torch.Generator().manual_seed(0))
+    optimizer = make_optimizer(model, config)
+    inputs = torch.zeros((8, 1, 8, 8), dtype=torch.uint8)
+    labels = torch.zeros((1, 8), dtype=torch.int64)
+    train_epoch(model, [ClusterHead(512, 2)], optimizer, inputs, labels, torch.arange(8), config, 1, torch.Generator())
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(learning_rate(config) * 1.5 / 2)  # step 2 of 2 in epoch 1

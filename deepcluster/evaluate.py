@@ -1,0 +1,200 @@
+"""Scoring a trained run against labels: the one place labels meet learned features.
+
+For one finished epoch of a run, with the convnet as trained at the end of that epoch:
+- the final clustering: k-means at k = the number of true classes (several initialisations, the
+  lowest objective kept) on the features as the run clusters them (the L2-normalised projection
+  with the prototype head; PCA-whitened and L2-normalised with the paper's head), scored by NMI,
+  ACC and ARI; the same on the L2-normalised trunk features (the classifier body's output);
+- frozen trunk features: a k-nearest-neighbour classifier (cosine) and a linear probe (logistic
+  regression), fitted on the train split and scored on the test split where the dataset has one,
+  else on a fixed 20% of the run's images held out;
+- baselines on the same images: k-means on the raw pixels and on the Sobel-magnitude pixels.
+Nothing here feeds back into training.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.linear_model import LogisticRegression
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import StandardScaler
+
+from deepcluster import artifacts, metrics, pipeline, report
+from deepcluster.artifacts import RunError, RunLayout
+from deepcluster.config import Config, recorded_config
+from deepcluster.data import DatasetError, load_dataset
+from deepcluster.features import extract_features
+from deepcluster.sobel import SobelFilter, prepare_inputs
+
+KMEANS_INITS = 10
+KNN_NEIGHBOURS = 20
+HOLDOUT_FRACTION = 0.2
+EVALUATION_SEED = 0  # fixed: k-means initialisations and the held-out split never depend on the run
+PROBE_MAX_ITER = 1000
+DATASETS_WITH_TEST_SPLIT = ("fashion-mnist", "mnist", "cifar10")
+
+
+def kmeans_scores(points: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """k-means at k = number of classes (best of KMEANS_INITS k-means++ starts), scored against labels."""
+    num_classes = len(np.unique(labels))
+    clusters = KMeans(num_classes, n_init=KMEANS_INITS, random_state=EVALUATION_SEED).fit_predict(points)
+    sizes = np.bincount(clusters, minlength=num_classes)
+    return {
+        "nmi": metrics.nmi(labels, clusters),
+        "acc": metrics.accuracy(labels, clusters),
+        "ari": metrics.ari(labels, clusters),
+        "largest_over_fair_share": float(sizes.max() * num_classes / sizes.sum()),
+    }
+
+
+def knn_accuracy(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray) -> float:
+    """Accuracy of a KNN_NEIGHBOURS-nearest-neighbour majority vote under cosine similarity."""
+    classifier = KNeighborsClassifier(KNN_NEIGHBOURS, metric="cosine", algorithm="brute")
+    return float(classifier.fit(train, train_labels).score(test, test_labels))
+
+
+def linear_probe_accuracy(
+    train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray
+) -> float:
+    """Accuracy of a multinomial logistic regression on standardised features."""
+    scaler = StandardScaler().fit(train)
+    probe = LogisticRegression(max_iter=PROBE_MAX_ITER).fit(scaler.transform(train), train_labels)
+    return float(probe.score(scaler.transform(test), test_labels))
+
+
+def sobel_magnitude(inputs: np.ndarray) -> np.ndarray:
+    """uint8 grayscale (N, 1, H, W) -> flattened Sobel gradient magnitudes (N, H*W), float32."""
+    sobel = SobelFilter()
+    chunks = []
+    for start in range(0, len(inputs), 4096):
+        gradients = sobel(torch.from_numpy(inputs[start : start + 4096]).float().div_(255))
+        chunks.append(gradients.square().sum(dim=1).sqrt().flatten(1).numpy())
+    return np.concatenate(chunks)
+
+
+def baselines(images: np.ndarray, inputs: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:
+    """k-means on the raw pixels (scaled to [0, 1]) and on the Sobel-magnitude pixels of the same images."""
+    pixels = images.reshape(len(images), -1).astype(np.float32) / 255
+    return {"pixels": kmeans_scores(pixels, labels), "sobel_pixels": kmeans_scores(sobel_magnitude(inputs), labels)}
+
+
+def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "auto") -> dict[str, Any]:
+    """Evaluate `epoch` (default: the last finished one) of a run; merge the result into evaluation.json.
+
+    Returns the evaluation.json contents. Raises RunError when the run has no labels or the epoch
+    is not finished.
+    """
+    record = artifacts.read_json(layout.run_json)
+    config = recorded_config(record["config"])
+    if epoch is None:
+        done = layout.completed_epochs()
+        if not done:
+            raise RunError(f"run {layout.run_id!r} has no finished epoch to evaluate")
+        epoch = done[-1]
+    epoch_metrics = report.epoch_metrics(layout, epoch)  # also: the epoch must be finished
+    if not layout.labels.is_file():
+        raise RunError(f"run {layout.run_id!r} has no labels ({config.dataset}): evaluate needs a labelled dataset")
+
+    torch_device = pipeline.resolve_device(device)
+    labels = artifacts.load_array(layout.labels)
+    inputs = artifacts.load_array(layout.inputs)
+    model, _ = pipeline.load_model(layout.epoch_dir(epoch) / "model.pt", config, torch_device)
+    bf16 = pipeline.use_bf16(config, torch_device)
+
+    def features(images: np.ndarray) -> np.ndarray:
+        tensor = torch.from_numpy(images).to(torch_device)
+        trunk = extract_features(model, tensor, config.batch_size, False, bf16, trunk=True)
+        return torch.nn.functional.normalize(trunk, dim=1).cpu().numpy()
+
+    clustered = extract_features(model, torch.from_numpy(inputs).to(torch_device), config.batch_size, False, bf16)
+    clustered = pipeline.reduce(clustered, config.pca_dim).cpu().numpy()
+    trunk = features(inputs)
+    test, missing = _test_split(config, record["dataset"]["input_size"])
+    if test is None:
+        order = np.random.default_rng(EVALUATION_SEED).permutation(len(inputs))
+        held_out = order[: int(len(inputs) * HOLDOUT_FRACTION)]
+        kept = order[len(held_out) :]
+        probe_data = (trunk[kept], labels[kept], trunk[held_out], labels[held_out])
+        probe_split = f"holdout: {len(held_out)} of the run's {len(inputs)} images ({missing})"
+    else:
+        test_inputs, test_labels = test
+        probe_data = (trunk, labels, features(test_inputs), test_labels)
+        probe_split = f"test split: {len(test_labels)} images"
+
+    result = {
+        "epoch": epoch,
+        "features": {"clustered": clustered.shape[1], "trunk": trunk.shape[1]},
+        "kmeans": kmeans_scores(clustered, labels),
+        "kmeans_trunk": kmeans_scores(trunk, labels),
+        "knn_accuracy": knn_accuracy(*probe_data),
+        "linear_probe_accuracy": linear_probe_accuracy(*probe_data),
+        "probe_split": probe_split,
+        "run_nmi_previous": epoch_metrics["nmi_previous"],
+        "run_largest_over_fair_share": epoch_metrics["cluster_sizes"]["largest_over_fair_share"],
+    }
+    return _merge(layout, record, result, labels, inputs)
+
+
+def _test_split(config: Config, input_size: int) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
+    """The dataset's test split (same classes, no limit) as network inputs and labels, or None and why not."""
+    if config.dataset not in DATASETS_WITH_TEST_SPLIT:
+        return None, f"{config.dataset} has no test split"
+    if config.split != "train":
+        return None, "the run trained on the test split"
+    try:
+        test_set = load_dataset(config.model_copy(update={"split": "test", "limit": None}))
+    except (DatasetError, FileNotFoundError) as error:
+        return None, f"test split unavailable: {error}"
+    if test_set.labels is None:
+        return None, "the test split has no labels"
+    return (prepare_inputs(test_set.images, input_size), test_set.labels), ""
+
+
+def _merge(
+    layout: RunLayout, record: dict[str, Any], result: dict[str, Any], labels: np.ndarray, inputs: np.ndarray
+) -> dict[str, Any]:
+    """Add `result` to evaluation.json under its epoch (computing the baselines once per run), atomically."""
+    path = evaluation_path(layout)
+    with open(layout.root / "evaluation.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        evaluation: dict[str, Any] = (
+            artifacts.read_json(path) if path.is_file() else {"run_id": layout.run_id, "epochs": {}}
+        )
+        if "baselines" not in evaluation:
+            images = artifacts.load_array(layout.images)
+            evaluation["baselines"] = baselines(images, inputs, labels)
+        evaluation["dataset"] = record["dataset"]["source"]
+        evaluation["num_classes"] = int(len(np.unique(labels)))
+        evaluation["epochs"][str(result["epoch"])] = result
+        artifacts.write_json(path, evaluation)
+    return evaluation
+
+
+TABLE_COLUMNS = ("method", "nmi", "acc", "ari", "knn_accuracy", "linear_probe_accuracy")
+
+
+def format_evaluation(evaluation: dict[str, Any], epoch: int) -> str:
+    """The evaluation of `epoch` and the baselines as a plain-text table."""
+    result = evaluation["epochs"][str(epoch)]
+    dims = result["features"]
+    rows = [{"method": f"k-means on {name}", **scores} for name, scores in evaluation["baselines"].items()]
+    rows.append({"method": f"epoch {epoch}, clustered features ({dims['clustered']}-d)", **result["kmeans"]})
+    rows.append({"method": f"epoch {epoch}, trunk features ({dims['trunk']}-d)", **result["kmeans_trunk"], **result})
+    return "\n".join(
+        [
+            report.format_table(rows, TABLE_COLUMNS),
+            f"k-means at k = {evaluation['num_classes']} classes, best of {KMEANS_INITS} initialisations; "
+            f"kNN (k = {KNN_NEIGHBOURS}, cosine) and linear probe on the trunk: {result['probe_split']}",
+        ]
+    )
+
+
+def evaluation_path(layout: RunLayout) -> Path:
+    """Where a run's evaluations are kept, by epoch."""
+    return layout.root / "evaluation.json"

@@ -1,0 +1,131 @@
+"""`deepcluster evaluate` and the quality benchmark on a finished tiny run."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from deepcluster import quality
+from deepcluster.artifacts import RunError, RunLayout
+from deepcluster.cli import main
+from deepcluster.evaluate import evaluate_run, kmeans_scores, knn_accuracy, linear_probe_accuracy
+
+
+def test_scores_on_separable_points():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 50)
+    points = np.eye(3)[labels] * 10 + rng.normal(size=(150, 3))
+    scores = kmeans_scores(points, labels)
+    assert scores["nmi"] == pytest.approx(1.0) and scores["acc"] == 1.0 and scores["largest_over_fair_share"] == 1.0
+    train, test = np.arange(150) % 2 == 0, np.arange(150) % 2 == 1
+    assert knn_accuracy(points[train], labels[train], points[test], labels[test]) == 1.0
+    assert linear_probe_accuracy(points[train], labels[train], points[test], labels[test]) == 1.0
+    shuffled = rng.permutation(labels)  # labels unrelated to the points: chance level
+    assert kmeans_scores(points, shuffled)["nmi"] < 0.1
+
+
+def test_evaluate_writes_every_score_and_is_repeatable(finished_run: Path, tmp_path: Path, capsys):
+    shutil.copytree(finished_run / "tiny", tmp_path / "tiny")
+    assert main(["--runs-dir", str(tmp_path), "evaluate", "tiny"]) == 0
+    table = capsys.readouterr().out
+    assert "k-means on pixels" in table and "k-means on sobel_pixels" in table
+    assert "epoch 1, clustered features (128-d)" in table and "epoch 1, trunk features (512-d)" in table
+    evaluation = json.loads((tmp_path / "tiny" / "evaluation.json").read_text())
+    result = evaluation["epochs"]["1"]
+    assert evaluation["num_classes"] == 3 and set(evaluation["baselines"]) == {"pixels", "sobel_pixels"}
+    for score in (result["kmeans"]["nmi"], result["kmeans_trunk"]["acc"], result["knn_accuracy"]):
+        assert 0 <= score <= 1
+    assert result["probe_split"].startswith("holdout: 60 of the run's 300 images")
+    # k-means on these 3 classes finds real structure in pixels (NMI 0.42 on the full sample)
+    assert evaluation["baselines"]["pixels"]["nmi"] > 0.2
+    assert main(["--runs-dir", str(tmp_path), "evaluate", "tiny", "--epoch", "0", "--json"]) == 0
+    again = json.loads((tmp_path / "tiny" / "evaluation.json").read_text())
+    assert set(again["epochs"]) == {"0", "1"} and again["epochs"]["1"] == result  # kept, and deterministic
+    assert json.loads(capsys.readouterr().out)["epoch"] == 0
+
+
+def test_evaluate_refuses_unfinished_epochs_and_unlabelled_runs(finished_run: Path, tmp_path: Path, capsys):
+    assert main(["--runs-dir", str(finished_run), "evaluate", "tiny", "--epoch", "7"]) == 2
+    assert "epoch 7 of run 'tiny' is not finished (finished: 0-1)" in capsys.readouterr().err
+    shutil.copytree(finished_run / "tiny", tmp_path / "tiny")
+    (tmp_path / "tiny" / "data" / "labels.npy").unlink()
+    with pytest.raises(RunError, match="has no labels"):
+        evaluate_run(RunLayout(tmp_path, "tiny"))
+    assert not (tmp_path / "tiny" / "evaluation.json").exists()
+
+
+def test_quality_suite_trains_evaluates_and_writes_results(tmp_path: Path, monkeypatch):
+    calls: list[list[str]] = []
+
+    def fake_cli(args: list[str]) -> int:  # stands in for `deepcluster`: what the suite asks of it
+        calls.append(args)
+        run_id = args[args.index("evaluate") + 1] if "evaluate" in args else None
+        if run_id:
+            root = Path(args[1]) / run_id
+            (root / "epochs" / "0000").mkdir(parents=True)
+            (root / "epochs" / "0000" / "metrics.json").write_text(json.dumps(METRICS))
+            seed = int(run_id.rsplit("seed", 1)[1])
+            (root / "evaluation.json").write_text(json.dumps(evaluation(0.5 + seed / 10)))
+        return 0
+
+    monkeypatch.setitem(quality.SUITES, "toy", {"plain": ["--k", "3"]})
+    with pytest.raises(RunError, match=r"suite 'toy' has no configuration nope \(it has plain\)"):
+        quality.run_suite("toy", [0], tmp_path, fake_cli, [], ["nope"])
+    with pytest.raises(RunError, match="unknown suite 'imagenet'"):
+        quality.run_suite("imagenet", [0], tmp_path, fake_cli, [])
+    assert not calls
+    results = quality.run_suite("toy", [0, 2], tmp_path, fake_cli, ["--epochs", "1"])
+    assert calls[0] == [
+        "--runs-dir",
+        str(tmp_path),
+        "run",
+        "--k",
+        "3",
+        "--epochs",
+        "1",
+        "--seed",
+        "0",
+        "--run-id",
+        "quality-toy-plain-seed0",
+        "--no-progress",
+    ]
+    assert calls[1] == ["--runs-dir", str(tmp_path), "evaluate", "quality-toy-plain-seed0"]
+    section = quality.suite_markdown("toy", results, "deepcluster bench-quality --suite toy")
+    assert "| plain | 0.600 ± 0.141 |" in section and "`deepcluster run --k 3 --epochs 1 --seed SEED`" in section
+    path = tmp_path / "RESULTS.md"
+    quality.write_results(path, "toy", section)
+    quality.write_results(path, "other", "other section\n")
+    quality.write_results(path, "toy", section.replace("plain", "renamed"))
+    text = path.read_text()
+    assert "renamed" in text and "| plain |" not in text and "other section" in text
+
+
+METRICS = {
+    "epoch": 0,
+    "train_loss": 1.0,
+    "kmeans_loss": 1.0,
+    "nmi_previous": None,
+    "num_clusters": 3,
+    "cluster_sizes": {"min": 1, "max": 2, "empty": 0, "largest_over_fair_share": 1.5},
+    "stage_seconds": {"epoch": 60.0},
+}
+
+
+def evaluation(nmi: float) -> dict:
+    scores = {"nmi": nmi, "acc": nmi, "ari": nmi, "largest_over_fair_share": 1.0}
+    return {
+        "baselines": {"pixels": scores},
+        "epochs": {
+            "0": {
+                "epoch": 0,
+                "kmeans": scores,
+                "kmeans_trunk": scores,
+                "knn_accuracy": 0.9,
+                "linear_probe_accuracy": 0.9,
+                "run_nmi_previous": 0.8,
+                "run_largest_over_fair_share": 1.5,
+            }
+        },
+    }
