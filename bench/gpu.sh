@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU figures of docs/PERFORMANCE.md, as one script for a session lent a GPU machine.
 # Prepare here:  bash bench/wheelhouse.sh
-#                mkdir -p data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/train-* data/fashion-mnist/
+#                mkdir -p data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/* data/fashion-mnist/
 # Then, with the device tool:  run(command="bash bench/gpu.sh", carry=[".wheels", "data/fashion-mnist"], timeout_s=420)
-# Results (logs and JSON) are written under $OUT. Should take about 4 minutes on an H100 (not run yet).
+# Results (logs and JSON) are written under $OUT. Should take about 4 minutes on an H100 for the
+# performance figures (not run yet), plus the quality step at the end (3 runs of 10 epochs, each evaluated).
 set -uo pipefail
 OUT=${OUT:-/tmp/deepcluster-gpu}
 mkdir -p "$OUT"
@@ -35,4 +36,7 @@ python3 -m deepcluster.cli bench --dataset fashion-mnist --device cuda --k 100 -
 step "the same at the default batch of 256"
 python3 -m deepcluster.cli bench --dataset fashion-mnist --device cuda --k 100 \
     --epochs 3 --rounds 1 --json "$OUT/bench-fmnist-b256.json"
+step "quality: the Fashion-MNIST suite's default configuration, seeds 0-2 (the section of docs/RESULTS.md)"
+python3 -m deepcluster.cli --runs-dir /tmp/quality-runs bench-quality --suite fashion-mnist --configs default \
+    --seeds 0,1,2 --out "$OUT/RESULTS.md" --json "$OUT/quality-fashion-mnist.json"
 step "done"

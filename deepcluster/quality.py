@@ -22,9 +22,8 @@ import torch
 
 from deepcluster import artifacts
 from deepcluster.artifacts import RunError, RunLayout
+from deepcluster.evaluate import evaluation_path
 from deepcluster.report import metric_rows
-
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 # The straightforward DeepCluster of the paper: random top layer, PCA-whitening to 256, k-means from
 # random points, crops + flips only.
@@ -41,9 +40,10 @@ SUITES: dict[str, dict[str, list[str]]] = {
         "random-init": ["--kmeans-init", "random"],
         "no-rotation": ["--rotation", "0"],
     },
+    # The IDX files are found in data/fashion-mnist/ or /usr/share/datasets/fashion-mnist/ (Debian's package).
     "fashion-mnist": {
-        "default": ["--dataset", "fashion-mnist", "--data-dir", FASHION_MNIST_DIR],
-        "paper": ["--dataset", "fashion-mnist", "--data-dir", FASHION_MNIST_DIR, "--k", "100", *PAPER],
+        "default": ["--dataset", "fashion-mnist"],
+        "paper": ["--dataset", "fashion-mnist", "--k", "100", *PAPER],
     },
 }
 
@@ -90,13 +90,13 @@ def run_suite(
                 if cli(["--runs-dir", str(runs_dir), *args]) != 0:
                     raise RunError(f"`deepcluster {shlex.join(args)}` failed (see above)")
             layout = RunLayout(runs_dir, run_id)
-            evaluation = artifacts.read_json(layout.root / "evaluation.json")
-            last = max(evaluation["epochs"], key=int)
+            evaluation = artifacts.read_json(evaluation_path(layout))
+            last_epoch = str(layout.completed_epochs()[-1])
             runs.append(
                 {
                     "seed": seed,
                     "run_id": run_id,
-                    "evaluation": evaluation["epochs"][last],
+                    "evaluation": evaluation["epochs"][last_epoch],
                     "baselines": evaluation["baselines"],
                     "seconds": sum(row["seconds"] for row in metric_rows(layout)),
                 }
