@@ -107,14 +107,15 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
     model, _ = pipeline.load_model(layout.epoch_dir(epoch) / "model.pt", config, torch_device)
     bf16 = pipeline.use_bf16(config, torch_device)
 
-    def features(images: np.ndarray) -> np.ndarray:
+    def features(images: np.ndarray, trunk: bool) -> torch.Tensor:
         tensor = torch.from_numpy(images).to(torch_device)
-        trunk = extract_features(model, tensor, config.batch_size, False, bf16, trunk=True)
-        return torch.nn.functional.normalize(trunk, dim=1).cpu().numpy()
+        return extract_features(model, tensor, config.batch_size, False, bf16, trunk=trunk)
 
-    clustered = extract_features(model, torch.from_numpy(inputs).to(torch_device), config.batch_size, False, bf16)
-    clustered = pipeline.reduce(clustered, config.pca_dim).cpu().numpy()
-    trunk = features(inputs)
+    def trunk_features(images: np.ndarray) -> np.ndarray:
+        return torch.nn.functional.normalize(features(images, trunk=True), dim=1).cpu().numpy()
+
+    clustered = pipeline.reduce(features(inputs, trunk=False), config.pca_dim).cpu().numpy()
+    trunk = trunk_features(inputs)
     test, missing = _test_split(config, record["dataset"]["input_size"])
     if test is None:
         order = np.random.default_rng(EVALUATION_SEED).permutation(len(inputs))
@@ -124,7 +125,7 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
         probe_split = f"holdout: {len(held_out)} of the run's {len(inputs)} images ({missing})"
     else:
         test_inputs, test_labels = test
-        probe_data = (trunk, labels, features(test_inputs), test_labels)
+        probe_data = (trunk, labels, trunk_features(test_inputs), test_labels)
         probe_split = f"test split: {len(test_labels)} images"
 
     result = {

@@ -10,7 +10,9 @@ import pytest
 from deepcluster import quality
 from deepcluster.artifacts import RunError, RunLayout
 from deepcluster.cli import main
+from deepcluster.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC
 from deepcluster.evaluate import evaluate_run, kmeans_scores, knn_accuracy, linear_probe_accuracy
+from tests.test_data import write_idx
 
 
 def test_scores_on_separable_points():
@@ -129,3 +131,21 @@ def evaluation(nmi: float) -> dict:
             }
         },
     }
+
+
+def test_probes_use_the_test_split_where_the_dataset_has_one(prefect_harness, tmp_path: Path, capsys):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "fmnist"
+    data.mkdir()
+    for prefix, count in (("train", 90), ("t10k", 30)):
+        labels = np.arange(count, dtype=np.uint8) % 3
+        images = (rng.integers(0, 60, (count, 28, 28)) + labels[:, None, None] * 80).astype(np.uint8)
+        write_idx(data / f"{prefix}-images-idx3-ubyte", images, IDX_IMAGES_MAGIC)
+        write_idx(data / f"{prefix}-labels-idx1-ubyte", labels, IDX_LABELS_MAGIC)
+    args = ["run", "--dataset", "fashion-mnist", "--data-dir", str(data), "--k", "6", "--epochs", "1"]
+    assert main(["--runs-dir", str(tmp_path / "runs"), *args, "--run-id", "split", "--no-progress"]) == 0
+    evaluation = evaluate_run(RunLayout(tmp_path / "runs", "split"))
+    result = evaluation["epochs"]["0"]
+    assert result["probe_split"] == "test split: 30 images"
+    assert result["knn_accuracy"] > 0.9  # brightness differs by class (the Sobel front sees it at the borders)
+    capsys.readouterr()
