@@ -66,13 +66,18 @@ RUN_FLAGS = {
 }
 
 
-def _classes(text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--classes expects comma-separated integers like 0,1,2, got {text!r}"
-        ) from None
+def _integers(flag: str) -> Callable[[str], list[int]]:
+    """An argparse type for `flag`: comma-separated integers, e.g. 0,1,2."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            return [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{flag} expects comma-separated integers like 0,1,2, got {text!r}"
+            ) from None
+
+    return parse
 
 
 def _pca_dim(text: str) -> int | str:
@@ -144,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="train and evaluate the quality suite's configurations over seeds; write docs/RESULTS.md",
     )
     quality.add_argument("--suite", default="sample", help="sample (default) or fashion-mnist")
-    quality.add_argument("--seeds", type=_classes, default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)")
+    quality.add_argument(
+        "--seeds", type=_integers("--seeds"), default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)"
+    )
     quality.add_argument("--configs", help="comma-separated configurations of the suite (default: all)")
     quality.add_argument("--epochs", type=int, help="train every configuration this many epochs")
     quality.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"), help="results file to update")
@@ -176,7 +183,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--data-dir", type=Path, help="directory holding the dataset's files")
     parser.add_argument("--split", choices=["train", "test"])
-    parser.add_argument("--classes", type=_classes, help="keep only these labels, e.g. 0,1,2")
+    parser.add_argument("--classes", type=_integers("--classes"), help="keep only these labels, e.g. 0,1,2")
     parser.add_argument("--limit", type=int, help="keep only the first N images")
     parser.add_argument("--download", action="store_true", default=None, help="download the dataset (needs internet)")
     parser.add_argument("--image-size", type=int)
