@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate",
         help="score a finished epoch against the labels: k-means at k = classes (NMI/ACC/ARI), kNN and "
-        "linear probe on frozen features, k-means on pixels as baseline; writes evaluation.json",
+        "linear probe on frozen features, k-means and kNN on pixels as baselines; writes evaluation.json",
     )
     evaluate.add_argument("run_id")
     evaluate.add_argument("--epoch", type=int, help="default: the last finished epoch")

@@ -21,6 +21,9 @@ DATASET_NAMES = ("fashion-mnist-sample", "fashion-mnist", "mnist", "cifar10", "d
 # Keys that may change when an existing run is continued: asking for more epochs
 # extends the run, it does not make it a different run.
 EXTENDABLE_KEYS = frozenset({"epochs"})
+# Keys that say where the dataset's files are, not what the data is (the dataset fingerprint checks
+# that): a run continued from elsewhere records the new values.
+LOCATION_KEYS = frozenset({"data_dir", "download"})
 
 
 class ConfigError(ValueError):
@@ -129,9 +132,10 @@ class Config(BaseModel):
         return self
 
     def differing_keys(self, other: Config) -> list[str]:
-        """Keys whose values differ between two configs, ignoring extendable ones."""
+        """Keys whose values differ between two configs, ignoring extendable and location ones."""
         mine, theirs = self.to_json_dict(), other.to_json_dict()
-        return sorted(key for key in mine if key not in EXTENDABLE_KEYS and mine[key] != theirs[key])
+        ignored = EXTENDABLE_KEYS | LOCATION_KEYS
+        return sorted(key for key in mine if key not in ignored and mine[key] != theirs[key])
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

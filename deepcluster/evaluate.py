@@ -8,13 +8,15 @@ For one finished epoch of a run, with the convnet as trained at the end of that 
 - frozen trunk features: a k-nearest-neighbour classifier (cosine) and a linear probe (logistic
   regression), fitted on the train split and scored on the test split where the dataset has one,
   else on a fixed 20% of the run's images held out;
-- baselines on the same images: k-means on the raw pixels and on the Sobel-magnitude pixels.
+- baselines on the same images: k-means on the raw pixels and on the Sobel-magnitude pixels, and
+  kNN on the network's input pixels (grayscale) and on their Sobel magnitudes, on the same split.
 Nothing here feeds back into training.
 """
 
 from __future__ import annotations
 
 import fcntl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +80,51 @@ def sobel_magnitude(inputs: np.ndarray) -> np.ndarray:
     return np.concatenate(chunks)
 
 
-def baselines(images: np.ndarray, inputs: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:
-    """k-means on the raw pixels (scaled to [0, 1]) and on the Sobel-magnitude pixels of the same images."""
-    pixels = images.reshape(len(images), -1).astype(np.float32) / 255
-    return {"pixels": kmeans_scores(pixels, labels), "sobel_pixels": kmeans_scores(sobel_magnitude(inputs), labels)}
+def flat_pixels(images: np.ndarray) -> np.ndarray:
+    """uint8 images (N, C, H, W) -> flattened pixels in [0, 1] (N, C*H*W), float32."""
+    return images.reshape(len(images), -1).astype(np.float32) / 255
+
+
+ProbeSets = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+class ProbeSplit:
+    """Where kNN and the linear probe are fitted and scored: the dataset's test split, else a fixed holdout."""
+
+    def __init__(self, config: Config, input_size: int, labels: np.ndarray) -> None:
+        self.labels = labels
+        self.test, missing = _test_split(config, input_size)
+        if self.test is None:
+            order = np.random.default_rng(EVALUATION_SEED).permutation(len(labels))
+            self.held_out = order[: int(len(labels) * HOLDOUT_FRACTION)]
+            self.kept = order[len(self.held_out) :]
+            self.description = f"holdout: {len(self.held_out)} of the run's {len(labels)} images ({missing})"
+        else:
+            self.description = f"test split: {len(self.test[1])} images"
+
+    def sets(self, train_features: np.ndarray, features_of: Callable[[np.ndarray], np.ndarray]) -> ProbeSets:
+        """(train features, train labels, test features, test labels); features_of maps network inputs."""
+        if self.test is None:
+            kept, held_out = self.kept, self.held_out
+            return train_features[kept], self.labels[kept], train_features[held_out], self.labels[held_out]
+        test_inputs, test_labels = self.test
+        return train_features, self.labels, features_of(test_inputs), test_labels
+
+
+def baselines(images: np.ndarray, inputs: np.ndarray, probe: ProbeSplit) -> dict[str, dict[str, float]]:
+    """k-means on the raw pixels and on the Sobel-magnitude pixels of the same images; kNN on the
+    network's input pixels and on their Sobel magnitudes, on the probe split."""
+    sobel = sobel_magnitude(inputs)
+    return {
+        "pixels": {
+            **kmeans_scores(flat_pixels(images), probe.labels),
+            "knn_accuracy": knn_accuracy(*probe.sets(flat_pixels(inputs), flat_pixels)),
+        },
+        "sobel_pixels": {
+            **kmeans_scores(sobel, probe.labels),
+            "knn_accuracy": knn_accuracy(*probe.sets(sobel, sobel_magnitude)),
+        },
+    }
 
 
 def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "auto") -> dict[str, Any]:
@@ -116,17 +159,8 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
 
     clustered = pipeline.reduce(features(inputs, trunk=False), config.pca_dim).cpu().numpy()
     trunk = trunk_features(inputs)
-    test, missing = _test_split(config, record["dataset"]["input_size"])
-    if test is None:
-        order = np.random.default_rng(EVALUATION_SEED).permutation(len(inputs))
-        held_out = order[: int(len(inputs) * HOLDOUT_FRACTION)]
-        kept = order[len(held_out) :]
-        probe_data = (trunk[kept], labels[kept], trunk[held_out], labels[held_out])
-        probe_split = f"holdout: {len(held_out)} of the run's {len(inputs)} images ({missing})"
-    else:
-        test_inputs, test_labels = test
-        probe_data = (trunk, labels, trunk_features(test_inputs), test_labels)
-        probe_split = f"test split: {len(test_labels)} images"
+    probe = ProbeSplit(config, record["dataset"]["input_size"], labels)
+    probe_data = probe.sets(trunk, trunk_features)
 
     result = {
         "epoch": epoch,
@@ -135,11 +169,11 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
         "kmeans_trunk": kmeans_scores(trunk, labels),
         "knn_accuracy": knn_accuracy(*probe_data),
         "linear_probe_accuracy": linear_probe_accuracy(*probe_data),
-        "probe_split": probe_split,
+        "probe_split": probe.description,
         "run_nmi_previous": epoch_metrics["nmi_previous"],
         "run_largest_over_fair_share": epoch_metrics["cluster_sizes"]["largest_over_fair_share"],
     }
-    return _merge(layout, record, result, labels, inputs)
+    return _merge(layout, record, result, inputs, probe)
 
 
 def _test_split(config: Config, input_size: int) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
@@ -158,20 +192,21 @@ def _test_split(config: Config, input_size: int) -> tuple[tuple[np.ndarray, np.n
 
 
 def _merge(
-    layout: RunLayout, record: dict[str, Any], result: dict[str, Any], labels: np.ndarray, inputs: np.ndarray
+    layout: RunLayout, record: dict[str, Any], result: dict[str, Any], inputs: np.ndarray, probe: ProbeSplit
 ) -> dict[str, Any]:
-    """Add `result` to evaluation.json under its epoch (computing the baselines once per run), atomically."""
+    """Add `result` to evaluation.json under its epoch (computing the baselines once per run), atomically.
+
+    Baselines recorded before the kNN baselines existed are computed again."""
     path = evaluation_path(layout)
     with open(layout.root / "evaluation.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         evaluation: dict[str, Any] = (
             artifacts.read_json(path) if path.is_file() else {"run_id": layout.run_id, "epochs": {}}
         )
-        if "baselines" not in evaluation:
-            images = artifacts.load_array(layout.images)
-            evaluation["baselines"] = baselines(images, inputs, labels)
+        if "knn_accuracy" not in evaluation.get("baselines", {}).get("pixels", {}):
+            evaluation["baselines"] = baselines(artifacts.load_array(layout.images), inputs, probe)
         evaluation["dataset"] = record["dataset"]["source"]
-        evaluation["num_classes"] = int(len(np.unique(labels)))
+        evaluation["num_classes"] = int(len(np.unique(probe.labels)))
         evaluation["epochs"][str(result["epoch"])] = result
         artifacts.write_json(path, evaluation)
     return evaluation
@@ -184,14 +219,15 @@ def format_evaluation(evaluation: dict[str, Any], epoch: int) -> str:
     """The evaluation of `epoch` and the baselines as a plain-text table."""
     result = evaluation["epochs"][str(epoch)]
     dims = result["features"]
-    rows = [{"method": f"k-means on {name}", **scores} for name, scores in evaluation["baselines"].items()]
+    rows = [{"method": f"baseline: {name}", **scores} for name, scores in evaluation["baselines"].items()]
     rows.append({"method": f"epoch {epoch}, clustered features ({dims['clustered']}-d)", **result["kmeans"]})
     rows.append({"method": f"epoch {epoch}, trunk features ({dims['trunk']}-d)", **result["kmeans_trunk"], **result})
     return "\n".join(
         [
             report.format_table(rows, TABLE_COLUMNS),
             f"k-means at k = {evaluation['num_classes']} classes, best of {KMEANS_INITS} initialisations; "
-            f"kNN (k = {KNN_NEIGHBOURS}, cosine) and linear probe on the trunk: {result['probe_split']}",
+            f"kNN (k = {KNN_NEIGHBOURS}, cosine) and linear probe on the trunk, the baselines' kNN on the input "
+            f"pixels: {result['probe_split']}",
         ]
     )
 

@@ -25,7 +25,7 @@ import torch
 
 from deepcluster import __version__, artifacts, metrics
 from deepcluster.artifacts import RunError, RunLayout
-from deepcluster.config import Config, ConfigError, recorded_config
+from deepcluster.config import EXTENDABLE_KEYS, LOCATION_KEYS, Config, ConfigError, recorded_config
 from deepcluster.data import ImageSet, load_dataset
 from deepcluster.features import extract_features
 from deepcluster.kmeans import Clustering, centroid_means, faiss_kmeans, kmeans
@@ -174,7 +174,7 @@ def ingest(config: Config, layout: RunLayout) -> DatasetInfo:
 
 
 def check_resumable(layout: RunLayout, config: Config, fingerprint: str) -> None:
-    """Refuse to continue a run whose config (but for `epochs`) or dataset changed."""
+    """Refuse to continue a run whose config (but for `epochs` and where the data lies) or dataset changed."""
     record = artifacts.read_json(layout.run_json)
     recorded = recorded_config(record["config"])
     differing = config.differing_keys(recorded)
@@ -195,8 +195,9 @@ def check_resumable(layout: RunLayout, config: Config, fingerprint: str) -> None
         raise RunError(
             f"run {layout.run_id!r} already has {len(done)} epochs; epochs={config.epochs} would not extend it"
         )
-    if config.epochs != recorded.epochs:
-        record["config"]["epochs"] = config.epochs
+    updated = {key: value for key, value in config.to_json_dict().items() if key in EXTENDABLE_KEYS | LOCATION_KEYS}
+    if any(record["config"].get(key) != value for key, value in updated.items()):
+        record["config"].update(updated)
         artifacts.write_json(layout.run_json, record)
 
 

@@ -133,7 +133,9 @@ def suite_markdown(suite: str, results: dict[str, Any], command: str) -> str:
         f"Produced by `{command}` on {datetime.now(UTC):%Y-%m-%d}, machine: {machine()}.",
         "Scores of the last epoch of every run (never an epoch picked by labels), mean ± standard deviation "
         "over seeds. NMI/ACC/ARI: k-means at k = number of classes on the features as the run clusters them; "
-        "NMI (trunk): the same on the trunk features, which kNN and the linear probe use (`deepcluster evaluate`).",
+        "NMI (trunk): the same on the trunk features, which kNN and the linear probe use (`deepcluster evaluate`). "
+        "Baselines: k-means on the raw pixels and on the Sobel-magnitude pixels, kNN on the same views of the "
+        "network's (grayscale) inputs.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -144,8 +146,9 @@ def suite_markdown(suite: str, results: dict[str, Any], command: str) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {', '.join(str(run['seed']) for run in runs)} |")
     baselines = next(iter(results.values()))["runs"][0]["baselines"]
     for name, scores in baselines.items():
-        cells = [f"{scores['nmi']:.3f}", f"{scores['acc']:.3f}", f"{scores['ari']:.3f}"]
-        lines.append(f"| k-means on {name} (baseline) | " + " | ".join(cells) + " |" + " |" * (len(SCORES) - 2))
+        knn = f"{scores['knn_accuracy']:.3f}" if "knn_accuracy" in scores else ""
+        cells = [f"{scores[key]:.3f}" for key in ("nmi", "acc", "ari")] + ["", knn] + [""] * (len(SCORES) - 5)
+        lines.append(f"| baseline: {name} | " + " | ".join(cells) + " | |")
     lines += ["", "Commands (each run then `deepcluster evaluate RUN_ID`):", ""]
     for name, result in results.items():
         lines.append(f"- {name}: `{shlex.join(result['command'])} --seed SEED`")

@@ -68,5 +68,5 @@ def test_run_then_evaluate_in_one_command(prefect_harness, tmp_path: Path, capsy
     args = ["--runs-dir", str(tmp_path), "run", "--limit", "200", "--k", "5", "--epochs", "1", "--evaluate"]
     assert main([*args, "--run-id", "ev", "--no-progress"]) == 0
     output = capsys.readouterr().out
-    assert "run ev: 1 epochs" in output and "epoch 0, clustered features" in output and "k-means on pixels" in output
+    assert "run ev: 1 epochs" in output and "epoch 0, clustered features" in output and "baseline: pixels" in output
     assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["epochs"]["0"]["epoch"] == 0

@@ -32,7 +32,7 @@ def test_evaluate_writes_every_score_and_is_repeatable(finished_run: Path, tmp_p
     shutil.copytree(finished_run / "tiny", tmp_path / "tiny")
     assert main(["--runs-dir", str(tmp_path), "evaluate", "tiny"]) == 0
     table = capsys.readouterr().out
-    assert "k-means on pixels" in table and "k-means on sobel_pixels" in table
+    assert "baseline: pixels" in table and "baseline: sobel_pixels" in table
     assert "epoch 1, clustered features (128-d)" in table and "epoch 1, trunk features (512-d)" in table
     evaluation = json.loads((tmp_path / "tiny" / "evaluation.json").read_text())
     result = evaluation["epochs"]["1"]
@@ -42,8 +42,15 @@ def test_evaluate_writes_every_score_and_is_repeatable(finished_run: Path, tmp_p
     assert result["probe_split"].startswith("holdout: 60 of the run's 300 images")
     # k-means on these 3 classes finds real structure in pixels (NMI 0.42 on the full sample)
     assert evaluation["baselines"]["pixels"]["nmi"] > 0.2
+    assert 0.5 < evaluation["baselines"]["sobel_pixels"]["knn_accuracy"] <= 1  # 3 classes: chance is 1/3
+    # baselines recorded before the kNN baselines existed are computed again, to the same figures
+    older = {**evaluation, "baselines": {name: {**scores} for name, scores in evaluation["baselines"].items()}}
+    for scores in older["baselines"].values():
+        del scores["knn_accuracy"]
+    (tmp_path / "tiny" / "evaluation.json").write_text(json.dumps(older))
     assert main(["--runs-dir", str(tmp_path), "evaluate", "tiny", "--epoch", "0", "--json"]) == 0
     again = json.loads((tmp_path / "tiny" / "evaluation.json").read_text())
+    assert again["baselines"] == evaluation["baselines"]
     assert set(again["epochs"]) == {"0", "1"} and again["epochs"]["1"] == result  # kept, and deterministic
     assert json.loads(capsys.readouterr().out)["epoch"] == 0
 

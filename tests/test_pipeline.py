@@ -1,5 +1,7 @@
 """The stage functions over a run directory (no Prefect)."""
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +12,11 @@ from PIL import Image
 from deepcluster import pipeline
 from deepcluster.artifacts import RunError, RunLayout
 from deepcluster.config import ConfigError
+from deepcluster.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC
 from deepcluster.kmeans import centroid_means, kmeans
 from deepcluster.rng import stage_generator
 from tests.conftest import tiny_config
+from tests.test_data import write_idx
 
 
 def test_bad_input_is_refused_before_anything_is_written(tmp_path: Path):
@@ -35,6 +39,19 @@ def test_existing_run_refuses_a_changed_config_naming_the_keys(tmp_path: Path):
     with pytest.raises(RunError, match=r"different config \(num_clusters: 10 -> 12, seed: 7 -> 8\)"):
         pipeline.ingest(tiny_config(num_clusters=12, seed=8), layout)
     pipeline.ingest(tiny_config(epochs=5), layout)  # more epochs extend the run
+
+
+def test_a_run_continues_from_where_its_data_now_lies(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    write_idx(old / "train-images-idx3-ubyte", rng.integers(0, 255, (40, 28, 28), dtype=np.uint8), IDX_IMAGES_MAGIC)
+    write_idx(old / "train-labels-idx1-ubyte", np.arange(40, dtype=np.uint8) % 4, IDX_LABELS_MAGIC)
+    layout = RunLayout(tmp_path / "runs", "moved")
+    pipeline.ingest(tiny_config(dataset="fashion-mnist", data_dir=old, limit=None, num_clusters=4), layout)
+    shutil.move(old, new)
+    pipeline.ingest(tiny_config(dataset="fashion-mnist", data_dir=new, limit=None, num_clusters=4), layout)
+    assert json.loads(layout.run_json.read_text())["config"]["data_dir"] == str(new)
 
 
 def test_existing_run_refuses_changed_data(tmp_path: Path):
