@@ -383,8 +383,7 @@ def print_evaluation(layout: RunLayout, epoch: int | None, device: str, as_json:
     """Evaluate `epoch` (default: the last) of a run and print the table, or the epoch's result as JSON."""
     from deepcluster.evaluate import evaluate_run, evaluation_path, format_evaluation
 
-    evaluation = evaluate_run(layout, epoch, device)
-    epoch = epoch if epoch is not None else layout.completed_epochs()[-1]
+    epoch, evaluation = evaluate_run(layout, epoch, device)
     if as_json:
         print(json.dumps({"baselines": evaluation["baselines"], **evaluation["epochs"][str(epoch)]}, indent=2))
     else:

@@ -127,11 +127,11 @@ def baselines(images: np.ndarray, inputs: np.ndarray, probe: ProbeSplit) -> dict
     }
 
 
-def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "auto") -> dict[str, Any]:
+def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "auto") -> tuple[int, dict[str, Any]]:
     """Evaluate `epoch` (default: the last finished one) of a run; merge the result into evaluation.json.
 
-    Returns the evaluation.json contents. Raises RunError when the run has no labels or the epoch
-    is not finished.
+    Returns the epoch evaluated and the evaluation.json contents. Raises RunError when the run has no
+    labels or the epoch is not finished.
     """
     record = artifacts.read_json(layout.run_json)
     config = recorded_config(record["config"])
@@ -173,7 +173,7 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
         "run_nmi_previous": epoch_metrics["nmi_previous"],
         "run_largest_over_fair_share": epoch_metrics["cluster_sizes"]["largest_over_fair_share"],
     }
-    return _merge(layout, record, result, inputs, probe)
+    return epoch, _merge(layout, record, result, inputs, probe)
 
 
 def _test_split(config: Config, input_size: int) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:

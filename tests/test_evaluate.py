@@ -151,8 +151,9 @@ def test_probes_use_the_test_split_where_the_dataset_has_one(prefect_harness, tm
         write_idx(data / f"{prefix}-labels-idx1-ubyte", labels, IDX_LABELS_MAGIC)
     args = ["run", "--dataset", "fashion-mnist", "--data-dir", str(data), "--k", "6", "--epochs", "1"]
     assert main(["--runs-dir", str(tmp_path / "runs"), *args, "--run-id", "split", "--no-progress"]) == 0
-    evaluation = evaluate_run(RunLayout(tmp_path / "runs", "split"))
-    result = evaluation["epochs"]["0"]
+    epoch, evaluation = evaluate_run(RunLayout(tmp_path / "runs", "split"))
+    result = evaluation["epochs"][str(epoch)]
+    assert epoch == 0
     assert result["probe_split"] == "test split: 30 images"
     assert result["knn_accuracy"] > 0.9  # brightness differs by class (the Sobel front sees it at the borders)
     capsys.readouterr()
