@@ -3,7 +3,8 @@
     <runs_dir>/<run_id>/
         run.json                 config, dataset name and fingerprint, versions, device, created time
         data/                    images.npy, labels.npy, inputs.npy, initial_model.pt, manifest.json
-        epochs/<NNNN>/           features.parquet, assignments.parquet, metrics.json, model.pt, manifest.json
+        epochs/<NNNN>/           features.parquet, assignments.parquet, centroids.npy, metrics.json, model.pt,
+                                 manifest.json; with PCA also pca_mean.npy, pca_projection.npy
         epochs/.<NNNN>.partial/  an epoch being written; renamed to <NNNN> as its last step
 
 An epoch directory exists only once complete, so a crash never leaves one that looks finished.
@@ -35,6 +36,8 @@ import torch
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 EPOCH_DIR_PATTERN = re.compile(r"^\d{4}$")
 MANIFEST = "manifest.json"
+CENTROIDS = "centroids.npy"  # per epoch: the centroids that assign an image to the epoch's clusters
+PCA_MEAN, PCA_PROJECTION = "pca_mean.npy", "pca_projection.npy"  # per epoch, where PCA is on: the whitening
 WRITER_NICENESS = 19
 PARQUET_CODEC = "lz4"  # fast; whitened float features barely compress with any codec
 
@@ -95,6 +98,11 @@ class RunLayout:
     @property
     def initial_model(self) -> Path:
         return self.data_dir / "initial_model.pt"
+
+    @property
+    def evaluation(self) -> Path:
+        """Where `deepcluster evaluate` keeps a run's evaluations, by epoch."""
+        return self.root / "evaluation.json"
 
     @property
     def epochs_dir(self) -> Path:

@@ -29,7 +29,7 @@ from deepcluster.artifacts import (
 )
 from deepcluster.config import Config, ConfigError, build_config, load_config_file, recorded_config
 from deepcluster.data import DatasetError
-from deepcluster.report import epoch_metrics, flat_metrics, format_table, metric_rows
+from deepcluster.report import epoch_metrics, flat_metrics, format_table, metric_rows, resolve_epoch
 
 NO_PCA = "none"  # --pca-dim none: L2 normalisation only (config pca_dim null)
 BENCH_EPOCHS = 3  # epoch 0 warms up; the medians are over epochs 1 and 2
@@ -136,6 +136,38 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--epoch", type=int, help="default: the last finished epoch")
     evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     evaluate.add_argument("--json", action="store_true", help="print the epoch's evaluation as JSON")
+
+    report = commands.add_parser(
+        "report", help="write a run's HTML report (curves, cluster sizes and samples, projection, integrity)"
+    )
+    report.add_argument("run_id")
+    report.add_argument("--out", type=Path, help="directory for index.html and its figures (default RUN/report)")
+    report.add_argument("--epoch", type=int, help="the epoch the figures show (default: the last finished)")
+
+    compare = commands.add_parser(
+        "compare", help="runs side by side: the config keys that differ, last metrics, metric curves overlaid"
+    )
+    compare.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="two or more runs")
+    compare.add_argument(
+        "--out", type=Path, default=Path("compare"), help="directory for index.html (default compare/)"
+    )
+
+    predict = commands.add_parser(
+        "predict",
+        help="assign new images (a folder or a dataset name) to the clusters of a run's epoch; writes Parquet",
+    )
+    predict.add_argument("run_id")
+    predict.add_argument("images", help="a folder of images, or a dataset name (fashion-mnist, mnist, ...)")
+    predict.add_argument("--epoch", type=int, help="default: the last finished epoch")
+    predict.add_argument("--data-dir", type=Path, help="directory holding the dataset's files (dataset names)")
+    predict.add_argument("--split", choices=["train", "test"], default="train", help="dataset split (default train)")
+    predict.add_argument("--classes", type=_integers("--classes"), help="keep only these labels, e.g. 0,1,2")
+    predict.add_argument("--limit", type=int, help="keep only the first N images")
+    predict.add_argument(
+        "--out", type=Path, help="Parquet file to write (default: RUN_ID-epochNNNN-predictions.parquet here)"
+    )
+    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_progress_flags(predict)
 
     bench = commands.add_parser(
         "bench", help="time the flow (all artifacts written) against the plain library loop, per stage"
@@ -381,13 +413,68 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 def print_evaluation(layout: RunLayout, epoch: int | None, device: str, as_json: bool) -> None:
     """Evaluate `epoch` (default: the last) of a run and print the table, or the epoch's result as JSON."""
-    from deepcluster.evaluate import evaluate_run, evaluation_path, format_evaluation
+    from deepcluster.evaluate import evaluate_run, format_evaluation
 
     epoch, evaluation = evaluate_run(layout, epoch, device)
     if as_json:
         print(json.dumps({"baselines": evaluation["baselines"], **evaluation["epochs"][str(epoch)]}, indent=2))
     else:
-        print(f"\n{format_evaluation(evaluation, epoch)}\n\nwritten to {evaluation_path(layout)}")
+        print(f"\n{format_evaluation(evaluation, epoch)}\n\nwritten to {layout.evaluation}")
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from deepcluster.run_report import write_report
+
+    index = write_report(find_run(args.run_id, args.runs_dir), args.out, args.epoch)
+    print(f"report written to {index}")
+    return 0
+
+
+def command_compare(args: argparse.Namespace) -> int:
+    from deepcluster.run_report import differing_config, write_comparison
+
+    if len(args.run_ids) < 2:
+        raise RunError(f"compare needs at least two runs, got {len(args.run_ids)}")
+    if len(set(args.run_ids)) != len(args.run_ids):
+        raise RunError(f"compare got the same run twice: {' '.join(args.run_ids)}")
+    layouts = [find_run(run_id, args.runs_dir) for run_id in args.run_ids]
+    differing = differing_config(layouts)
+    print("config keys that differ:")
+    print(format_table(differing, ("key", *args.run_ids)) if differing else "  none")
+    last = [{"run": layout.run_id, **(metric_rows(layout) or [{}])[-1]} for layout in layouts]
+    print("\nlast finished epoch:")
+    print(format_table(last, ("run", "epoch", "train_loss", "nmi_previous", "nmi", "acc", "max_size", "seconds")))
+    print(f"\ncurves overlaid: {write_comparison(layouts, args.out)}")
+    return 0
+
+
+def command_predict(args: argparse.Namespace) -> int:
+    from deepcluster.data import load_dataset
+    from deepcluster.metrics import nmi
+    from deepcluster.predict import predict, write_predictions
+
+    layout = find_run(args.run_id, args.runs_dir)
+    epoch = resolve_epoch(layout, args.epoch)
+    out = args.out or Path(f"{layout.run_id}-epoch{epoch:04d}-predictions.parquet")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: directory {out.parent} does not exist")
+    values = {"dataset": args.images, "data_dir": args.data_dir, "split": args.split}
+    values |= {"classes": args.classes, "limit": args.limit}
+    image_set = load_dataset(build_config({key: value for key, value in values.items() if value is not None}))
+    prediction = predict(layout, image_set, epoch, args.device, args.progress)
+    write_predictions(out, image_set, prediction)
+    sizes = np.bincount(prediction.clusters, minlength=prediction.num_clusters)
+    print(
+        f"{len(image_set)} images of {image_set.source} assigned to the clusters of run {layout.run_id}, epoch {epoch}"
+    )
+    print(f"cluster sizes (largest first): {sorted(sizes.tolist(), reverse=True)}")
+    print(
+        f"distance to the centroid: median {np.median(prediction.distances):.4f}, max {prediction.distances.max():.4f}"
+    )
+    if image_set.labels is not None:
+        print(f"NMI against the images' labels: {nmi(image_set.labels, prediction.clusters):.4f}")
+    print(f"written to {out}")
+    return 0
 
 
 COMMANDS = {
@@ -397,6 +484,9 @@ COMMANDS = {
     "inspect": command_inspect,
     "verify": command_verify,
     "evaluate": command_evaluate,
+    "report": command_report,
+    "compare": command_compare,
+    "predict": command_predict,
     "bench": command_bench,
     "bench-quality": command_bench_quality,
     "bench-kmeans": command_bench_kmeans,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -157,7 +156,7 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
     def trunk_features(images: np.ndarray) -> np.ndarray:
         return torch.nn.functional.normalize(features(images, trunk=True), dim=1).cpu().numpy()
 
-    clustered = pipeline.reduce(features(inputs, trunk=False), config.pca_dim).cpu().numpy()
+    clustered = pipeline.reduce(features(inputs, trunk=False), config.pca_dim)[0].cpu().numpy()
     trunk = trunk_features(inputs)
     probe = ProbeSplit(config, record["dataset"]["input_size"], labels)
     probe_data = probe.sets(trunk, trunk_features)
@@ -197,7 +196,7 @@ def _merge(
     """Add `result` to evaluation.json under its epoch (computing the baselines once per run), atomically.
 
     Baselines recorded before the kNN baselines existed are computed again."""
-    path = evaluation_path(layout)
+    path = layout.evaluation
     with open(layout.root / "evaluation.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         evaluation: dict[str, Any] = (
@@ -230,8 +229,3 @@ def format_evaluation(evaluation: dict[str, Any], epoch: int) -> str:
             f"pixels: {result['probe_split']}",
         ]
     )
-
-
-def evaluation_path(layout: RunLayout) -> Path:
-    """Where a run's evaluations are kept, by epoch."""
-    return layout.root / "evaluation.json"

@@ -29,13 +29,18 @@ CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**28}  # distance-matrix elements per c
 
 @dataclass(frozen=True)
 class Clustering:
-    """assignments: int64 (N,) in [0, k); centroids: (k, d); loss: mean squared distance to the assigned
-    centroid; iterations: Lloyd iterations run (fewer than asked when the assignments stopped changing)."""
+    """assignments: int64 (N,) in [0, k); centroids: (k, d), the mean of each cluster's points; loss: mean
+    squared distance to the assigned centroid; iterations: Lloyd iterations run (fewer than asked when the
+    assignments stopped changing); assigned_to: (k, d), the centroids of the last assignment step, so each
+    point's assignment is its nearest of these (but for points the empty-cluster fix moved in that step).
+    Once k-means has converged the two sets of centroids are the same.
+    """
 
     assignments: torch.Tensor
     centroids: torch.Tensor
     loss: float
     iterations: int
+    assigned_to: torch.Tensor
 
 
 def assign(
@@ -168,11 +173,12 @@ def kmeans(
         done += 1
         assignments, _ = assign(points, centroids, point_norms)
         refilled = fill_empty_clusters(points, assignments, centroids, generator)
+        assigned_to = centroids
         if not refilled and previous is not None and torch.equal(assignments, previous):
             break  # converged: the centroids below would equal the current ones
         centroids = centroid_means(points, assignments, num_clusters)
         previous = assignments
-    return Clustering(assignments, centroids, _loss(points, assignments, centroids), done)
+    return Clustering(assignments, centroids, _loss(points, assignments, centroids), done, assigned_to)
 
 
 def _loss(points: torch.Tensor, assignments: torch.Tensor, centroids: torch.Tensor) -> float:
@@ -201,6 +207,6 @@ def faiss_kmeans(
     centroids = torch.from_numpy(model.centroids).to(points.device)
     assignments, _ = assign(points, centroids)
     fill_empty_clusters(points, assignments, centroids, generator)
-    centroids = centroid_means(points, assignments, num_clusters)
+    means = centroid_means(points, assignments, num_clusters)
     ran = iterations if model.obj is None else len(model.obj)  # faiss stops early when converged
-    return Clustering(assignments, centroids, _loss(points, assignments, centroids), ran)
+    return Clustering(assignments, means, _loss(points, assignments, means), ran, centroids)

@@ -30,7 +30,7 @@ from deepcluster.data import ImageSet, load_dataset
 from deepcluster.features import extract_features
 from deepcluster.kmeans import Clustering, centroid_means, faiss_kmeans, kmeans
 from deepcluster.models import ARCHS, ClusterHead, DeepClusterNet, PrototypeHead
-from deepcluster.reduce import pca_whiten_l2
+from deepcluster.reduce import PCAWhitening, pca_whiten_l2
 from deepcluster.rng import INIT_EPOCH, stage_generator, stage_seed
 from deepcluster.sampling import uniform_cluster_sample
 from deepcluster.sobel import prepare_inputs
@@ -273,11 +273,12 @@ def extract(session: Session, progress: bool | None = None) -> torch.Tensor:
     return extract_features(session.model, session.inputs, config.batch_size, progress, session.bf16)
 
 
-def reduce(features: torch.Tensor, pca_dim: int | None) -> torch.Tensor:
-    """PCA-whitening to `pca_dim` dimensions + L2 normalisation; L2 normalisation only when pca_dim is None."""
+def reduce(features: torch.Tensor, pca_dim: int | None) -> tuple[torch.Tensor, PCAWhitening | None]:
+    """PCA-whitening to `pca_dim` dimensions + L2 normalisation, and the fitted PCA; L2 normalisation only
+    (and no PCA) when pca_dim is None."""
     if pca_dim is None:
-        return torch.nn.functional.normalize(features, dim=1)
-    return pca_whiten_l2(features, pca_dim)[0]
+        return torch.nn.functional.normalize(features, dim=1), None
+    return pca_whiten_l2(features, pca_dim)
 
 
 def cluster(points: torch.Tensor, config: Config, epoch: int, previous: np.ndarray | None = None) -> list[Clustering]:
@@ -375,7 +376,7 @@ def run_epoch(session: Session, epoch: int, progress: bool | None = None) -> dic
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     features = timed(seconds, "extract", session.device, extract, session, progress)
-    features = timed(seconds, "pca", session.device, reduce, features, session.config.pca_dim)
+    features, _ = timed(seconds, "pca", session.device, reduce, features, session.config.pca_dim)
     clusterings = timed(
         seconds, "kmeans", session.device, cluster, features, session.config, epoch, session.previous_assignments
     )
@@ -446,6 +447,15 @@ def write_features(layout: RunLayout, epoch: int, features: np.ndarray) -> None:
 
 def write_assignments(layout: RunLayout, epoch: int, assignments: np.ndarray, labels: np.ndarray | None) -> None:
     artifacts.write_assignments(layout.staging_dir(epoch) / "assignments.parquet", assignments, labels)
+
+
+def write_clustering(layout: RunLayout, epoch: int, clustering: Clustering, pca: PCAWhitening | None) -> None:
+    """What assigns an image to the epoch's clusters: head 0's centroids, and the PCA-whitening where it is on."""
+    staging = layout.staging_dir(epoch)
+    artifacts.save_array(staging / artifacts.CENTROIDS, clustering.assigned_to.cpu().numpy())
+    if pca is not None:
+        artifacts.save_array(staging / artifacts.PCA_MEAN, pca.mean.cpu().numpy())
+        artifacts.save_array(staging / artifacts.PCA_PROJECTION, pca.projection.cpu().numpy())
 
 
 def write_checkpoint(layout: RunLayout, epoch: int, state: dict[str, Any]) -> None:

@@ -22,7 +22,6 @@ import torch
 
 from deepcluster import artifacts
 from deepcluster.artifacts import RunError, RunLayout
-from deepcluster.evaluate import evaluation_path
 from deepcluster.report import metric_rows
 
 # The straightforward DeepCluster of the paper: random top layer, PCA-whitening to 256, k-means from
@@ -90,7 +89,7 @@ def run_suite(
                 if cli(["--runs-dir", str(runs_dir), *args]) != 0:
                     raise RunError(f"`deepcluster {shlex.join(args)}` failed (see above)")
             layout = RunLayout(runs_dir, run_id)
-            evaluation = artifacts.read_json(evaluation_path(layout))
+            evaluation = artifacts.read_json(layout.evaluation)
             last_epoch = str(layout.completed_epochs()[-1])
             runs.append(
                 {

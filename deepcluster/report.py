@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from deepcluster import artifacts
-from deepcluster.artifacts import RunLayout
+from deepcluster.artifacts import RunError, RunLayout
 
 COLUMNS = (
     "epoch",
@@ -54,6 +54,17 @@ def epoch_metrics(layout: RunLayout, epoch: int) -> dict[str, Any]:
             f"epoch {epoch} of run {layout.run_id!r} is not finished (finished: {_ranges(done) or 'none'})"
         )
     return artifacts.read_json(path)
+
+
+def resolve_epoch(layout: RunLayout, epoch: int | None) -> int:
+    """`epoch`, checked to be finished, or the run's last finished epoch."""
+    if epoch is None:
+        done = layout.completed_epochs()
+        if not done:
+            raise RunError(f"run {layout.run_id!r} has no finished epoch yet")
+        return done[-1]
+    epoch_metrics(layout, epoch)  # raises, naming the finished epochs, when it is not finished
+    return epoch
 
 
 def metric_rows(layout: RunLayout) -> list[dict[str, Any]]:

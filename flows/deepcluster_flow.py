@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 import tasks
 from deepcluster import artifacts, pipeline
@@ -70,7 +70,8 @@ def deepcluster_flow(
                 start = time.perf_counter()
                 writer.flush()
                 logger.info("artifacts written; waited %.2f s for the writer at the end", time.perf_counter() - start)
-    _publish_summary(layout, config, rows)
+        report = tasks.write_report(layout) if rows else None
+    _publish_summary(layout, config, rows, report)
     return str(layout.root)
 
 
@@ -87,13 +88,14 @@ def _run_epoch(
     start = time.perf_counter()
     artifacts.begin_epoch(layout, epoch)
     features = timed(seconds, "extract", device, tasks.extract_features, session, progress)
-    features = timed(seconds, "pca", device, tasks.pca_reduce, features, config.pca_dim)
+    features, pca = timed(seconds, "pca", device, tasks.pca_reduce, features, config.pca_dim)
     writer.submit(epoch, pipeline.write_features, layout, epoch, features.cpu().numpy())
     previous = session.previous_assignments
     clusterings = timed(seconds, "kmeans", device, tasks.cluster_kmeans, features, config, epoch, previous)
     del features
     assignments = clusterings[0].assignments.cpu().numpy()
     writer.submit(epoch, pipeline.write_assignments, layout, epoch, assignments, session.labels)
+    writer.submit(epoch, pipeline.write_clustering, layout, epoch, clusterings[0], pca)
     sample = timed(seconds, "resample", device, tasks.balanced_resample, clusterings[0].assignments, config, epoch)
     trained = timed(seconds, "train", device, tasks.retrain, session, clusterings, sample, epoch, progress)
     writer.submit(epoch, pipeline.write_checkpoint, layout, epoch, pipeline.checkpoint(session, epoch))
@@ -132,12 +134,15 @@ def _artifact_key(run_id: str) -> str:
     return "deepcluster-" + re.sub(r"[^a-z0-9-]", "-", run_id.lower())
 
 
-def _publish_summary(layout: RunLayout, config: Config, rows: list[dict[str, Any]]) -> None:
+def _publish_summary(layout: RunLayout, config: Config, rows: list[dict[str, Any]], report: Path | None) -> None:
+    """The run's summary (markdown) and its HTML report (a link) as Prefect artifacts."""
     last = rows[-1] if rows else {}
+    report_line = f"- report: [{report.resolve()}]({report.resolve().as_uri()})" if report else "- report: none yet"
     markdown = "\n".join(
         [
             f"# DeepCluster run `{layout.run_id}`",
             f"- artifacts: `{layout.root.resolve()}`",
+            report_line,
             f"- dataset: `{config.dataset}`, k = {config.num_clusters}, arch `{config.arch}`, epochs {len(rows)}",
             f"- last epoch: NMI vs labels {last.get('nmi')}, NMI vs previous {last.get('nmi_previous')}",
             "",
@@ -149,3 +154,10 @@ def _publish_summary(layout: RunLayout, config: Config, rows: list[dict[str, Any
     create_markdown_artifact(
         markdown=markdown, key=_artifact_key(layout.run_id) + "-summary", description="Run summary"
     )
+    if report:
+        create_link_artifact(
+            link=report.resolve().as_uri(),
+            link_text=f"report of run {layout.run_id}",
+            key=_artifact_key(layout.run_id) + "-report",
+            description="HTML report: curves, cluster sizes and samples, projection, integrity",
+        )

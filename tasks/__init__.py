@@ -1,4 +1,4 @@
-"""Thin Prefect tasks, one per DeepCluster stage; each calls one function of `deepcluster.pipeline`.
+"""Thin Prefect tasks, one per DeepCluster stage; each calls one function of the `deepcluster` library.
 
 Tasks never cache: a run's progress lives in its committed epoch directories, which is what
 resuming reads.
@@ -14,6 +14,7 @@ from tasks.stages import (
     pca_reduce,
     retrain,
     sobel_preprocess,
+    write_report,
 )
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "pca_reduce",
     "retrain",
     "sobel_preprocess",
+    "write_report",
 ]

@@ -15,11 +15,12 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from deepcluster import pipeline
+from deepcluster import pipeline, run_report
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import Config
 from deepcluster.kmeans import Clustering
 from deepcluster.pipeline import DatasetInfo, Session
+from deepcluster.reduce import PCAWhitening
 from deepcluster.train import TrainResult
 
 stage = task(cache_policy=NO_CACHE, persist_result=False)
@@ -50,8 +51,8 @@ def extract_features(session: Session, progress: bool | None) -> torch.Tensor:
 
 
 @stage
-def pca_reduce(features: torch.Tensor, pca_dim: int | None) -> torch.Tensor:
-    """PCA-whitening (unless pca_dim is None) + L2 normalisation of the features."""
+def pca_reduce(features: torch.Tensor, pca_dim: int | None) -> tuple[torch.Tensor, PCAWhitening | None]:
+    """PCA-whitening (unless pca_dim is None) + L2 normalisation of the features, and the fitted PCA."""
     return pipeline.reduce(features, pca_dim)
 
 
@@ -81,3 +82,9 @@ def retrain(
 def evaluate_nmi(session: Session, assignments: np.ndarray) -> dict[str, Any]:
     """NMI against the previous epoch and, where labels exist, NMI/ACC/ARI against them."""
     return pipeline.evaluate(session, assignments)
+
+
+@stage
+def write_report(layout: RunLayout) -> Path:
+    """The run's HTML report (RUN/report/index.html) from its artifacts."""
+    return run_report.write_report(layout)

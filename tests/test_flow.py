@@ -12,7 +12,7 @@ from deepcluster import artifacts
 from deepcluster.artifacts import RunError, RunLayout, RunLock, RunLockedError
 from tests.conftest import tiny_config
 
-EPOCH_FILES = ["assignments.parquet", "features.parquet", "manifest.json", "metrics.json", "model.pt"]
+EPOCH_FILES = ["assignments.parquet", "centroids.npy", "features.parquet", "manifest.json", "metrics.json", "model.pt"]
 
 
 def test_flow_writes_every_epoch_artifact(finished_run: Path):
@@ -91,7 +91,7 @@ def test_task_functions_run_without_prefect(tmp_path: Path):
     info = tasks.ingest.fn(config, layout)
     assert tasks.sobel_preprocess.fn(layout, info.image_size) == layout.inputs
     session = tasks.load_session.fn(layout, config, 0, "cpu")
-    features = tasks.pca_reduce.fn(tasks.extract_features.fn(session, False), config.pca_dim)
+    features, _ = tasks.pca_reduce.fn(tasks.extract_features.fn(session, False), config.pca_dim)
     clusterings = tasks.cluster_kmeans.fn(features, config, 0)
     sample = tasks.balanced_resample.fn(clusterings[0].assignments, config, 0)
     assert tasks.retrain.fn(session, clusterings, sample, 0, False).loss > 0

@@ -52,6 +52,16 @@ def test_converges_to_a_lloyd_fixed_point():
         assert torch.allclose(result.centroids[cluster], points[result.assignments == cluster].mean(0), atol=1e-5)
 
 
+@pytest.mark.parametrize("iterations", [1, 2, 50])
+def test_each_point_is_assigned_to_its_nearest_assigned_to_centroid(iterations: int):
+    """Stopped early or converged, `assigned_to` gives the assignments back (what `predict` relies on)."""
+    points, _ = blobs(seed=3)
+    result = kmeans(points, 6, torch.Generator().manual_seed(1), iterations=iterations, init="random")
+    assert torch.equal(assign(points, result.assigned_to)[0], result.assignments)
+    if result.iterations < iterations:  # converged: the two sets of centroids agree
+        assert torch.equal(result.assigned_to, result.centroids)
+
+
 def test_same_generator_seed_same_result():
     points, _ = blobs(seed=1)
     first = kmeans(points, 7, torch.Generator().manual_seed(5))

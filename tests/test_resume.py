@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -95,6 +96,10 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(
             artifacts.read_features(resumed_dir / "features.parquet")
             == artifacts.read_features(straight_dir / "features.parquet")
         ).all()
+        assert np.array_equal(
+            artifacts.load_array(resumed_dir / artifacts.CENTROIDS),
+            artifacts.load_array(straight_dir / artifacts.CENTROIDS),
+        )
     resumed_weights = torch.load(layout.epoch_dir(2) / "model.pt", weights_only=True)
     straight_weights = torch.load(straight.epoch_dir(2) / "model.pt", weights_only=True)
     for key, tensor in straight_weights["model"].items():

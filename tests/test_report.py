@@ -1,0 +1,166 @@
+"""`deepcluster report`, `compare` and `predict` on finished tiny runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from deepcluster import artifacts
+from deepcluster.cli import main
+from tests.conftest import tiny_config
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def referenced_files(index: Path) -> list[Path]:
+    return [index.parent / name for name in re.findall(r"src='([^']+)'", index.read_text())]
+
+
+def test_the_flow_writes_a_report_whose_images_all_exist(finished_run: Path):
+    index = finished_run / "tiny" / "report" / "index.html"
+    page = index.read_text()
+    for heading in ("Metrics over epochs", "Cluster sizes (epoch 1)", "Clusters against labels", "projected to 2-D"):
+        assert heading in page
+    assert page.count("<td class='ok'>verified</td>") == 3  # data, epoch 0, epoch 1
+    files = referenced_files(index)
+    assert {"curves.png", "sizes.png", "confusion.png", "projection.png", "stages.png"} <= {f.name for f in files}
+    assert sum(file.name.startswith("cluster-") for file in files) == 10  # k = 10, all shown
+    for file in files:
+        with Image.open(file) as image:
+            assert image.format == "PNG" and image.width > 20 and image.height > 20, file
+
+
+def test_report_of_an_earlier_epoch_shows_an_altered_file(finished_run: Path, tmp_path: Path, capsys):
+    shutil.copytree(finished_run / "tiny", tmp_path / "tiny")
+    metrics = tmp_path / "tiny" / "epochs" / "0001" / "metrics.json"
+    metrics.write_text(metrics.read_text().replace('"epoch": 1', '"epoch": 1 '))
+    out = tmp_path / "out"
+    assert main(["--runs-dir", str(tmp_path), "report", "tiny", "--epoch", "0", "--out", str(out)]) == 0
+    assert f"report written to {out / 'index.html'}" in capsys.readouterr().out
+    page = (out / "index.html").read_text()
+    assert "figures for epoch 0" in page and "Cluster sizes (epoch 0)" in page
+    assert "0001/metrics.json: content differs from the manifest" in page
+    assert all(file.is_file() for file in referenced_files(out / "index.html"))
+
+
+def test_report_errors_name_the_problem(finished_run: Path, tmp_path: Path, capsys):
+    assert main(["--runs-dir", str(finished_run), "report", "tiny", "--epoch", "4", "--out", str(tmp_path)]) == 2
+    assert "epoch 4 of run 'tiny' is not finished (finished: 0-1)" in capsys.readouterr().err
+    assert main(["--runs-dir", str(finished_run), "report", "ghost"]) == 2
+    assert "no run 'ghost'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_report_renders_in_chromium(finished_run: Path, tmp_path: Path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium package where it can)")
+    index = finished_run / "tiny" / "report" / "index.html"
+    screenshot = tmp_path / "report.png"
+    command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,1600"]
+    subprocess.run(
+        [*command, f"--screenshot={screenshot}", index.as_uri()], capture_output=True, timeout=120, check=True
+    )
+    with Image.open(screenshot) as image:
+        pixels = np.asarray(image.convert("L"), dtype=np.float32)
+    assert pixels.shape == (1600, 1200)
+    assert (pixels < 200).mean() > 0.02 and pixels.std() > 20  # text, plots and sample images, not a blank page
+
+
+def test_compare_shows_the_keys_that_differ(finished_run: Path, tmp_path: Path, capsys):
+    for run in ("tiny", "other"):
+        shutil.copytree(finished_run / "tiny", tmp_path / run)
+    record = json.loads((tmp_path / "other" / "run.json").read_text())
+    record["config"]["lr"] = 0.2
+    (tmp_path / "other" / "run.json").write_text(json.dumps(record))
+    out = tmp_path / "cmp"
+    assert main(["--runs-dir", str(tmp_path), "compare", "tiny", "other", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    differing = printed.split("last finished epoch")[0]
+    assert re.search(r"lr\s+0\.05\s+0\.2", differing) and "seed" not in differing and "epochs" not in differing
+    page = (out / "index.html").read_text()
+    assert "<td class='num'>lr</td><td class='num'>0.05</td><td class='num'>0.2</td>" in page
+    assert all(file.is_file() for file in referenced_files(out / "index.html"))
+    assert main(["--runs-dir", str(tmp_path), "compare", "tiny"]) == 2
+    assert "compare needs at least two runs" in capsys.readouterr().err
+    assert main(["--runs-dir", str(tmp_path), "compare", "tiny", "ghost"]) == 2
+    assert "no run 'ghost'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def pca_run(prefect_harness, tmp_path_factory) -> Path:
+    """A 2-epoch run of the paper's set-up (random top layer, PCA-whitening to 16 dimensions)."""
+    from flows.deepcluster_flow import deepcluster_flow
+
+    runs_dir = tmp_path_factory.mktemp("pca-runs")
+    config = tiny_config(head="linear", pca_dim=16, num_clusters=8)
+    deepcluster_flow(config=config, run_id="pca", runs_dir=str(runs_dir), progress=False)
+    return runs_dir
+
+
+@pytest.mark.parametrize("run", ["tiny", "pca"])
+def test_predict_on_the_training_images_gives_each_epochs_assignments(
+    run: str, finished_run: Path, pca_run: Path, tmp_path: Path, capsys
+):
+    runs_dir = finished_run if run == "tiny" else pca_run
+    for epoch in (0, 1):
+        out = tmp_path / f"{run}-{epoch}.parquet"
+        args = ["--runs-dir", str(runs_dir), "predict", run, "fashion-mnist-sample", "--limit", "300"]
+        assert main([*args, "--epoch", str(epoch), "--out", str(out), "--no-progress"]) == 0
+        assert f"300 images of fashion-mnist-sample assigned to the clusters of run {run}, epoch {epoch}" in (
+            capsys.readouterr().out
+        )
+        predicted = pq.read_table(out).to_pandas()
+        epoch_dir = runs_dir / run / "epochs" / f"{epoch:04d}"
+        assert predicted["cluster"].tolist() == artifacts.read_clusters(epoch_dir / "assignments.parquet").tolist()
+        assert predicted["index"].tolist() == list(range(300)) and predicted["path"].isna().all()
+        assert (predicted["distance"] >= 0).all() and predicted["label"].notna().all()
+    assert (runs_dir / run / "epochs" / "0001" / "pca_mean.npy").is_file() == (run == "pca")
+
+
+def write_images(folder: Path, size: int, mode: str, count: int = 4) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        shape = (size, size, 3) if mode == "RGB" else (size, size)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(folder / f"image{index}.png")
+
+
+def test_predict_a_folder_and_its_errors(finished_run: Path, tmp_path: Path, capsys):
+    write_images(tmp_path / "good", 28, "L")
+    write_images(tmp_path / "big", 32, "L")
+    write_images(tmp_path / "colour", 28, "RGB")
+    base = ["--runs-dir", str(finished_run), "predict", "tiny"]
+    out = tmp_path / "good.parquet"
+    assert main([*base, str(tmp_path / "good"), "--out", str(out)]) == 0
+    predicted = pq.read_table(out).to_pandas()
+    assert predicted["path"].tolist() == [f"image{index}.png" for index in range(4)]
+    assert predicted["cluster"].between(0, 9).all() and predicted["label"].isna().all()
+
+    assert main([*base, str(tmp_path / "big"), "--out", str(tmp_path / "x.parquet")]) == 2
+    assert "images are 32x32 pixels but run 'tiny' was trained on 28x28 images" in capsys.readouterr().err
+    assert main([*base, str(tmp_path / "colour"), "--out", str(tmp_path / "x.parquet")]) == 2
+    assert "images are RGB (3 channels) but run 'tiny' was trained on grayscale (1 channel)" in capsys.readouterr().err
+    assert main([*base, str(tmp_path / "good"), "--epoch", "3", "--out", str(tmp_path / "x.parquet")]) == 2
+    assert "epoch 3 of run 'tiny' is not finished" in capsys.readouterr().err
+    assert main([*base, str(tmp_path / "good"), "--out", str(tmp_path / "missing" / "x.parquet")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main([*base, str(tmp_path / "nowhere")]) == 2
+    assert "unknown dataset" in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()
