@@ -279,7 +279,7 @@ def run_flow(
     )
     layout = RunLayout(root.parent, root.name)
     rows = metric_rows(layout)
-    print(f"\nrun {layout.run_id}: {len(rows)} epochs, artifacts in {root}")
+    print(f"\nrun {layout.run_id}: {len(rows)} epochs, artifacts in {root}, report in {root / 'report' / 'index.html'}")
     print(format_table(rows[-1:]))
     if evaluate:
         if not layout.labels.is_file():

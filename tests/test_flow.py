@@ -51,6 +51,10 @@ def test_flow_publishes_prefect_artifacts(prefect_harness, tmp_path: Path):
     summary = Artifact.get("deepcluster-published-run-summary")
     assert table is not None and [row["epoch"] for row in json.loads(table.data)] == [0]
     assert summary is not None and "DeepCluster run `Published_Run`" in summary.data
+    report = tmp_path / "Published_Run" / "report" / "index.html"
+    assert f"- report: [{report.resolve()}]({report.resolve().as_uri()})" in summary.data
+    link = Artifact.get("deepcluster-published-run-report")
+    assert link is not None and report.resolve().as_uri() in link.data and report.is_file()
 
 
 def test_rerunning_a_finished_run_changes_nothing_and_more_epochs_extend_it(finished_run: Path, tmp_path: Path):

@@ -164,3 +164,22 @@ def test_predict_a_folder_and_its_errors(finished_run: Path, tmp_path: Path, cap
     assert main([*base, str(tmp_path / "nowhere")]) == 2
     assert "unknown dataset" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_report_and_predict_on_a_run_without_labels(prefect_harness, tmp_path: Path, capsys):
+    from flows.deepcluster_flow import deepcluster_flow
+
+    write_images(tmp_path / "images", 16, "L", count=40)
+    config = tiny_config(dataset=str(tmp_path / "images"), limit=None, num_clusters=4, batch_size=16)
+    deepcluster_flow(config=config, run_id="unlabelled", runs_dir=str(tmp_path / "runs"), progress=False)
+    index = tmp_path / "runs" / "unlabelled" / "report" / "index.html"
+    page = index.read_text()
+    assert "Cluster sizes (epoch 1)" in page and "Clusters against labels" not in page and "Not evaluated" in page
+    assert all(file.is_file() for file in referenced_files(index)) and not (index.parent / "confusion.png").exists()
+    out = tmp_path / "predicted.parquet"
+    args = ["--runs-dir", str(tmp_path / "runs"), "predict", "unlabelled", str(tmp_path / "images"), "--out", str(out)]
+    assert main(args) == 0
+    assert "NMI" not in capsys.readouterr().out
+    predicted = pq.read_table(out).to_pandas()
+    assignments = artifacts.read_clusters(tmp_path / "runs" / "unlabelled" / "epochs" / "0001" / "assignments.parquet")
+    assert predicted["cluster"].tolist() == assignments.tolist() and predicted["label"].isna().all()
