@@ -33,7 +33,7 @@ from deepcluster.report import epoch_metrics, flat_metrics, format_table, metric
 
 NO_PCA = "none"  # --pca-dim none: L2 normalisation only (config pca_dim null)
 BENCH_EPOCHS = 3  # epoch 0 warms up; the medians are over epochs 1 and 2
-USER_ERRORS = (ConfigError, DatasetError, RunError, RunLockedError, FileNotFoundError)
+USER_ERRORS = (ConfigError, DatasetError, RunError, RunLockedError, FileNotFoundError, NotADirectoryError)
 
 # CLI flag -> Config key, for the flags that map one to one.
 RUN_FLAGS = {

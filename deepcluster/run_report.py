@@ -44,8 +44,7 @@ pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; }
 def write_report(layout: RunLayout, out_dir: Path | None = None, epoch: int | None = None) -> Path:
     """Write the report of a run (figures for `epoch`, default the last finished one); returns index.html."""
     epoch = resolve_epoch(layout, epoch)
-    out_dir = out_dir or layout.root / "report"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _output_dir(out_dir or layout.root / "report")
     record = artifacts.read_json(layout.run_json)
     rows = metric_rows(layout)
     metrics = epoch_metrics(layout, epoch)
@@ -101,7 +100,7 @@ def write_report(layout: RunLayout, out_dir: Path | None = None, epoch: int | No
 
 def write_comparison(layouts: Sequence[RunLayout], out_dir: Path) -> Path:
     """A page comparing runs: the config keys that differ, last-epoch metrics, curves overlaid."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _output_dir(out_dir)
     runs = {layout.run_id: metric_rows(layout) for layout in layouts}
     last = [{"run": run, **rows[-1]} if rows else {"run": run} for run, rows in runs.items()]
     body = (
@@ -133,6 +132,14 @@ def differing_config(layouts: Sequence[RunLayout]) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- page parts
+
+
+def _output_dir(path: Path) -> Path:
+    """`path`, created where missing; an existing file there is an error."""
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} exists and is not a directory: pass another --out")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _page(title: str, body: str) -> str:

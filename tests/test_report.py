@@ -65,6 +65,10 @@ def test_report_errors_name_the_problem(finished_run: Path, tmp_path: Path, caps
     assert main(["--runs-dir", str(finished_run), "report", "ghost"]) == 2
     assert "no run 'ghost'" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+    (tmp_path / "file").write_text("mine")
+    assert main(["--runs-dir", str(finished_run), "report", "tiny", "--out", str(tmp_path / "file")]) == 2
+    assert "file exists and is not a directory" in capsys.readouterr().err
+    assert (tmp_path / "file").read_text() == "mine"
 
 
 def test_report_renders_in_chromium(finished_run: Path, tmp_path: Path):
