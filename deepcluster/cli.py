@@ -286,6 +286,9 @@ def run_flow(
             print(f"\nnot evaluated: {config.dataset} has no labels")
             return 0
         print_evaluation(layout, None, config.device, as_json=False)
+        from deepcluster.run_report import write_report
+
+        print(f"report updated with the evaluation: {write_report(layout)}")
     return 0
 
 

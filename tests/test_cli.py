@@ -70,3 +70,4 @@ def test_run_then_evaluate_in_one_command(prefect_harness, tmp_path: Path, capsy
     output = capsys.readouterr().out
     assert "run ev: 1 epochs" in output and "epoch 0, clustered features" in output and "baseline: pixels" in output
     assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["epochs"]["0"]["epoch"] == 0
+    assert "Epoch 0:" in (tmp_path / "ev" / "report" / "index.html").read_text()  # the report shows the evaluation
