@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from deepcluster.config import Config
 
@@ -41,3 +43,12 @@ def finished_run(prefect_harness, tmp_path_factory) -> Path:
     runs_dir = tmp_path_factory.mktemp("runs")
     deepcluster_flow(config=tiny_config(), run_id="tiny", runs_dir=str(runs_dir), progress=False)
     return runs_dir
+
+
+def write_images(folder: Path, size: int, mode: str, count: int = 4) -> None:
+    """`count` random PNG images of size x size, mode "L" or "RGB", in a new folder (no labels)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(count):
+        shape = (size, size, 3) if mode == "RGB" else (size, size)
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(folder / f"image{index}.png")
