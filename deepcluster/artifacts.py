@@ -393,6 +393,15 @@ def verify_manifest(directory: Path) -> list[str]:
     return problems
 
 
+def verify_run(layout: RunLayout) -> dict[str, list[str]]:
+    """Problems of a run's data directory ("data") and of each finished epoch ("epoch N") against their
+    manifests; every list is empty when the run is intact. A run with no data directory yet has none."""
+    problems = {"data": verify_manifest(layout.data_dir) if layout.data_dir.is_dir() else []}
+    for epoch in layout.completed_epochs():
+        problems[f"epoch {epoch}"] = verify_manifest(layout.epoch_dir(epoch))
+    return problems
+
+
 def commit_epoch(layout: RunLayout, epoch: int) -> Path:
     """Seal a staged epoch: write its manifest, then rename it to its final name in one step."""
     staging = layout.staging_dir(epoch)

@@ -397,15 +397,13 @@ def command_inspect(args: argparse.Namespace) -> int:
 
 def command_verify(args: argparse.Namespace) -> int:
     layout = find_run(args.run_id, args.runs_dir)
-    problems = artifacts.verify_manifest(layout.data_dir) if layout.data_dir.is_dir() else []
-    epochs = layout.completed_epochs()
-    for epoch in epochs:
-        problems += artifacts.verify_manifest(layout.epoch_dir(epoch))
+    checked = artifacts.verify_run(layout)
+    problems = [problem for part in checked.values() for problem in part]
     if problems:
         print(f"run {layout.run_id}: {len(problems)} problem(s):")
         print("\n".join(f"  {problem}" for problem in problems))
         return 1
-    print(f"run {layout.run_id}: data and {len(epochs)} epochs verified, all files match their manifests")
+    print(f"run {layout.run_id}: data and {len(checked) - 1} epochs verified, all files match their manifests")
     return 0
 
 
@@ -442,12 +440,13 @@ def command_compare(args: argparse.Namespace) -> int:
         raise RunError(f"compare got the same run twice: {' '.join(args.run_ids)}")
     layouts = [find_run(run_id, args.runs_dir) for run_id in args.run_ids]
     differing = differing_config(layouts)
+    runs = {layout.run_id: metric_rows(layout) for layout in layouts}
     print("config keys that differ:")
     print(format_table(differing, ("key", *args.run_ids)) if differing else "  none")
-    last = [{"run": layout.run_id, **(metric_rows(layout) or [{}])[-1]} for layout in layouts]
+    last = [{"run": run, **(rows or [{}])[-1]} for run, rows in runs.items()]
     print("\nlast finished epoch:")
     print(format_table(last, ("run", "epoch", "train_loss", "nmi_previous", "nmi", "acc", "max_size", "seconds")))
-    print(f"\ncurves overlaid: {write_comparison(layouts, args.out)}")
+    print(f"\ncurves overlaid: {write_comparison(runs, differing, args.out)}")
     return 0
 
 

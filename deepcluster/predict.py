@@ -41,9 +41,9 @@ class Prediction:
     distances: np.ndarray
 
 
-def check_images(layout: RunLayout, image_set: ImageSet) -> None:
-    """The images must have the size and mode (channels) of the images the run was trained on."""
-    channels, height, width = artifacts.read_json(layout.run_json)["dataset"]["image_shape"]
+def check_images(layout: RunLayout, image_shape: list[int], image_set: ImageSet) -> None:
+    """The images must have the size and mode (channels) of the run's images, image_shape (C, H, W)."""
+    channels, height, width = image_shape
     _, new_channels, new_height, new_width = image_set.images.shape
     if (new_height, new_width) != (height, width):
         raise DatasetError(
@@ -71,7 +71,7 @@ def predict(
             f"epoch {epoch} of run {layout.run_id!r} has no {artifacts.CENTROIDS}: it was written before epochs "
             "kept their centroids, so its clusters cannot take new images; train the run again"
         )
-    check_images(layout, image_set)
+    check_images(layout, record["dataset"]["image_shape"], image_set)
     torch_device = pipeline.resolve_device(device)
     model, _ = pipeline.load_model(layout.model_before(epoch), config, torch_device)
     inputs = torch.from_numpy(prepare_inputs(image_set.images, record["dataset"]["input_size"])).to(torch_device)

@@ -24,7 +24,7 @@ from PIL import Image
 from deepcluster import artifacts
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import recorded_config
-from deepcluster.report import COLUMNS, epoch_metrics, metric_rows, resolve_epoch
+from deepcluster.report import COLUMNS, epoch_metrics, flat_metrics, resolve_epoch
 
 LARGEST_CLUSTERS = 12  # rows of sample images
 SAMPLES_PER_CLUSTER = 12
@@ -46,8 +46,9 @@ def write_report(layout: RunLayout, out_dir: Path | None = None, epoch: int | No
     epoch = resolve_epoch(layout, epoch)
     out_dir = _output_dir(out_dir or layout.root / "report")
     record = artifacts.read_json(layout.run_json)
-    rows = metric_rows(layout)
-    metrics = epoch_metrics(layout, epoch)
+    all_metrics = [epoch_metrics(layout, done) for done in layout.completed_epochs()]
+    rows = [flat_metrics(metrics) for metrics in all_metrics]
+    metrics = all_metrics[layout.completed_epochs().index(epoch)]
     clusters = artifacts.read_clusters(layout.epoch_dir(epoch) / "assignments.parquet")
     labels = artifacts.load_array(layout.labels) if layout.labels.is_file() else None
     images = artifacts.load_array(layout.images, mmap=True)
@@ -85,7 +86,7 @@ def write_report(layout: RunLayout, out_dir: Path | None = None, epoch: int | No
         ),
         _section(
             "Where the time went (seconds per stage and epoch)",
-            _figure(out_dir, "stages.png", _stage_figure(layout))
+            _figure(out_dir, "stages.png", _stage_figure([metrics["stage_seconds"] for metrics in all_metrics]))
             + "<p>The writer's time (<code>write</code>) runs in the background, beside the next epoch's stages.</p>",
         ),
         _section("Evaluation against labels", _evaluation_html(layout)),
@@ -98,14 +99,16 @@ def write_report(layout: RunLayout, out_dir: Path | None = None, epoch: int | No
     return index
 
 
-def write_comparison(layouts: Sequence[RunLayout], out_dir: Path) -> Path:
-    """A page comparing runs: the config keys that differ, last-epoch metrics, curves overlaid."""
+def write_comparison(
+    runs: Mapping[str, Sequence[dict[str, Any]]], differing: Sequence[dict[str, Any]], out_dir: Path
+) -> Path:
+    """A page comparing runs (their metric rows by run id, the config keys that differ between them):
+    the differing keys, last-epoch metrics, curves overlaid."""
     _output_dir(out_dir)
-    runs = {layout.run_id: metric_rows(layout) for layout in layouts}
     last = [{"run": run, **rows[-1]} if rows else {"run": run} for run, rows in runs.items()]
     body = (
         f"<h1>DeepCluster runs compared: {html.escape(', '.join(runs))}</h1>"
-        + _section("Config keys that differ", _table_html(differing_config(layouts)) or "<p>none</p>")
+        + _section("Config keys that differ", _table_html(differing) or "<p>none</p>")
         + _section("Last finished epoch", _table_html(last, ["run", *COLUMNS]))
         + _section("Metrics over epochs", _figure(out_dir, "curves.png", _curves(runs)))
     )
@@ -207,17 +210,14 @@ def _evaluation_html(layout: RunLayout) -> str:
 
 
 def _verify_html(layout: RunLayout) -> str:
-    rows = [{"files": "data", "status": _verify_status(layout.data_dir)}]
-    rows += [
-        {"files": f"epoch {epoch}", "status": _verify_status(layout.epoch_dir(epoch))}
-        for epoch in layout.completed_epochs()
-    ]
-    lines = "".join(f"<tr><td>{row['files']}</td>{row['status']}</tr>" for row in rows)
+    lines = "".join(
+        f"<tr><td>{files}</td>{_verify_status(problems)}</tr>"
+        for files, problems in artifacts.verify_run(layout).items()
+    )
     return f"<table><tr><th>files</th><th>status</th></tr>{lines}</table>"
 
 
-def _verify_status(directory: Path) -> str:
-    problems = artifacts.verify_manifest(directory)
+def _verify_status(problems: list[str]) -> str:
     if not problems:
         return "<td class='ok'>verified</td>"
     return "<td class='bad'>" + "<br>".join(html.escape(problem) for problem in problems) + "</td>"
@@ -346,8 +346,8 @@ def _projection(features: np.ndarray, clusters: np.ndarray, num_clusters: int) -
     return figure
 
 
-def _stage_figure(layout: RunLayout) -> Figure:
-    stage_rows = [epoch_metrics(layout, epoch)["stage_seconds"] for epoch in layout.completed_epochs()]
+def _stage_figure(stage_rows: Sequence[dict[str, float]]) -> Figure:
+    """Stacked seconds per stage for each epoch (stage_rows: each epoch's stage_seconds), the writer beside."""
     stages = [name for name in stage_rows[0] if name not in ("epoch", "write")]
     figure = Figure(figsize=(11, 3.5))
     axis = figure.subplots()
@@ -356,9 +356,8 @@ def _stage_figure(layout: RunLayout) -> Figure:
         values = np.array([row.get(stage, 0.0) for row in stage_rows])
         axis.bar(range(len(stage_rows)), values, bottom=bottom, label=stage)
         bottom += values
-    writes = [row.get("write") for row in stage_rows]
-    if all(value is not None for value in writes):
-        axis.plot(range(len(stage_rows)), writes, "k.--", label="write (background)")
+    if all("write" in row for row in stage_rows):  # the library loop, and older runs, record no writer time
+        axis.plot(range(len(stage_rows)), [row["write"] for row in stage_rows], "k.--", label="write (background)")
     axis.set_xlabel("epoch")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel("seconds")
