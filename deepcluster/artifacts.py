@@ -104,6 +104,10 @@ class RunLayout:
         """Where `deepcluster evaluate` keeps a run's evaluations, by epoch."""
         return self.root / "evaluation.json"
 
+    def groups(self, epoch: int, num_groups: int, method: str) -> Path:
+        """Where an epoch's images grouped into `num_groups` by `method` are kept (`deepcluster group`)."""
+        return self.root / "groups" / f"epoch{epoch:04d}-{num_groups}-{method}.parquet"
+
     @property
     def epochs_dir(self) -> Path:
         return self.root / "epochs"
@@ -318,17 +322,18 @@ def read_features(path: Path) -> np.ndarray:
     return features if np.array_equal(index, np.arange(len(index))) else features[np.argsort(index)]
 
 
-def write_assignments(path: Path, clusters: np.ndarray, labels: np.ndarray | None) -> None:
-    """Parquet with `index` int64, `cluster` int32 and `label` int32 (null where there are no labels)."""
+def write_assignments(path: Path, clusters: np.ndarray, labels: np.ndarray | None, column: str = "cluster") -> None:
+    """Parquet with `index` int64, `column` int32 and `label` int32 (null where there are no labels), atomically."""
     label_column = pa.nulls(len(clusters), pa.int32()) if labels is None else pa.array(labels.astype(np.int32))
     table = pa.table(
         {
             "index": pa.array(np.arange(len(clusters), dtype=np.int64)),
-            "cluster": pa.array(np.asarray(clusters, dtype=np.int32)),
+            column: pa.array(np.asarray(clusters, dtype=np.int32)),
             "label": label_column,
         }
     )
-    pq.write_table(table, path, compression=PARQUET_CODEC)
+    with atomic_open(path) as handle:
+        pq.write_table(table, handle, compression=PARQUET_CODEC)
 
 
 def read_clusters(path: Path) -> np.ndarray:

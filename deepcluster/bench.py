@@ -26,7 +26,7 @@ from deepcluster import pipeline
 from deepcluster.config import Config
 from deepcluster.kmeans import assign, kmeans
 
-STAGES = ("extract", "pca", "kmeans", "resample", "train", "evaluate")
+STAGES = ("extract", "pca", "kmeans", "targets", "resample", "train", "evaluate")
 MODES = ("library", "flow")
 NOISE = 1.0  # spread of the synthetic clusters relative to their centres: they overlap, as real features do
 

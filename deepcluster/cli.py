@@ -47,6 +47,14 @@ RUN_FLAGS = {
     "epochs": "epochs",
     "k": "num_clusters",
     "heads": "num_heads",
+    "extra_k": "extra_clusters",
+    "neighbours": "neighbours",
+    "grouping": "grouping",
+    "groups": "groups",
+    "views": "views",
+    "instance_weight": "instance_weight",
+    "instance_temperature": "instance_temperature",
+    "min_epoch_samples": "min_epoch_samples",
     "kmeans_init": "kmeans_init",
     "arch": "arch",
     "head": "head",
@@ -169,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     _add_progress_flags(predict)
 
+    group = commands.add_parser(
+        "group", help="group a run's images into K groups on the learned features (writes RUN/groups/)"
+    )
+    group.add_argument("run_id")
+    group.add_argument("--groups", type=int, required=True, help="how many groups")
+    group.add_argument("--method", choices=["kmeans", "spectral"], default=Config().grouping, help="grouping method")
+    group.add_argument("--epoch", type=int, help="default: the last finished epoch")
+    group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
     bench = commands.add_parser(
         "bench", help="time the flow (all artifacts written) against the plain library loop, per stage"
     )
@@ -180,14 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
         "bench-quality",
         help="train and evaluate the quality suite's configurations over seeds; write docs/RESULTS.md",
     )
-    quality.add_argument("--suite", default="sample", help="sample (default) or fashion-mnist")
+    quality.add_argument("--suite", default="dev", help="dev (default: six small labelled sets) or fashion-mnist")
     quality.add_argument(
         "--seeds", type=_integers("--seeds"), default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)"
     )
     quality.add_argument("--configs", help="comma-separated configurations of the suite (default: all)")
+    quality.add_argument("--datasets", help="comma-separated datasets of the suite (default: all)")
     quality.add_argument("--epochs", type=int, help="train every configuration this many epochs")
     quality.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"), help="results file to update")
-    quality.add_argument("--json", type=Path, help="raw results (default docs/bench/quality-SUITE.json)")
+    quality.add_argument(
+        "--json",
+        type=Path,
+        help="raw results, merged with what the file already holds (default docs/bench/quality-SUITE.json)",
+    )
 
     bench_kmeans = commands.add_parser(
         "bench-kmeans", help="time the project's k-means against faiss and scikit-learn on synthetic points"
@@ -225,6 +247,14 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--kmeans-init", choices=["random", "k-means++", "previous"], help="k-means seeding (previous: last epoch's)"
     )
+    parser.add_argument(
+        "--extra-k", type=_integers("--extra-k"), help="k of further clusterings trained at once, e.g. 10,100"
+    )
+    parser.add_argument(
+        "--neighbours", type=int, help="train on clusters shared with this many nearest neighbours; 0: off"
+    )
+    parser.add_argument("--grouping", choices=["kmeans", "spectral"], help="final grouping of the learned features")
+    parser.add_argument("--groups", type=int, help="at the end, group the images into this many groups (RUN/groups/)")
     parser.add_argument("--arch", choices=["small", "alexnet", "vgg16"])
     parser.add_argument("--head", choices=["linear", "prototypes"], help="top layer: random (paper) or centroids (v2)")
     parser.add_argument("--proj-dim", type=int, help="projection dimension (head prototypes)")
@@ -234,6 +264,12 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, help="learning rate for a batch of 256")
     parser.add_argument("--warmup-epochs", type=int, help="epochs of linear learning-rate warm-up")
     parser.add_argument("--lr-schedule", choices=["constant", "cosine"])
+    parser.add_argument("--views", type=int, help="augmented views of every sampled image per step")
+    parser.add_argument("--instance-weight", type=float, help="weight of the instance-discrimination loss (views >= 2)")
+    parser.add_argument("--instance-temperature", type=float, help="temperature of the instance-discrimination loss")
+    parser.add_argument(
+        "--min-epoch-samples", type=int, help="images drawn per epoch: the dataset's size, at least this"
+    )
     parser.add_argument("--crop-scale", type=_crop_scale, help="random resized crop area range, e.g. 0.3,1")
     parser.add_argument("--rotation", type=float, help="random rotation of training crops, up to +-degrees")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random mirroring")
@@ -326,14 +362,18 @@ def command_bench_quality(args: argparse.Namespace) -> int:
         raise ConfigError("--seeds must name at least one seed")
     extra = [] if args.epochs is None else ["--epochs", str(args.epochs)]
     names = args.configs.split(",") if args.configs else None
+    datasets = args.datasets.split(",") if args.datasets else None
     runs_dir = args.runs_dir or default_runs_dir()
-    results = quality.run_suite(args.suite, args.seeds, runs_dir, main, extra, names)
     command = f"deepcluster bench-quality --suite {args.suite} --seeds {','.join(map(str, args.seeds))}"
     command += f" --configs {args.configs}" if args.configs else ""
+    command += f" --datasets {args.datasets}" if args.datasets else ""
     command += f" --epochs {args.epochs}" if args.epochs is not None else ""
-    section = quality.suite_markdown(args.suite, results, command)
+    raw = args.json or Path(f"docs/bench/quality-{args.suite}.json")
+    results = quality.run_suite(args.suite, args.seeds, runs_dir, main, extra, names, datasets, command)
+    results = quality.merge(quality.load_raw(raw), results)
+    section = quality.suite_markdown(args.suite, results)
     quality.write_results(args.out, args.suite, section)
-    quality.save_raw(args.json or Path(f"docs/bench/quality-{args.suite}.json"), results)
+    quality.save_raw(raw, results)
     print(section)
     return 0
 
@@ -479,6 +519,20 @@ def command_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_group(args: argparse.Namespace) -> int:
+    from deepcluster.grouping import group_epoch
+    from deepcluster.metrics import nmi
+
+    layout = find_run(args.run_id, args.runs_dir)
+    epoch, groups = group_epoch(layout, args.epoch, args.groups, args.method, args.device)
+    print(f"{len(groups)} images of run {layout.run_id} (epoch {epoch}) in {args.groups} groups by {args.method}")
+    print(f"group sizes (largest first): {sorted(np.bincount(groups, minlength=args.groups).tolist(), reverse=True)}")
+    if layout.labels.is_file():
+        print(f"NMI against the labels: {nmi(artifacts.load_array(layout.labels), groups):.4f}")
+    print(f"written to {layout.groups(epoch, args.groups, args.method)}")
+    return 0
+
+
 COMMANDS = {
     "run": command_run,
     "resume": command_resume,
@@ -489,6 +543,7 @@ COMMANDS = {
     "report": command_report,
     "compare": command_compare,
     "predict": command_predict,
+    "group": command_group,
     "bench": command_bench,
     "bench-quality": command_bench_quality,
     "bench-kmeans": command_bench_kmeans,

@@ -18,9 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 DATASET_NAMES = ("fashion-mnist-sample", "fashion-mnist", "mnist", "cifar10", "digits")
 
-# Keys that may change when an existing run is continued: asking for more epochs
-# extends the run, it does not make it a different run.
-EXTENDABLE_KEYS = frozenset({"epochs"})
+GroupingMethod = Literal["kmeans", "spectral"]
+
+# Keys that may change when an existing run is continued, because they do not change what it has trained:
+# asking for more epochs extends the run, and the final grouping is computed from what was trained.
+EXTENDABLE_KEYS = frozenset({"epochs", "grouping", "groups"})
 # Keys that say where the dataset's files are, not what the data is (the dataset fingerprint checks
 # that): a run continued from elsewhere records the new values.
 LOCATION_KEYS = frozenset({"data_dir", "download"})
@@ -43,13 +45,19 @@ class Config(BaseModel):
     limit: int | None = Field(None, ge=1, description="keep only the first N images")
     download: bool = Field(False, description="download with torchvision where the machine has internet")
     image_size: int | None = Field(
-        None, ge=8, description="resize images to this side; default: native, or the arch's minimum"
+        None, ge=8, description="resize images to this side; default: native, enlarged to the arch's default input size"
     )
 
     # Algorithm
     epochs: int = Field(10, ge=1)
     num_clusters: int = Field(30, ge=2, description="k of k-means (pseudo-classes)")
     num_heads: int = Field(1, ge=1, description="k-means clusterings (each with its own seed) trained at once")
+    extra_clusters: tuple[int, ...] = Field(
+        (), description="k of further k-means clusterings trained at once, one head each (several granularities)"
+    )
+    neighbours: int = Field(
+        0, ge=0, description="train on each image's cluster shared with its nearest neighbours (soft targets); 0: off"
+    )
     arch: Literal["small", "alexnet", "vgg16"] = "small"
     head: Literal["linear", "prototypes"] = Field(
         "prototypes",
@@ -69,6 +77,15 @@ class Config(BaseModel):
         "epoch's clusters' means in the new features (head 0; k-means++ at epoch 0 and for other heads)",
     )
 
+    grouping: GroupingMethod = Field(
+        "spectral",
+        description="final grouping of the learned convolutional features into the groups a user asks for: k-means, "
+        "or spectral clustering of their nearest-neighbour graph",
+    )
+    groups: int | None = Field(
+        None, ge=2, description="at the end of a run, group its images into this many groups (RUN/groups/)"
+    )
+
     # Optimisation (paper Sec. 4)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(0.05, gt=0, description="learning rate for a batch of 256; scaled linearly with batch_size")
@@ -78,7 +95,19 @@ class Config(BaseModel):
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="after warm-up: constant, or cosine decay to 0 at the last epoch"
     )
-    crop_scale: tuple[float, float] = Field((0.3, 1.0), description="random resized crop area range")
+    views: int = Field(
+        2, ge=1, le=8, description="augmented views of every sampled image per step, each trained on its pseudo-label"
+    )
+    instance_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of an instance-discrimination loss between the first two views (needs views >= 2)",
+    )
+    instance_temperature: float = Field(0.2, gt=0, description="temperature of the instance-discrimination loss")
+    min_epoch_samples: int = Field(
+        5000, ge=0, description="images drawn per epoch: the dataset's size, but at least this many"
+    )
+    crop_scale: tuple[float, float] = Field((0.6, 1.0), description="random resized crop area range")
     rotation: float = Field(15.0, ge=0, le=180, description="random rotation of training crops, up to +-degrees")
     flip: bool = True
 
@@ -114,6 +143,13 @@ class Config(BaseModel):
             raise ValueError(f"classes contain duplicates: {list(value)}")
         return tuple(sorted(value))
 
+    @field_validator("extra_clusters")
+    @classmethod
+    def _valid_extra_clusters(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(num_clusters < 2 for num_clusters in value):
+            raise ValueError(f"every k in extra_clusters must be at least 2, got {list(value)}")
+        return value
+
     @field_validator("crop_scale")
     @classmethod
     def _valid_crop_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
@@ -128,6 +164,14 @@ class Config(BaseModel):
             raise ValueError(
                 "head=prototypes clusters the L2-normalised projection itself (its centroids become the top "
                 "layer), so pca_dim must be null"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _instance_needs_two_views(self) -> Config:
+        if self.instance_weight > 0 and self.views < 2:
+            raise ValueError(
+                f"instance_weight > 0 compares two views of each image, so views must be >= 2, got {self.views}"
             )
         return self
 
@@ -161,6 +205,12 @@ PREDATED_KEYS: dict[str, Any] = {
     "warmup_epochs": 0,
     "lr_schedule": "constant",
     "rotation": 0.0,
+    "extra_clusters": [],
+    "neighbours": 0,
+    "grouping": "kmeans",
+    "views": 1,
+    "instance_weight": 0.0,
+    "min_epoch_samples": 0,
 }
 
 

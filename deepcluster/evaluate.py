@@ -21,37 +21,41 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 from deepcluster import artifacts, metrics, pipeline, report
 from deepcluster.artifacts import RunError, RunLayout
-from deepcluster.config import Config, recorded_config
+from deepcluster.config import Config, GroupingMethod, recorded_config
 from deepcluster.data import DatasetError, load_dataset
-from deepcluster.features import extract_features
+from deepcluster.features import extract_features, representation_features
+from deepcluster.grouping import GRAPH_NEIGHBOURS, GROUPING_METHODS, KMEANS_INITS, group
 from deepcluster.sobel import SobelFilter, prepare_inputs
 
-KMEANS_INITS = 10
 KNN_NEIGHBOURS = 20
 HOLDOUT_FRACTION = 0.2
-EVALUATION_SEED = 0  # fixed: k-means initialisations and the held-out split never depend on the run
+EVALUATION_SEED = 0  # fixed: the held-out split never depends on the run
 PROBE_MAX_ITER = 1000
 DATASETS_WITH_TEST_SPLIT = ("fashion-mnist", "mnist", "cifar10")
 
 
-def kmeans_scores(points: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """k-means at k = number of classes (best of KMEANS_INITS k-means++ starts), scored against labels."""
+def grouping_scores(points: np.ndarray, labels: np.ndarray, method: GroupingMethod = "kmeans") -> dict[str, float]:
+    """The points grouped into k = the number of classes by `method`, scored against the labels."""
     num_classes = len(np.unique(labels))
-    clusters = KMeans(num_classes, n_init=KMEANS_INITS, random_state=EVALUATION_SEED).fit_predict(points)
-    sizes = np.bincount(clusters, minlength=num_classes)
+    groups = group(points, num_classes, method)
+    sizes = np.bincount(groups, minlength=num_classes)
     return {
-        "nmi": metrics.nmi(labels, clusters),
-        "acc": metrics.accuracy(labels, clusters),
-        "ari": metrics.ari(labels, clusters),
+        "nmi": metrics.nmi(labels, groups),
+        "acc": metrics.accuracy(labels, groups),
+        "ari": metrics.ari(labels, groups),
         "largest_over_fair_share": float(sizes.max() * num_classes / sizes.sum()),
     }
+
+
+def all_groupings(points: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:
+    """grouping_scores of every grouping method, by method."""
+    return {method: grouping_scores(points, labels, method) for method in GROUPING_METHODS}
 
 
 def knn_accuracy(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray) -> float:
@@ -110,17 +114,17 @@ class ProbeSplit:
         return train_features, self.labels, features_of(test_inputs), test_labels
 
 
-def baselines(images: np.ndarray, inputs: np.ndarray, probe: ProbeSplit) -> dict[str, dict[str, float]]:
-    """k-means on the raw pixels and on the Sobel-magnitude pixels of the same images; kNN on the
-    network's input pixels and on their Sobel magnitudes, on the probe split."""
+def baselines(images: np.ndarray, inputs: np.ndarray, probe: ProbeSplit) -> dict[str, dict[str, Any]]:
+    """Every final grouping of the raw pixels and of the Sobel-magnitude pixels of the same images; kNN on
+    the network's input pixels and on their Sobel magnitudes, on the probe split."""
     sobel = sobel_magnitude(inputs)
     return {
         "pixels": {
-            **kmeans_scores(flat_pixels(images), probe.labels),
+            "groupings": all_groupings(flat_pixels(images), probe.labels),
             "knn_accuracy": knn_accuracy(*probe.sets(flat_pixels(inputs), flat_pixels)),
         },
         "sobel_pixels": {
-            **kmeans_scores(sobel, probe.labels),
+            "groupings": all_groupings(sobel, probe.labels),
             "knn_accuracy": knn_accuracy(*probe.sets(sobel, sobel_magnitude)),
         },
     }
@@ -149,23 +153,21 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
     model, _ = pipeline.load_model(layout.epoch_dir(epoch) / "model.pt", config, torch_device)
     bf16 = pipeline.use_bf16(config, torch_device)
 
-    def features(images: np.ndarray, trunk: bool) -> torch.Tensor:
+    def conv_features(images: np.ndarray) -> np.ndarray:
         tensor = torch.from_numpy(images).to(torch_device)
-        return extract_features(model, tensor, config.batch_size, False, bf16, trunk=trunk)
+        return representation_features(model, tensor, config.batch_size, bf16).cpu().numpy()
 
-    def trunk_features(images: np.ndarray) -> np.ndarray:
-        return torch.nn.functional.normalize(features(images, trunk=True), dim=1).cpu().numpy()
-
-    clustered = pipeline.reduce(features(inputs, trunk=False), config.pca_dim)[0].cpu().numpy()
-    trunk = trunk_features(inputs)
+    projected = extract_features(model, torch.from_numpy(inputs).to(torch_device), config.batch_size, False, bf16)
+    clustered = pipeline.reduce(projected, config.pca_dim)[0].cpu().numpy()
+    conv = conv_features(inputs)
     probe = ProbeSplit(config, record["dataset"]["input_size"], labels)
-    probe_data = probe.sets(trunk, trunk_features)
+    probe_data = probe.sets(conv, conv_features)
 
     result = {
         "epoch": epoch,
-        "features": {"clustered": clustered.shape[1], "trunk": trunk.shape[1]},
-        "kmeans": kmeans_scores(clustered, labels),
-        "kmeans_trunk": kmeans_scores(trunk, labels),
+        "features": {"clustered": clustered.shape[1], "conv": conv.shape[1]},
+        "grouping": config.grouping,
+        "groupings": {"clustered": all_groupings(clustered, labels), "conv": all_groupings(conv, labels)},
         "knn_accuracy": knn_accuracy(*probe_data),
         "linear_probe_accuracy": linear_probe_accuracy(*probe_data),
         "probe_split": probe.description,
@@ -195,14 +197,14 @@ def _merge(
 ) -> dict[str, Any]:
     """Add `result` to evaluation.json under its epoch (computing the baselines once per run), atomically.
 
-    Baselines recorded before the kNN baselines existed are computed again."""
+    Baselines recorded before every grouping and kNN baseline existed are computed again."""
     path = layout.evaluation
     with open(layout.root / "evaluation.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         evaluation: dict[str, Any] = (
             artifacts.read_json(path) if path.is_file() else {"run_id": layout.run_id, "epochs": {}}
         )
-        if "knn_accuracy" not in evaluation.get("baselines", {}).get("pixels", {}):
+        if "groupings" not in evaluation.get("baselines", {}).get("pixels", {}):
             evaluation["baselines"] = baselines(artifacts.load_array(layout.images), inputs, probe)
         evaluation["dataset"] = record["dataset"]["source"]
         evaluation["num_classes"] = int(len(np.unique(probe.labels)))
@@ -211,21 +213,45 @@ def _merge(
     return evaluation
 
 
-TABLE_COLUMNS = ("method", "nmi", "acc", "ari", "knn_accuracy", "linear_probe_accuracy")
+TABLE_COLUMNS = ("features", "grouping", "nmi", "acc", "ari", "knn_accuracy", "linear_probe_accuracy")
+
+
+def final_scores(result: dict[str, Any]) -> dict[str, float]:
+    """An epoch's scores by the run's final grouping: its `grouping` on the convolutional representation
+    (evaluations written before there was a choice: k-means on the clustered features)."""
+    if "grouping" not in result:
+        return result["kmeans"]
+    return result["groupings"]["conv"][result["grouping"]]
 
 
 def format_evaluation(evaluation: dict[str, Any], epoch: int) -> str:
-    """The evaluation of `epoch` and the baselines as a plain-text table."""
+    """The evaluation of `epoch` and the baselines as a plain-text table, a row per features and grouping."""
     result = evaluation["epochs"][str(epoch)]
     dims = result["features"]
-    rows = [{"method": f"baseline: {name}", **scores} for name, scores in evaluation["baselines"].items()]
-    rows.append({"method": f"epoch {epoch}, clustered features ({dims['clustered']}-d)", **result["kmeans"]})
-    rows.append({"method": f"epoch {epoch}, trunk features ({dims['trunk']}-d)", **result["kmeans_trunk"], **result})
+    sources = [
+        (f"baseline: {name}", scores.get("groupings"), scores) for name, scores in evaluation["baselines"].items()
+    ]
+    if "grouping" in result:
+        sources.append((f"epoch {epoch}, clustered ({dims['clustered']}-d)", result["groupings"]["clustered"], {}))
+        sources.append((f"epoch {epoch}, conv ({dims['conv']}-d)", result["groupings"]["conv"], result))
+    else:  # written before there were several groupings: k-means on the clustered features and the trunk
+        sources.append((f"epoch {epoch}, clustered ({dims['clustered']}-d)", {"kmeans": result["kmeans"]}, {}))
+        sources.append((f"epoch {epoch}, trunk ({dims['trunk']}-d)", {"kmeans": result["kmeans_trunk"]}, result))
+    rows = []
+    for features, by_method, extra in sources:
+        by_method = by_method or {"kmeans": extra}
+        for index, (method, scores) in enumerate(by_method.items()):
+            probes = extra if index == 0 else {}  # kNN and probe accuracy do not depend on the grouping
+            rows.append({**probes, "features": features, "grouping": method, **scores})
+    final = f"; the run's final grouping: {result['grouping']} on the conv features" if "grouping" in result else ""
     return "\n".join(
         [
             report.format_table(rows, TABLE_COLUMNS),
-            f"k-means at k = {evaluation['num_classes']} classes, best of {KMEANS_INITS} initialisations; "
-            f"kNN (k = {KNN_NEIGHBOURS}, cosine) and linear probe on the trunk, the baselines' kNN on the input "
-            f"pixels: {result['probe_split']}",
+            (
+                f"grouped into k = {evaluation['num_classes']} classes (k-means: best of {KMEANS_INITS} k-means++ "
+                f"starts; spectral: {GRAPH_NEIGHBOURS}-nearest-neighbour graph){final}; kNN (k = {KNN_NEIGHBOURS}, "
+                f"cosine) and linear probe on the conv features, the baselines' kNN on the input pixels: "
+                f"{result['probe_split']}"
+            ),
         ]
     )

@@ -16,16 +16,17 @@ def extract_features(
     batch_size: int,
     progress: bool | None = None,
     bf16: bool = False,
-    trunk: bool = False,
+    representation: bool = False,
 ) -> torch.Tensor:
     """Features of all images. inputs: uint8 (N, 1, H, W) on the model's device. Returns float32 (N, D) there.
 
     progress: show a batch progress bar (None: only on an interactive terminal). bf16: autocast the convnet.
-    trunk: the classifier body's output (before any projection head) instead of the clustered features.
+    representation: the convolutional representation (`DeepClusterNet.representation`) instead of the clustered
+    features.
     """
     model.eval()
-    forward = model.trunk if trunk else model
-    dim = model.trunk_dim if trunk else model.feature_dim
+    forward = model.representation if representation else model
+    dim = model.representation_dim if representation else model.feature_dim
     features = torch.empty((len(inputs), dim), dtype=torch.float32, device=inputs.device)
     starts = range(0, len(inputs), batch_size)
     for start in progress_bar(starts, "extract", "batch", progress, leave=False):
@@ -33,3 +34,12 @@ def extract_features(
         with autocast(inputs.device, bf16):
             features[start : start + len(batch)] = forward(batch).float()
     return features
+
+
+def representation_features(
+    model: DeepClusterNet, inputs: torch.Tensor, batch_size: int, bf16: bool = False
+) -> torch.Tensor:
+    """The L2-normalised convolutional representation (N, model.representation_dim) of every image: what
+    kNN, the linear probe and the final grouping work on."""
+    features = extract_features(model, inputs, batch_size, False, bf16, representation=True)
+    return torch.nn.functional.normalize(features, dim=1)

@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deepcluster.sobel import SobelFilter
+
+REPRESENTATION_GRID = 3  # the representation: the last convolution's output average-pooled to 3 x 3
 
 
 @dataclass(frozen=True)
@@ -21,12 +24,16 @@ class ArchSpec:
 
     min_input_size: int
     feature_dim: int
+    conv_channels: int  # channels of the last convolution
+    default_input_size: int  # smaller images are enlarged to this side unless an image_size is configured
 
 
 ARCHS: dict[str, ArchSpec] = {
-    "small": ArchSpec(min_input_size=8, feature_dim=512),
-    "alexnet": ArchSpec(min_input_size=63, feature_dim=4096),
-    "vgg16": ArchSpec(min_input_size=32, feature_dim=4096),
+    # small: its three 2x2 poolings leave a 3 x 3 map of a 28-pixel image; an 8-pixel one (scikit-learn's
+    # digits) would be pooled down to a single position, so smaller images are enlarged to 28 (docs/RESULTS.md)
+    "small": ArchSpec(min_input_size=8, feature_dim=512, conv_channels=128, default_input_size=28),
+    "alexnet": ArchSpec(min_input_size=63, feature_dim=4096, conv_channels=256, default_input_size=63),
+    "vgg16": ArchSpec(min_input_size=32, feature_dim=4096, conv_channels=512, default_input_size=32),
 }
 
 
@@ -109,6 +116,7 @@ class DeepClusterNet(nn.Module):
             raise ValueError(f"unknown arch {arch!r}: expected one of {', '.join(ARCHS)}")
         self.arch = arch
         self.trunk_dim = ARCHS[arch].feature_dim
+        self.representation_dim = ARCHS[arch].conv_channels * REPRESENTATION_GRID**2
         self.feature_dim = proj_dim or self.trunk_dim
         self.sobel = SobelFilter()
         self.convs, self.classifier = _BUILDERS[arch]()
@@ -125,6 +133,13 @@ class DeepClusterNet(nn.Module):
             elif isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, 0.0, 0.01, generator=generator)
                 nn.init.zeros_(module.bias)
+
+    def representation(self, grayscale: torch.Tensor) -> torch.Tensor:
+        """The convolutional features average-pooled to a REPRESENTATION_GRID² grid, flattened (N, channels * grid²):
+        the image representation that kNN, the linear probe and the final grouping use. The paper evaluates its
+        convnets on their convolutional layers (Caron et al. 2018, Sec. 5.1); the classifier body above them is
+        trained for the pseudo-labels of the moment and keeps less of the image (measured: docs/RESULTS.md)."""
+        return F.adaptive_avg_pool2d(self.convs(self.sobel(grayscale)), REPRESENTATION_GRID).flatten(1)
 
     def trunk(self, grayscale: torch.Tensor) -> torch.Tensor:
         """The classifier body's output (N, trunk_dim), before any projection head."""

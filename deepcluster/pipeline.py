@@ -30,6 +30,7 @@ from deepcluster.data import ImageSet, load_dataset
 from deepcluster.features import extract_features
 from deepcluster.kmeans import Clustering, centroid_means, faiss_kmeans, kmeans
 from deepcluster.models import ARCHS, ClusterHead, DeepClusterNet, PrototypeHead
+from deepcluster.neighbours import nearest_neighbours, neighbour_targets
 from deepcluster.reduce import PCAWhitening, pca_whiten_l2
 from deepcluster.rng import INIT_EPOCH, stage_generator, stage_seed
 from deepcluster.sampling import uniform_cluster_sample
@@ -85,8 +86,8 @@ def configure_torch(config: Config) -> None:
 
 
 def effective_image_size(config: Config, native_size: int) -> int:
-    """The configured size, else the native one raised to the architecture's minimum."""
-    return config.image_size or max(native_size, ARCHS[config.arch].min_input_size)
+    """The configured size, else the native one raised to the architecture's default input size."""
+    return config.image_size or max(native_size, ARCHS[config.arch].default_input_size)
 
 
 def validate_for_dataset(config: Config, image_set: ImageSet) -> int:
@@ -95,8 +96,11 @@ def validate_for_dataset(config: Config, image_set: ImageSet) -> int:
     height, width = image_set.images.shape[-2:]
     if num_images == 0:
         raise ConfigError(f"dataset {image_set.source} has no images after the class filter and limit")
-    if config.num_clusters > num_images:
-        raise ConfigError(f"k={config.num_clusters} is larger than the number of images ({num_images})")
+    largest_k = max(head_clusters(config))
+    if largest_k > num_images:
+        raise ConfigError(f"k={largest_k} is larger than the number of images ({num_images})")
+    if config.neighbours >= num_images:
+        raise ConfigError(f"neighbours={config.neighbours} must be below the number of images ({num_images})")
     if config.image_size is None and height != width:
         raise ConfigError(f"images are {height}x{width}, not square: pass --image-size")
     size = effective_image_size(config, height)
@@ -287,20 +291,36 @@ def cluster(points: torch.Tensor, config: Config, epoch: int, previous: np.ndarr
     previous: the previous epoch's assignments (head 0), for kmeans_init='previous'.
     """
     clusterings = []
-    for head in range(config.num_heads):
+    for head, num_clusters in enumerate(head_clusters(config)):
         name = _per_head("kmeans", head)
         init: str | torch.Tensor = config.kmeans_init
         if init == "previous":
             init = "k-means++"
             if head == 0 and previous is not None:
-                init = centroid_means(points, torch.from_numpy(previous).to(points.device), config.num_clusters)
+                init = centroid_means(points, torch.from_numpy(previous).to(points.device), num_clusters)
         if config.kmeans_backend == "faiss":
             seed = stage_seed(config.seed, epoch, name)
-            clusterings.append(faiss_kmeans(points, config.num_clusters, seed, config.kmeans_iters, init))
+            clusterings.append(faiss_kmeans(points, num_clusters, seed, config.kmeans_iters, init))
         else:
             generator = stage_generator(config.seed, epoch, name)
-            clusterings.append(kmeans(points, config.num_clusters, generator, config.kmeans_iters, init))
+            clusterings.append(kmeans(points, num_clusters, generator, config.kmeans_iters, init))
     return clusterings
+
+
+def head_clusters(config: Config) -> list[int]:
+    """k of every clustering trained on: num_heads of num_clusters, then one per extra_clusters."""
+    return [config.num_clusters] * config.num_heads + list(config.extra_clusters)
+
+
+def training_targets(points: torch.Tensor, clusterings: list[Clustering], config: Config) -> list[torch.Tensor]:
+    """Each clustering's training targets: its cluster ids, or (config.neighbours > 0) soft targets, the
+    share of each cluster among an image and its nearest neighbours in `points`."""
+    if config.neighbours == 0:
+        return [clustering.assignments for clustering in clusterings]
+    neighbours = nearest_neighbours(points, config.neighbours)
+    return [
+        neighbour_targets(clustering.assignments, neighbours, len(clustering.centroids)) for clustering in clusterings
+    ]
 
 
 def _per_head(stage: str, head: int) -> str:
@@ -311,11 +331,17 @@ def _per_head(stage: str, head: int) -> str:
 def resample(assignments: torch.Tensor, config: Config, epoch: int) -> torch.Tensor:
     """Indices of the epoch's training images, uniform over clusters, shuffled."""
     generator = stage_generator(config.seed, epoch, "sample")
-    return uniform_cluster_sample(assignments.cpu(), config.num_clusters, generator)
+    num_samples = max(len(assignments), config.min_epoch_samples)
+    return uniform_cluster_sample(assignments.cpu(), config.num_clusters, generator, num_samples)
 
 
 def retrain(
-    session: Session, clusterings: list[Clustering], sample: torch.Tensor, epoch: int, progress: bool | None = None
+    session: Session,
+    clusterings: list[Clustering],
+    targets: list[torch.Tensor],
+    sample: torch.Tensor,
+    epoch: int,
+    progress: bool | None = None,
 ) -> TrainResult:
     """New top layers (one per clustering), then train convnet + top layers one epoch on the pseudo-labels
     (in place). head=linear: re-initialised at random; head=prototypes: the clustering's centroids."""
@@ -325,10 +351,9 @@ def retrain(
         if config.head == "prototypes":
             heads.append(PrototypeHead(clustering.centroids, config.temperature).to(device))
         else:
-            head = ClusterHead(session.model.feature_dim, config.num_clusters)
+            head = ClusterHead(session.model.feature_dim, len(clustering.centroids))
             head.reset_parameters(stage_generator(config.seed, epoch, _per_head("head", index)))
             heads.append(head.to(device))
-    pseudo_labels = torch.stack([clustering.assignments for clustering in clusterings])
     augment_generator = stage_generator(config.seed, epoch, "augment", device)
     # Dropout draws from torch's global generator: fork it, seeded per (run, epoch), so the
     # global state outside is untouched and a re-run epoch draws the same masks.
@@ -339,7 +364,7 @@ def retrain(
             heads,
             session.optimizer,
             session.inputs,
-            pseudo_labels,
+            targets,
             sample,
             config,
             epoch,
@@ -380,9 +405,10 @@ def run_epoch(session: Session, epoch: int, progress: bool | None = None) -> dic
     clusterings = timed(
         seconds, "kmeans", session.device, cluster, features, session.config, epoch, session.previous_assignments
     )
+    targets = timed(seconds, "targets", session.device, training_targets, features, clusterings, session.config)
     del features
     sample = timed(seconds, "resample", session.device, resample, clusterings[0].assignments, session.config, epoch)
-    trained = timed(seconds, "train", session.device, retrain, session, clusterings, sample, epoch, progress)
+    trained = timed(seconds, "train", session.device, retrain, session, clusterings, targets, sample, epoch, progress)
     assignments = clusterings[0].assignments.cpu().numpy()
     evaluation = timed(seconds, "evaluate", session.device, evaluate, session, assignments)
     seconds["epoch"] = round(time.perf_counter() - start, 4)

@@ -14,6 +14,7 @@ import platform
 import shlex
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,40 +23,66 @@ import torch
 
 from deepcluster import artifacts
 from deepcluster.artifacts import RunError, RunLayout
+from deepcluster.evaluate import final_scores
 from deepcluster.report import metric_rows
 
 # The straightforward DeepCluster of the paper: random top layer, PCA-whitening to 256, k-means from
-# random points, crops + flips only.
+# random points, crops + flips only, one pass over the images an epoch; grouped by k-means.
 PAPER = [
     *("--head", "linear", "--pca-dim", "256", "--kmeans-init", "random"),
-    *("--crop-scale", "0.5,1", "--rotation", "0"),
+    *("--crop-scale", "0.5,1", "--rotation", "0", "--views", "1", "--min-epoch-samples", "0", "--grouping", "kmeans"),
 ]
+FASHION_MNIST = ["--dataset", "fashion-mnist"]  # found in data/fashion-mnist/ or Debian's /usr/share/datasets/
 
-SUITES: dict[str, dict[str, list[str]]] = {
-    "sample": {
-        "default": [],
-        "paper": PAPER,
-        "k-100": ["--k", "100"],
-        "random-init": ["--kmeans-init", "random"],
-        "no-rotation": ["--rotation", "0"],
-    },
-    # The IDX files are found in data/fashion-mnist/ or /usr/share/datasets/fashion-mnist/ (Debian's package).
-    "fashion-mnist": {
-        "default": ["--dataset", "fashion-mnist"],
-        "paper": ["--dataset", "fashion-mnist", "--k", "100", *PAPER],
-    },
-}
 
-SCORES = {
-    "NMI": lambda run: run["evaluation"]["kmeans"]["nmi"],
-    "ACC": lambda run: run["evaluation"]["kmeans"]["acc"],
-    "ARI": lambda run: run["evaluation"]["kmeans"]["ari"],
-    "NMI (trunk)": lambda run: run["evaluation"]["kmeans_trunk"]["nmi"],
-    "kNN acc": lambda run: run["evaluation"]["knn_accuracy"],
-    "probe acc": lambda run: run["evaluation"]["linear_probe_accuracy"],
-    "NMI vs prev. epoch": lambda run: run["evaluation"]["run_nmi_previous"],
-    "largest / fair share": lambda run: run["evaluation"]["run_largest_over_fair_share"],
-    "minutes": lambda run: run["seconds"] / 60,
+@dataclass(frozen=True)
+class Suite:
+    """Labelled datasets (each: the `run` flags that select it) and configurations (each: `run` flags)."""
+
+    datasets: dict[str, list[str]]
+    configurations: dict[str, list[str]]
+
+
+SUITES: dict[str, Suite] = {
+    # Small labelled sets of the kinds a user brings, for choosing defaults on more than one dataset.
+    "dev": Suite(
+        datasets={
+            "sample": [],
+            "fmnist-3-8-9": [*FASHION_MNIST, "--classes", "3,8,9", "--limit", "5000"],
+            "fmnist-1-4-7": [*FASHION_MNIST, "--classes", "1,4,7", "--limit", "5000"],
+            "fmnist-0-2-4-6-8": [*FASHION_MNIST, "--classes", "0,2,4,6,8", "--limit", "5000"],
+            "fmnist-10k": [*FASHION_MNIST, "--limit", "10000"],
+            "digits": ["--dataset", "digits"],
+        },
+        configurations={
+            "default": [],
+            # each changes one choice of the default (the measured ablations of docs/RESULTS.md)
+            "one-view": ["--views", "1"],
+            "crops-0.3": ["--crop-scale", "0.3,1"],
+            "neighbours-10": ["--neighbours", "10"],
+            "extra-k-10": ["--extra-k", "10"],
+            "instance": ["--instance-weight", "0.5"],
+            # only change something where images are smaller than 28 pixels or fewer than 5,000 (digits)
+            "native-size": ["--image-size", "8"],
+            "one-pass": ["--min-epoch-samples", "0"],
+            # the defaults before this suite existed (but for the final grouping's features), and the paper's set-up
+            "previous-defaults": [
+                "--views",
+                "1",
+                "--crop-scale",
+                "0.3,1",
+                "--min-epoch-samples",
+                "0",
+                "--grouping",
+                "kmeans",
+            ],
+            "paper": PAPER,
+        },
+    ),
+    "fashion-mnist": Suite(
+        datasets={"fashion-mnist": FASHION_MNIST},
+        configurations={"default": [], "paper": ["--k", "100", *PAPER]},
+    ),
 }
 
 
@@ -66,42 +93,62 @@ def run_suite(
     cli: Callable[[list[str]], int],
     extra: list[str],
     names: list[str] | None = None,
+    datasets: list[str] | None = None,
+    produced_by: str = "",
 ) -> dict[str, Any]:
-    """Train (or reuse) and evaluate the configurations `names` (default: all) of `suite` for every seed.
+    """Train (or reuse) and evaluate the configurations `names` (default: all) of `suite` on its datasets
+    `datasets` (default: all), for every seed.
 
-    cli: the `deepcluster` entry point (main). extra: flags added to every run (e.g. --epochs).
-    Returns the raw results: per configuration, its commands and one record per seed.
+    cli: the `deepcluster` entry point (main). extra: flags added to every run (e.g. --epochs). produced_by:
+    the benchmark command, recorded with each result. Returns the raw results: per dataset and configuration,
+    its `run` command, the benchmark command and one record per seed.
     """
     if suite not in SUITES:
         raise RunError(f"unknown suite {suite!r}: expected one of {', '.join(SUITES)}")
-    unknown = sorted(set(names or []) - set(SUITES[suite]))
-    if unknown:
-        raise RunError(f"suite {suite!r} has no configuration {', '.join(unknown)} (it has {', '.join(SUITES[suite])})")
+    chosen = SUITES[suite]
+    for kind, asked, known in (("configuration", names, chosen.configurations), ("dataset", datasets, chosen.datasets)):
+        unknown = sorted(set(asked or []) - set(known))
+        if unknown:
+            raise RunError(f"suite {suite!r} has no {kind} {', '.join(unknown)} (it has {', '.join(known)})")
     results: dict[str, Any] = {}
-    for name, flags in SUITES[suite].items():
-        if names and name not in names:
+    for dataset, data_flags in chosen.datasets.items():
+        if datasets and dataset not in datasets:
             continue
-        runs = []
-        for seed in seeds:
-            run_id = f"quality-{suite}-{name}-seed{seed}"
-            run_args = ["run", *flags, *extra, "--seed", str(seed), "--run-id", run_id, "--no-progress"]
-            for args in (run_args, ["evaluate", run_id]):
-                if cli(["--runs-dir", str(runs_dir), *args]) != 0:
-                    raise RunError(f"`deepcluster {shlex.join(args)}` failed (see above)")
-            layout = RunLayout(runs_dir, run_id)
-            evaluation = artifacts.read_json(layout.evaluation)
-            last_epoch = str(layout.completed_epochs()[-1])
-            runs.append(
-                {
-                    "seed": seed,
-                    "run_id": run_id,
-                    "evaluation": evaluation["epochs"][last_epoch],
-                    "baselines": evaluation["baselines"],
-                    "seconds": sum(row["seconds"] for row in metric_rows(layout)),
-                }
-            )
-        results[name] = {"command": ["deepcluster", "run", *flags, *extra], "runs": runs}
+        for name, flags in chosen.configurations.items():
+            if names and name not in names:
+                continue
+            command = [*data_flags, *flags, *extra]
+            runs = [
+                _run_seed(cli, runs_dir, f"quality-{suite}-{dataset}-{name}-seed{seed}", command, seed)
+                for seed in seeds
+            ]
+            result = {
+                "command": ["deepcluster", "run", *command],
+                "produced_by": f"`{produced_by}` ({datetime.now(UTC):%Y-%m-%d}, {machine()})",
+                "runs": runs,
+            }
+            results.setdefault(dataset, {})[name] = result
     return results
+
+
+def _run_seed(
+    cli: Callable[[list[str]], int], runs_dir: Path, run_id: str, flags: list[str], seed: int
+) -> dict[str, Any]:
+    """Train (or finish) one run and evaluate its last epoch; its evaluation, baselines and training time."""
+    run_args = ["run", *flags, "--seed", str(seed), "--run-id", run_id, "--no-progress"]
+    for args in (run_args, ["evaluate", run_id]):
+        if cli(["--runs-dir", str(runs_dir), *args]) != 0:
+            raise RunError(f"`deepcluster {shlex.join(args)}` failed (see above)")
+    layout = RunLayout(runs_dir, run_id)
+    evaluation = artifacts.read_json(layout.evaluation)
+    last_epoch = str(layout.completed_epochs()[-1])
+    return {
+        "seed": seed,
+        "run_id": run_id,
+        "evaluation": evaluation["epochs"][last_epoch],
+        "baselines": evaluation["baselines"],
+        "seconds": sum(row["seconds"] for row in metric_rows(layout)),
+    }
 
 
 def machine() -> str:
@@ -116,6 +163,32 @@ def machine() -> str:
     return f"{cpu}, {len(os.sched_getaffinity(0))} cores, {gpu}; torch {torch.__version__}"
 
 
+def _grouped(features: str, method: str) -> Callable[[dict[str, Any]], float]:
+    return lambda run: run["evaluation"]["groupings"][features][method]["nmi"]
+
+
+SCORES: dict[str, Callable[[dict[str, Any]], float]] = {
+    "NMI": lambda run: final_scores(run["evaluation"])["nmi"],
+    "ACC": lambda run: final_scores(run["evaluation"])["acc"],
+    "NMI k-means": _grouped("conv", "kmeans"),
+    "NMI spectral": _grouped("conv", "spectral"),
+    "NMI k-means, clustered": _grouped("clustered", "kmeans"),
+    "kNN acc": lambda run: run["evaluation"]["knn_accuracy"],
+    "probe acc": lambda run: run["evaluation"]["linear_probe_accuracy"],
+    "NMI vs prev. epoch": lambda run: run["evaluation"]["run_nmi_previous"],
+    "largest / fair share": lambda run: run["evaluation"]["run_largest_over_fair_share"],
+    "minutes": lambda run: run["seconds"] / 60,
+}
+BASELINE_SCORES: dict[str, Callable[[dict[str, Any]], float]] = {
+    "NMI": lambda scores: scores["groupings"]["kmeans"]["nmi"],
+    "ACC": lambda scores: scores["groupings"]["kmeans"]["acc"],
+    "NMI k-means": lambda scores: scores["groupings"]["kmeans"]["nmi"],
+    "NMI spectral": lambda scores: scores["groupings"]["spectral"]["nmi"],
+    "kNN acc": lambda scores: scores["knn_accuracy"],
+}
+GOAL_MARGIN = 0.10  # the learned clustering should beat the better plain k-means baseline by this much
+
+
 def mean_std(values: list[float]) -> str:
     """'mean ± std' (sample standard deviation; just the value for one run)."""
     if len(values) == 1:
@@ -123,35 +196,123 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def suite_markdown(suite: str, results: dict[str, Any], command: str) -> str:
-    """The suite's section of RESULTS.md: one line per configuration (mean ± std over seeds), the baselines."""
-    header = ["configuration", *SCORES, "seeds"]
+def suite_markdown(suite: str, results: dict[str, Any]) -> str:
+    """The suite's section of RESULTS.md: with several datasets, a summary of the default configuration
+    against the goals and a table of every configuration by dataset; then per dataset one line per
+    configuration (mean ± std and the worst seed) and the baselines."""
     lines = [
         f"## Suite `{suite}`",
         "",
-        f"Produced by `{command}` on {datetime.now(UTC):%Y-%m-%d}, machine: {machine()}.",
-        "Scores of the last epoch of every run (never an epoch picked by labels), mean ± standard deviation "
-        "over seeds. NMI/ACC/ARI: k-means at k = number of classes on the features as the run clusters them; "
-        "NMI (trunk): the same on the trunk features, which kNN and the linear probe use (`deepcluster evaluate`). "
-        "Baselines: k-means on the raw pixels and on the Sobel-magnitude pixels, kNN on the same views of the "
-        "network's (grayscale) inputs.",
+        "Produced by " + "; ".join(_producers(results)) + ".",
+        (
+            "Scores of the last epoch of every run (never an epoch picked by labels), mean ± standard deviation "
+            "over seeds, and the worst seed. NMI/ACC: the run's convolutional features grouped into k = number of "
+            "classes by the run's final grouping (`grouping`); NMI k-means / spectral: by each grouping; NMI "
+            "k-means, clustered: k-means on the features the run clusters each epoch (`deepcluster evaluate`). kNN "
+            "and the linear probe use the convolutional features. Baselines: the same groupings of the raw pixels "
+            "and of the Sobel-magnitude pixels (NMI/ACC: plain k-means, the baseline a user tries first), kNN on the "
+            "same views of the network's (grayscale) inputs."
+        ),
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
     ]
-    for name, result in results.items():
-        runs = result["runs"]
-        cells = [mean_std([score(run) for run in runs]) for score in SCORES.values()]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {', '.join(str(run['seed']) for run in runs)} |")
-    baselines = next(iter(results.values()))["runs"][0]["baselines"]
-    for name, scores in baselines.items():
-        knn = f"{scores['knn_accuracy']:.3f}" if "knn_accuracy" in scores else ""
-        cells = [f"{scores[key]:.3f}" for key in ("nmi", "acc", "ari")] + ["", knn] + [""] * (len(SCORES) - 5)
-        lines.append(f"| baseline: {name} | " + " | ".join(cells) + " | |")
-    lines += ["", "Commands (each run then `deepcluster evaluate RUN_ID`):", ""]
-    for name, result in results.items():
-        lines.append(f"- {name}: `{shlex.join(result['command'])} --seed SEED`")
+    if len(results) > 1:
+        lines += _summary(results) + _by_dataset(results)
+    for dataset, configurations in results.items():
+        lines += [f"### {dataset}", ""] + _dataset_table(configurations)
+    lines += ["Commands (each run then `deepcluster evaluate RUN_ID`):", ""]
+    for dataset, configurations in results.items():
+        for name, result in configurations.items():
+            lines.append(f"- {dataset}, {name}: `{shlex.join(result['command'])} --seed SEED`")
     return "\n".join(lines) + "\n"
+
+
+def _producers(results: dict[str, Any]) -> list[str]:
+    """The benchmark commands behind `results`, each with its date and machine, once each."""
+    commands = (result["produced_by"] for configurations in results.values() for result in configurations.values())
+    return list(dict.fromkeys(commands))
+
+
+def _values(result: dict[str, Any], score: str) -> list[float]:
+    return [SCORES[score](run) for run in result["runs"]]
+
+
+def _baselines(configurations: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return next(iter(configurations.values()))["runs"][0]["baselines"]
+
+
+def _summary(results: dict[str, Any]) -> list[str]:
+    """The default configuration on every dataset, each goal of the quality suite with its figures."""
+    lines = [
+        "### Default configuration against the goals",
+        "",
+        (
+            "| dataset | NMI | worst seed | plain k-means baseline (pixels / Sobel) | goal: baseline + 0.10 | "
+            "NMI spectral: learned / pixels / Sobel | NMI k-means: learned / pixels / Sobel | "
+            "kNN: learned (worst) / pixels / Sobel |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset, configurations in results.items():
+        if "default" not in configurations:
+            continue
+        default = configurations["default"]
+        base = _baselines(configurations)
+        pixels, sobel = (BASELINE_SCORES["NMI"](base[name]) for name in ("pixels", "sobel_pixels"))
+        goal = max(pixels, sobel) + GOAL_MARGIN
+        nmi = _values(default, "NMI")
+        met = "met" if statistics.mean(nmi) >= goal and min(nmi) > max(pixels, sobel) else "not met"
+
+        knn = _values(default, "kNN acc")
+        lines.append(
+            f"| {dataset} | {mean_std(nmi)} | {min(nmi):.3f} | {pixels:.3f} / {sobel:.3f} | {goal:.3f}: {met} | "
+            f"{_versus(default, base, 'NMI spectral')} | {_versus(default, base, 'NMI k-means')} | "
+            f"{statistics.mean(knn):.3f} ({min(knn):.3f}) / "
+            + " / ".join(f"{BASELINE_SCORES['kNN acc'](base[n]):.3f}" for n in base)
+            + " |"
+        )
+    return lines + ["", "'met': the mean NMI reaches the goal and the worst seed is above the baseline.", ""]
+
+
+def _versus(default: dict[str, Any], base: dict[str, dict[str, Any]], score: str) -> str:
+    """'learned / pixels / Sobel' for one score: the mean over seeds beside each baseline."""
+    learned = statistics.mean(_values(default, score))
+    return f"{learned:.3f} / " + " / ".join(f"{BASELINE_SCORES[score](scores):.3f}" for scores in base.values())
+
+
+def _by_dataset(results: dict[str, Any]) -> list[str]:
+    """Mean NMI (worst seed) of every configuration on every dataset, and its mean over the datasets."""
+    names = list(dict.fromkeys(name for configurations in results.values() for name in configurations))
+    lines = [
+        "### Every configuration on every dataset: NMI, mean (worst seed)",
+        "",
+        "| configuration | " + " | ".join(results) + " | mean over datasets |",
+        "|" + "---|" * (len(results) + 2),
+    ]
+    for name in names:
+        cells, means = [], []
+        for configurations in results.values():
+            if name not in configurations:
+                cells.append("")
+                continue
+            nmi = _values(configurations[name], "NMI")
+            means.append(statistics.mean(nmi))
+            cells.append(f"{statistics.mean(nmi):.3f} ({min(nmi):.3f})")
+        overall = f"{statistics.mean(means):.3f}" if len(means) == len(results) else ""
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {overall} |")
+    return lines + [""]
+
+
+def _dataset_table(configurations: dict[str, Any]) -> list[str]:
+    header = ["configuration", *SCORES, "worst NMI", "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, result in configurations.items():
+        cells = [mean_std(_values(result, score)) for score in SCORES]
+        seeds = ", ".join(str(run["seed"]) for run in result["runs"])
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {min(_values(result, 'NMI')):.3f} | {seeds} |")
+    for name, scores in _baselines(configurations).items():
+        cells = [f"{BASELINE_SCORES[score](scores):.3f}" if score in BASELINE_SCORES else "" for score in SCORES]
+        lines.append(f"| baseline: {name} | " + " | ".join(cells) + " | | |")
+    return lines + [""]
 
 
 def write_results(path: Path, suite: str, section: str) -> None:
@@ -171,6 +332,20 @@ RESULTS_PREAMBLE = """# Clustering quality
 Written by `deepcluster bench-quality` (one section per suite; rerunning a suite replaces its section).
 Raw results per run: `docs/bench/quality-SUITE.json`.
 """
+
+
+def load_raw(path: Path) -> dict[str, Any]:
+    """Raw results saved by an earlier benchmark (empty when there are none)."""
+    return artifacts.read_json(path) if path.is_file() else {}
+
+
+def merge(earlier: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Earlier results with the new ones added, a new result replacing the earlier one of its dataset and
+    configuration; datasets and configurations keep their first order."""
+    merged = {dataset: dict(configurations) for dataset, configurations in earlier.items()}
+    for dataset, configurations in new.items():
+        merged.setdefault(dataset, {}).update(configurations)
+    return merged
 
 
 def save_raw(path: Path, results: dict[str, Any]) -> None:

@@ -88,6 +88,18 @@ def scheduled_learning_rate(config: Config, epochs_done: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * fraction))
 
 
+def instance_loss(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Instance discrimination between two views (InfoNCE / NT-Xent, Chen et al. 2020; the instance term
+    of Prototypical Contrastive Learning, Li et al. 2021): each of the 2B L2-normalised embeddings (B, D)
+    must pick its other view among the other 2B - 1 by cosine similarity over `temperature`."""
+    embeddings = torch.cat([first, second])
+    logits = embeddings @ embeddings.T / temperature
+    logits.fill_diagonal_(float("-inf"))
+    count = len(first)
+    targets = torch.cat([torch.arange(count, 2 * count), torch.arange(count)]).to(logits.device)
+    return F.cross_entropy(logits, targets)
+
+
 def make_optimizer(model: DeepClusterNet, config: Config) -> torch.optim.SGD:
     """The convnet's optimizer, kept across epochs (its state is checkpointed)."""
     return torch.optim.SGD(
@@ -105,7 +117,7 @@ def train_epoch(
     heads: list[nn.Module],
     optimizer: torch.optim.Optimizer,
     inputs: torch.Tensor,
-    pseudo_labels: torch.Tensor,
+    pseudo_labels: list[torch.Tensor],
     sample: torch.Tensor,
     config: Config,
     epoch: int,
@@ -115,7 +127,7 @@ def train_epoch(
 ) -> TrainResult:
     """Train convnet + the epoch's heads (one per clustering) for one pass over `sample`.
 
-    inputs: uint8 (N, 1, H, W) on the model's device; pseudo_labels: int64 (num_heads, N) cluster ids;
+    inputs: uint8 (N, 1, H, W) on the model's device; pseudo_labels: per head, int64 (N,) cluster ids or float (N, k) soft targets;
     sample: int64 (M,) indices (already shuffled). The loss is the mean over heads of the cross-entropy.
     Nothing in the batch loop waits for the device. Heads with parameters get their own SGD without
     momentum, as in the reference code. A final batch of one image is skipped (batch norm needs two).
@@ -127,21 +139,28 @@ def train_epoch(
     optimizers = [optimizer]
     if head_parameters:
         optimizers.append(torch.optim.SGD(head_parameters, lr=learning_rate(config), weight_decay=config.weight_decay))
-    pseudo_labels = pseudo_labels.to(device)
+    pseudo_labels = [labels.to(device) for labels in pseudo_labels]
     total_loss = torch.zeros((), device=device)
     batches = [batch for batch in sample.to(device).split(config.batch_size) if len(batch) > 1]
     for step, batch in enumerate(progress_bar(batches, "train", "batch", progress, leave=False)):
         rate = scheduled_learning_rate(config, epoch + step / len(batches))
-        images = random_resized_crop_flip(
-            to_unit_range(inputs[batch]), generator, config.crop_scale, config.flip, config.rotation
+        images = to_unit_range(inputs[batch])
+        views = torch.cat(
+            [
+                random_resized_crop_flip(images, generator, config.crop_scale, config.flip, config.rotation)
+                for _ in range(config.views)
+            ]
         )
         with autocast(device, bf16):
-            features = model(images.contiguous(memory_format=torch.channels_last))
+            features = model(views.contiguous(memory_format=torch.channels_last)).float()
         losses = [
-            F.cross_entropy(head(features.float()), labels[batch])
+            F.cross_entropy(head(features), torch.cat([labels[batch]] * config.views))
             for head, labels in zip(heads, pseudo_labels, strict=True)
         ]
         loss = torch.stack(losses).mean()
+        if config.instance_weight > 0:
+            first, second = F.normalize(features, dim=1).chunk(config.views)[:2]
+            loss = loss + config.instance_weight * instance_loss(first, second, config.instance_temperature)
         for each in optimizers:
             each.zero_grad(set_to_none=True)
             for group in each.param_groups:

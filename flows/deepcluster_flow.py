@@ -70,6 +70,9 @@ def deepcluster_flow(
                 start = time.perf_counter()
                 writer.flush()
                 logger.info("artifacts written; waited %.2f s for the writer at the end", time.perf_counter() - start)
+        if rows and config.groups is not None:
+            path = tasks.write_groups(layout, config.groups, config.grouping, device)
+            logger.info("the last epoch's images in %d groups: %s", config.groups, path)
         report = tasks.write_report(layout) if rows else None
     _publish_summary(layout, config, rows, report)
     return str(layout.root)
@@ -92,12 +95,13 @@ def _run_epoch(
     writer.submit(epoch, pipeline.write_features, layout, epoch, features.cpu().numpy())
     previous = session.previous_assignments
     clusterings = timed(seconds, "kmeans", device, tasks.cluster_kmeans, features, config, epoch, previous)
+    targets = timed(seconds, "targets", device, tasks.training_targets, features, clusterings, config)
     del features
     assignments = clusterings[0].assignments.cpu().numpy()
     writer.submit(epoch, pipeline.write_assignments, layout, epoch, assignments, session.labels)
     writer.submit(epoch, pipeline.write_clustering, layout, epoch, clusterings[0], pca)
     sample = timed(seconds, "resample", device, tasks.balanced_resample, clusterings[0].assignments, config, epoch)
-    trained = timed(seconds, "train", device, tasks.retrain, session, clusterings, sample, epoch, progress)
+    trained = timed(seconds, "train", device, tasks.retrain, session, clusterings, targets, sample, epoch, progress)
     writer.submit(epoch, pipeline.write_checkpoint, layout, epoch, pipeline.checkpoint(session, epoch))
     evaluation = timed(seconds, "evaluate", device, tasks.evaluate_nmi, session, assignments)
     seconds["epoch"] = round(time.perf_counter() - start, 4)

@@ -14,6 +14,8 @@ from tasks.stages import (
     pca_reduce,
     retrain,
     sobel_preprocess,
+    training_targets,
+    write_groups,
     write_report,
 )
 
@@ -27,5 +29,7 @@ __all__ = [
     "pca_reduce",
     "retrain",
     "sobel_preprocess",
+    "training_targets",
+    "write_groups",
     "write_report",
 ]

@@ -15,9 +15,9 @@ import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from deepcluster import pipeline, run_report
+from deepcluster import grouping, pipeline, run_report
 from deepcluster.artifacts import RunLayout
-from deepcluster.config import Config
+from deepcluster.config import Config, GroupingMethod
 from deepcluster.kmeans import Clustering
 from deepcluster.pipeline import DatasetInfo, Session
 from deepcluster.reduce import PCAWhitening
@@ -65,6 +65,12 @@ def cluster_kmeans(
 
 
 @stage
+def training_targets(points: torch.Tensor, clusterings: list[Clustering], config: Config) -> list[torch.Tensor]:
+    """Each clustering's training targets: its cluster ids, or their share among each image's neighbours."""
+    return pipeline.training_targets(points, clusterings, config)
+
+
+@stage
 def balanced_resample(assignments: torch.Tensor, config: Config, epoch: int) -> torch.Tensor:
     """Training indices sampled uniformly over clusters."""
     return pipeline.resample(assignments, config, epoch)
@@ -72,16 +78,28 @@ def balanced_resample(assignments: torch.Tensor, config: Config, epoch: int) -> 
 
 @stage
 def retrain(
-    session: Session, clusterings: list[Clustering], sample: torch.Tensor, epoch: int, progress: bool | None
+    session: Session,
+    clusterings: list[Clustering],
+    targets: list[torch.Tensor],
+    sample: torch.Tensor,
+    epoch: int,
+    progress: bool | None,
 ) -> TrainResult:
     """One epoch of training on the pseudo-labels (updates the session's model and optimizer)."""
-    return pipeline.retrain(session, clusterings, sample, epoch, progress)
+    return pipeline.retrain(session, clusterings, targets, sample, epoch, progress)
 
 
 @stage
 def evaluate_nmi(session: Session, assignments: np.ndarray) -> dict[str, Any]:
     """NMI against the previous epoch and, where labels exist, NMI/ACC/ARI against them."""
     return pipeline.evaluate(session, assignments)
+
+
+@stage
+def write_groups(layout: RunLayout, num_groups: int, method: GroupingMethod, device: str) -> Path:
+    """The last epoch's images in `num_groups` groups by `method` on the learned features (RUN/groups/)."""
+    epoch, _ = grouping.group_epoch(layout, None, num_groups, method, device)
+    return layout.groups(epoch, num_groups, method)
 
 
 @stage

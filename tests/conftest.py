@@ -21,12 +21,14 @@ def prefect_harness():
 
 
 def tiny_config(**overrides: object) -> Config:
-    """300 sample images, 10 clusters, otherwise the defaults: an epoch takes about a second on CPU."""
+    """300 sample images, 10 clusters, one pass over them an epoch, otherwise the defaults: an epoch takes about a
+    second on CPU."""
     values: dict[str, object] = {
         "dataset": "fashion-mnist-sample",
         "limit": 300,
         "epochs": 2,
         "num_clusters": 10,
+        "min_epoch_samples": 0,  # one pass over the 300 images an epoch
         "batch_size": 64,
         "device": "cpu",
         "seed": 7,

@@ -14,7 +14,15 @@ from tests.conftest import tiny_config
 def _run(mode: str, epoch_seconds: list[float], losses: list[float]) -> dict:
     epochs = []
     for epoch, (seconds, loss) in enumerate(zip(epoch_seconds, losses, strict=True)):
-        stages = {"extract": 0.1, "pca": 0.1, "kmeans": 0.1, "resample": 0.1, "train": seconds - 0.6, "evaluate": 0.1}
+        stages = {
+            "extract": 0.1,
+            "pca": 0.1,
+            "kmeans": 0.1,
+            "targets": 0.0,
+            "resample": 0.1,
+            "train": seconds - 0.6,
+            "evaluate": 0.1,
+        }
         if mode == "flow":
             stages["write"] = 0.05
         epochs.append(

@@ -65,9 +65,22 @@ def test_resume_continues_a_run(finished_run: Path, tmp_path: Path, capsys):
 
 
 def test_run_then_evaluate_in_one_command(prefect_harness, tmp_path: Path, capsys):
-    args = ["--runs-dir", str(tmp_path), "run", "--limit", "200", "--k", "5", "--epochs", "1", "--evaluate"]
+    args = [
+        "--runs-dir",
+        str(tmp_path),
+        "run",
+        "--limit",
+        "200",
+        "--k",
+        "5",
+        "--epochs",
+        "1",
+        "--min-epoch-samples",
+        "0",
+    ]
+    args.append("--evaluate")
     assert main([*args, "--run-id", "ev", "--no-progress"]) == 0
     output = capsys.readouterr().out
-    assert "run ev: 1 epochs" in output and "epoch 0, clustered features" in output and "baseline: pixels" in output
+    assert "run ev: 1 epochs" in output and "epoch 0, clustered (128-d)" in output and "baseline: pixels" in output
     assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["epochs"]["0"]["epoch"] == 0
     assert "Epoch 0:" in (tmp_path / "ev" / "report" / "index.html").read_text()  # the report shows the evaluation

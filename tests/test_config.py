@@ -25,6 +25,10 @@ def test_defaults_follow_the_paper_optimiser_and_deepcluster_v2_head():
         ({"head": "prototypes", "pca_dim": 64}, "pca_dim must be null"),
         ({"rotation": 200}, "rotation"),
         ({"num_heads": 0}, "num_heads"),
+        ({"extra_clusters": [10, 1]}, "every k in extra_clusters must be at least 2"),
+        ({"instance_weight": 0.5, "views": 1}, "views must be >= 2"),
+        ({"groups": 1}, "groups"),
+        ({"neighbours": -1}, "neighbours"),
     ],
 )
 def test_invalid_values_name_the_key(values, message):

@@ -4,6 +4,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -31,7 +32,7 @@ def test_flow_writes_every_epoch_artifact(finished_run: Path):
         assignments = pq.read_table(directory / "assignments.parquet")
         assert assignments.column("label").null_count == 0
         metrics = json.loads((directory / "metrics.json").read_text())
-        stages = {"extract", "pca", "kmeans", "resample", "train", "evaluate", "epoch", "write"}
+        stages = {"extract", "pca", "kmeans", "targets", "resample", "train", "evaluate", "epoch", "write"}
         assert set(metrics["stage_seconds"]) == stages and metrics["stage_seconds"]["write"] > 0
         assert metrics["cluster_sizes"]["empty"] == 0
         assert (metrics["nmi_previous"] is None) == (epoch == 0)
@@ -65,8 +66,13 @@ def test_rerunning_a_finished_run_changes_nothing_and_more_epochs_extend_it(fini
     deepcluster_flow(config=tiny_config(), run_id="tiny", runs_dir=str(tmp_path), progress=False)
     assert (tmp_path / "tiny" / "epochs" / "0001" / "manifest.json").read_text() == before
     assert RunLayout(tmp_path, "tiny").completed_epochs() == [0, 1]
-    deepcluster_flow(config=tiny_config(epochs=3), run_id="tiny", runs_dir=str(tmp_path), progress=False)
+    assert not (tmp_path / "tiny" / "groups").exists()  # no groups asked for
+    # more epochs, and (a key that changes nothing trained) the images in 4 groups at the end
+    config = tiny_config(epochs=3, groups=4)
+    deepcluster_flow(config=config, run_id="tiny", runs_dir=str(tmp_path), progress=False)
     assert RunLayout(tmp_path, "tiny").completed_epochs() == [0, 1, 2]
+    groups = pd.read_parquet(tmp_path / "tiny" / "groups" / f"epoch0002-4-{config.grouping}.parquet")
+    assert len(groups) == 300 and set(groups["group"]) == {0, 1, 2, 3}
     assert (tmp_path / "tiny" / "epochs" / "0001" / "manifest.json").read_text() == before
 
 
@@ -97,8 +103,10 @@ def test_task_functions_run_without_prefect(tmp_path: Path):
     session = tasks.load_session.fn(layout, config, 0, "cpu")
     features, _ = tasks.pca_reduce.fn(tasks.extract_features.fn(session, False), config.pca_dim)
     clusterings = tasks.cluster_kmeans.fn(features, config, 0)
+    targets = tasks.training_targets.fn(features, clusterings, config)
+    assert torch.equal(targets[0], clusterings[0].assignments)  # no neighbours: the cluster ids themselves
     sample = tasks.balanced_resample.fn(clusterings[0].assignments, config, 0)
-    assert tasks.retrain.fn(session, clusterings, sample, 0, False).loss > 0
+    assert tasks.retrain.fn(session, clusterings, targets, sample, 0, False).loss > 0
     assert tasks.evaluate_nmi.fn(session, clusterings[0].assignments.numpy())["cluster_sizes"]["empty"] == 0
 
 

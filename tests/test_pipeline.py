@@ -79,7 +79,16 @@ def test_one_epoch_of_the_library_loop(tmp_path: Path):
     assert metrics["train_loss"] > 0 and metrics["kmeans_loss"] > 0 and 1 <= metrics["kmeans_iterations"] <= 20
     assert metrics["nmi_previous"] is None and 0 <= metrics["labels"]["nmi"] <= 1
     assert metrics["cluster_sizes"]["empty"] == 0
-    assert set(metrics["stage_seconds"]) == {"extract", "pca", "kmeans", "resample", "train", "evaluate", "epoch"}
+    assert set(metrics["stage_seconds"]) == {
+        "extract",
+        "pca",
+        "kmeans",
+        "targets",
+        "resample",
+        "train",
+        "evaluate",
+        "epoch",
+    }
     first = session.previous_assignments
     assert first is not None and first.shape == (300,)
     assert 0 <= pipeline.run_epoch(session, 1, progress=False)["nmi_previous"] <= 1
@@ -115,6 +124,7 @@ def test_cuda_requested_without_gpu(monkeypatch):
     "overrides",
     [
         {"num_heads": 2},
+        {"extra_clusters": (4, 20), "neighbours": 5, "views": 2, "instance_weight": 0.5, "min_epoch_samples": 500},
         {"head": "linear", "pca_dim": 32, "num_heads": 2, "kmeans_init": "random"},
         {"head": "linear", "pca_dim": 32, "kmeans_backend": "faiss", "kmeans_init": "k-means++"},
     ],
@@ -130,9 +140,15 @@ def test_epochs_with_several_heads_and_the_paper_head(overrides: dict[str, objec
         assert metrics["train_loss"] > 0 and metrics["cluster_sizes"]["empty"] == 0
     features, _ = pipeline.reduce(pipeline.extract(session), config.pca_dim)
     clusterings = pipeline.cluster(features, config, 2)
-    assert len(clusterings) == config.num_heads
+    assert [len(clustering.centroids) for clustering in clusterings] == pipeline.head_clusters(config)
     if config.num_heads > 1:  # each head draws its own k-means seeds
         assert not torch.equal(clusterings[0].assignments, clusterings[1].assignments)
+    targets = pipeline.training_targets(features, clusterings, config)
+    if config.neighbours:  # soft: each cluster's share among an image and its neighbours
+        assert [tuple(target.shape) for target in targets] == [(300, 10), (300, 4), (300, 20)]
+        assert torch.allclose(targets[1].sum(dim=1), torch.ones(300))
+    sample = pipeline.resample(clusterings[0].assignments, config, 2)
+    assert len(sample) == max(300, config.min_epoch_samples)
 
 
 def test_previous_init_starts_k_means_from_last_epochs_clusters():

@@ -27,6 +27,8 @@ CLI_ARGS = [
     "10",
     "--batch-size",
     "64",
+    "--min-epoch-samples",
+    "0",
     "--device",
     "cpu",
     "--seed",

@@ -5,6 +5,7 @@ import torch
 from deepcluster.config import Config
 from deepcluster.models import ClusterHead, DeepClusterNet
 from deepcluster.train import (
+    instance_loss,
     learning_rate,
     make_optimizer,
     random_resized_crop_flip,
@@ -28,27 +29,43 @@ def test_flip_mirrors_and_crops_are_reproducible():
     assert not torch.equal(first[0], first[1])  # each image has its own crop
 
 
-@pytest.mark.parametrize("bf16", [False, True])  # bf16: the CPU twin of the GPU's autocast path
-def test_training_lowers_the_loss_on_learnable_pseudo_labels(bf16: bool):
+def test_instance_loss_rewards_finding_the_other_view():
+    embeddings = torch.eye(8)[:6]  # 6 distinct unit vectors
+    matched = instance_loss(embeddings, embeddings.clone(), temperature=0.1)
+    mismatched = instance_loss(embeddings, embeddings.roll(1, dims=0), temperature=0.1)
+    assert matched < 0.01 and mismatched > 5
+
+
+PLAIN = {}
+TWO_VIEWS = {"views": 2}
+
+
+@pytest.mark.parametrize(
+    ("bf16", "options", "soft"),
+    [(False, PLAIN, False), (True, PLAIN, False), (False, TWO_VIEWS, False), (False, PLAIN, True)],
+)  # bf16: the CPU twin of the GPU's autocast path; soft: targets shared with neighbours
+def test_training_lowers_the_loss_on_learnable_pseudo_labels(bf16: bool, options: dict, soft: bool):
     rng = np.random.default_rng(0)
     array = np.zeros((128, 1, 16, 16), np.uint8)
     labels = torch.arange(128) % 2
     array[labels.numpy() == 0, :, :, 8:] = 255  # class 0: a vertical edge; class 1: blank
     array += rng.integers(0, 20, array.shape, dtype=np.uint8)
     inputs = torch.from_numpy(array)
-    config = Config(batch_size=32, lr=0.4, crop_scale=(0.8, 1.0), flip=False)  # 0.05 at batch 32
+    config = Config(batch_size=32, lr=0.4, crop_scale=(0.8, 1.0), flip=False, **options)  # 0.05 at batch 32
     model = DeepClusterNet("small", torch.Generator().manual_seed(0))
     head = ClusterHead(model.feature_dim, 2)
     head.reset_parameters(torch.Generator().manual_seed(0))
     optimizer = make_optimizer(model, config)
     generator = torch.Generator().manual_seed(0)
+    targets = torch.nn.functional.one_hot(labels).float() * 0.8 + 0.1 if soft else labels
     losses = [
         train_epoch(
-            model, [head], optimizer, inputs, labels[None], torch.randperm(128), config, epoch, generator, False, bf16
+            model, [head], optimizer, inputs, [targets], torch.randperm(128), config, epoch, generator, False, bf16
         ).loss
         for epoch in range(4)
     ]
-    assert losses[-1] < 0.5 * losses[0]
+    floor = -(targets * targets.log()).sum(dim=1).mean() if soft else 0  # the targets' entropy: the least loss
+    assert losses[-1] - floor < 0.5 * (losses[0] - floor)
 
 
 def test_single_image_last_batch_is_skipped():

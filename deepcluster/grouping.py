@@ -1,0 +1,70 @@
+"""The final grouping: a run's features (or any points) into the k groups a user asks for.
+
+A run trains on an over-clustering (k = 30 by default); a user wants k groups. Two ways:
+- `kmeans`: k-means at k, the best of several k-means++ starts (spherical on L2-normalised features);
+- `spectral`: spectral clustering of the symmetric k-nearest-neighbour graph of the points (Shi & Malik
+  2000; Ng, Jordan & Weiss 2002), which follows the neighbourhoods instead of assuming round clusters of
+  similar size: learned features keep classes locally (their nearest neighbours share a class) long
+  before a class is one round blob.
+Both are deterministic for given points (fixed seeds); neither looks at labels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.cluster import KMeans, SpectralClustering
+
+from deepcluster import artifacts, pipeline, report
+from deepcluster.artifacts import RunLayout
+from deepcluster.config import ConfigError, GroupingMethod, recorded_config
+from deepcluster.features import representation_features
+
+GROUPING_METHODS: tuple[GroupingMethod, ...] = ("kmeans", "spectral")
+KMEANS_INITS = 10
+GRAPH_NEIGHBOURS = 10
+GROUPING_SEED = 0  # fixed: a grouping never depends on the run's seed, only on the points
+
+
+def group(points: np.ndarray, num_groups: int, method: GroupingMethod) -> np.ndarray:
+    """Group points (N, D) into `num_groups`; returns int64 (N,) group ids in [0, num_groups)."""
+    if not 2 <= num_groups <= len(points):
+        raise ValueError(f"cannot group {len(points)} points into {num_groups} groups (need 2 <= groups <= points)")
+    if method == "kmeans":
+        model = KMeans(num_groups, n_init=KMEANS_INITS, random_state=GROUPING_SEED)
+        return model.fit_predict(points).astype(np.int64)
+    if method == "spectral":
+        neighbours = min(GRAPH_NEIGHBOURS, len(points) - 1)
+        model = SpectralClustering(
+            num_groups,
+            affinity="nearest_neighbors",
+            n_neighbors=neighbours,
+            assign_labels="cluster_qr",
+            random_state=GROUPING_SEED,
+        )
+        return model.fit_predict(points).astype(np.int64)
+    raise ValueError(f"unknown grouping method {method!r}: expected one of {', '.join(GROUPING_METHODS)}")
+
+
+def group_epoch(
+    layout: RunLayout, epoch: int | None, num_groups: int, method: GroupingMethod, device: str = "auto"
+) -> tuple[int, np.ndarray]:
+    """Group a run's images into `num_groups` by `method` on the convolutional representation of the convnet
+    as trained in `epoch` (default: the last finished one); write RUN/groups/epochNNNN-K-METHOD.parquet
+    (`index`, `group`, `label`). Returns the epoch and the groups (N,). Everything is checked before anything is written.
+    """
+    epoch = report.resolve_epoch(layout, epoch)
+    config = recorded_config(artifacts.read_json(layout.run_json)["config"])
+    inputs = artifacts.load_array(layout.inputs)
+    if not 2 <= num_groups <= len(inputs):
+        raise ConfigError(f"groups must be between 2 and the run's {len(inputs)} images, got {num_groups}")
+    torch_device = pipeline.resolve_device(device)
+    model, _ = pipeline.load_model(layout.epoch_dir(epoch) / "model.pt", config, torch_device)
+    bf16 = pipeline.use_bf16(config, torch_device)
+    features = representation_features(model, torch.from_numpy(inputs).to(torch_device), config.batch_size, bf16)
+    groups = group(features.cpu().numpy(), num_groups, method)
+    labels = artifacts.load_array(layout.labels) if layout.labels.is_file() else None
+    path = layout.groups(epoch, num_groups, method)
+    path.parent.mkdir(exist_ok=True)
+    artifacts.write_assignments(path, groups, labels, column="group")
+    return epoch, groups

@@ -1,0 +1,45 @@
+"""Nearest neighbours in feature space, and pseudo-labels smoothed over them.
+
+Neighbour consistency (Van Gansbeke et al. 2020, SCAN): an image and its nearest neighbours in a
+good feature space mostly share a class, so an image's training target is the distribution of the
+k-means clusters of itself and its neighbours instead of its own cluster alone. Two clusters of one
+class share many neighbours across their border, so their members are pulled towards each other;
+clusters of different classes share few, so they stay apart. A hard one-hot target on an
+over-clustering does the opposite: it pushes apart exactly the clusters that are most alike.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CHUNK_ELEMENTS = {"cpu": 2**22, "cuda": 2**28}  # similarity-matrix elements per chunk
+
+
+def nearest_neighbours(points: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count` nearest other points of every point by inner product (cosine for L2-normalised points).
+
+    points: (N, D). Returns int64 (N, count) indices, nearest first, never the point itself.
+    """
+    num_points = len(points)
+    if not 1 <= count < num_points:
+        raise ValueError(f"need 1 <= neighbours < points, got {count} neighbours of {num_points} points")
+    chunk_elements = CHUNK_ELEMENTS.get(points.device.type, CHUNK_ELEMENTS["cpu"])
+    rows_per_chunk = max(1, chunk_elements // num_points)
+    found = torch.empty((num_points, count), dtype=torch.int64, device=points.device)
+    for start in range(0, num_points, rows_per_chunk):
+        stop = min(start + rows_per_chunk, num_points)
+        similarity = points[start:stop] @ points.T
+        similarity[torch.arange(stop - start), torch.arange(start, stop)] = float("-inf")
+        found[start:stop] = similarity.topk(count, dim=1).indices
+    return found
+
+
+def neighbour_targets(assignments: torch.Tensor, neighbours: torch.Tensor, num_clusters: int) -> torch.Tensor:
+    """Soft pseudo-labels (N, k): the share of each cluster among a point and its neighbours.
+
+    assignments: int64 (N,) cluster ids; neighbours: int64 (N, m). Each row sums to 1.
+    """
+    members = torch.cat([assignments.unsqueeze(1), assignments[neighbours]], dim=1)  # (N, m + 1)
+    targets = torch.zeros((len(assignments), num_clusters), dtype=torch.float32, device=assignments.device)
+    targets.scatter_add_(1, members, torch.ones_like(members, dtype=torch.float32))
+    return targets / members.shape[1]

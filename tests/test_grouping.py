@@ -1,0 +1,66 @@
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deepcluster import metrics
+from deepcluster.artifacts import RunLayout
+from deepcluster.cli import main
+from deepcluster.grouping import group, group_epoch
+
+
+def rings(points_per_ring: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Two concentric rings: one class each, not separable by k-means (its clusters are round)."""
+    angles = np.random.default_rng(0).uniform(0, 2 * np.pi, 2 * points_per_ring)
+    labels = np.repeat([0, 1], points_per_ring)
+    radius = np.where(labels == 0, 1.0, 3.0)
+    points = np.stack([radius * np.cos(angles), radius * np.sin(angles)], axis=1)
+    return points + np.random.default_rng(1).normal(scale=0.05, size=points.shape), labels
+
+
+def test_spectral_follows_neighbourhoods_where_kmeans_cannot():
+    points, labels = rings()
+    assert metrics.nmi(labels, group(points, 2, "spectral")) == pytest.approx(1.0)
+    assert metrics.nmi(labels, group(points, 2, "kmeans")) < 0.1
+
+
+@pytest.mark.parametrize("method", ["kmeans", "spectral"])
+def test_groupings_are_deterministic_and_in_range(method):
+    points, _ = rings(50)
+    first = group(points, 3, method)
+    assert np.array_equal(first, group(points, 3, method))
+    assert first.dtype == np.int64 and set(first.tolist()) == {0, 1, 2}
+
+
+def test_bad_groupings_are_refused():
+    points, _ = rings(5)
+    with pytest.raises(ValueError, match="into 11 groups"):
+        group(points, 11, "kmeans")
+    with pytest.raises(ValueError, match="unknown grouping method 'leiden'"):
+        group(points, 2, "leiden")  # type: ignore[arg-type]
+
+
+def test_group_command_writes_the_groups_of_an_epoch(finished_run: Path, tmp_path: Path, capsys):
+    shutil.copytree(finished_run / "tiny", tmp_path / "tiny")
+    assert main(["--runs-dir", str(tmp_path), "group", "tiny", "--groups", "3", "--method", "spectral"]) == 0
+    out = capsys.readouterr().out
+    path = tmp_path / "tiny" / "groups" / "epoch0001-3-spectral.parquet"
+    assert f"written to {path}" in out and "NMI against the labels" in out
+    table = pd.read_parquet(path)
+    assert list(table.columns) == ["index", "group", "label"] and len(table) == 300
+    assert set(table["group"]) == {0, 1, 2}
+    labels = np.load(tmp_path / "tiny" / "data" / "labels.npy")
+    assert np.array_equal(table["label"].to_numpy(), labels)
+    # the same epoch grouped again gives the same groups (the grouping is deterministic)
+    epoch, groups = group_epoch(RunLayout(tmp_path, "tiny"), 1, 3, "spectral", "cpu")
+    assert epoch == 1 and np.array_equal(groups, table["group"].to_numpy())
+
+
+def test_group_command_refuses_bad_requests_before_writing(finished_run: Path, capsys):
+    assert main(["--runs-dir", str(finished_run), "group", "tiny", "--groups", "1"]) == 2
+    assert "groups must be between 2 and the run's 300 images, got 1" in capsys.readouterr().err
+    assert main(["--runs-dir", str(finished_run), "group", "tiny", "--groups", "3", "--epoch", "5"]) == 2
+    assert "epoch 5 of run 'tiny' is not finished" in capsys.readouterr().err
+    assert not (finished_run / "tiny" / "groups").exists()
