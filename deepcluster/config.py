@@ -2,10 +2,13 @@
 
 The optimiser follows Caron et al. 2018, Sec. 4 ("Implementation details"): SGD with momentum 0.9,
 learning rate 0.05, weight decay 1e-5, batch 256. The clustering defaults are those that measured
-best on the embedded sample (docs/RESULTS.md): DeepCluster-v2's prototype head (an L2-normalised
-projection is clustered, no PCA, and the top layer is the k-means centroids), stronger crops with
-rotations, and k-means seeded from the previous epoch's clusters. The paper's own set-up is
-`head="linear", pca_dim=256, crop_scale=(0.5, 1), rotation=0, kmeans_init="random"`.
+best on the development suite of six labelled sets (`deepcluster bench-quality --suite dev`,
+docs/RESULTS.md): DeepCluster-v2's prototype head (an L2-normalised projection is clustered, no PCA,
+and the top layer is the k-means centroids), two augmented views of every image per step (crops of
+60-100% of the area, rotations, flips), k-means seeded from the previous epoch's clusters, at least
+5,000 images an epoch, and the final grouping by spectral clustering of the convolutional features.
+The paper's own set-up is `head="linear", pca_dim=256, crop_scale=(0.5, 1), rotation=0,
+kmeans_init="random", views=1, min_epoch_samples=0`.
 """
 
 from __future__ import annotations

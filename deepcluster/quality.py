@@ -13,7 +13,7 @@ import os
 import platform
 import shlex
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -189,11 +189,14 @@ BASELINE_SCORES: dict[str, Callable[[dict[str, Any]], float]] = {
 GOAL_MARGIN = 0.10  # the learned clustering should beat the better plain k-means baseline by this much
 
 
-def mean_std(values: list[float]) -> str:
-    """'mean ± std' (sample standard deviation; just the value for one run)."""
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+def mean_std(values: Sequence[float | None]) -> str:
+    """'mean ± std' (sample standard deviation; just the value for one run; '-' where a run has none)."""
+    numbers = [value for value in values if value is not None]
+    if len(numbers) < len(values):
+        return "-"
+    if len(numbers) == 1:
+        return f"{numbers[0]:.3f}"
+    return f"{statistics.mean(numbers):.3f} ± {statistics.stdev(numbers):.3f}"
 
 
 def suite_markdown(suite: str, results: dict[str, Any]) -> str:
