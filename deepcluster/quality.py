@@ -283,8 +283,17 @@ def _versus(default: dict[str, Any], base: dict[str, dict[str, Any]], score: str
 
 
 def _by_dataset(results: dict[str, Any]) -> list[str]:
-    """Mean NMI (worst seed) of every configuration on every dataset, and its mean over the datasets."""
+    """Mean NMI (worst seed) of every configuration on every dataset, and its mean over the datasets. Where
+    other configurations ran fewer seeds than the default, the default is shown on those seeds too, so that
+    each compares with it on the same seeds."""
     names = list(dict.fromkeys(name for configurations in results.values() for name in configurations))
+    default_seeds = {seed for configurations in results.values() for seed in _seeds(configurations.get("default"))}
+    subsets = {
+        _seeds(result)
+        for configurations in results.values()
+        for name, result in configurations.items()
+        if name != "default" and set(_seeds(result)) < default_seeds
+    }
     lines = [
         "### Every configuration on every dataset: NMI, mean (worst seed)",
         "",
@@ -292,17 +301,31 @@ def _by_dataset(results: dict[str, Any]) -> list[str]:
         "|" + "---|" * (len(results) + 2),
     ]
     for name in names:
-        cells, means = [], []
-        for configurations in results.values():
-            if name not in configurations:
-                cells.append("")
-                continue
-            nmi = _values(configurations[name], "NMI")
-            means.append(statistics.mean(nmi))
-            cells.append(f"{statistics.mean(nmi):.3f} ({min(nmi):.3f})")
-        overall = f"{statistics.mean(means):.3f}" if len(means) == len(results) else ""
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {overall} |")
+        lines.append(_by_dataset_row(results, name, name, None))
+        if name == "default":
+            for seeds in sorted(subsets):
+                label = f"default, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+                lines.append(_by_dataset_row(results, label, name, seeds))
     return lines + [""]
+
+
+def _seeds(result: dict[str, Any] | None) -> tuple[int, ...]:
+    return tuple(sorted(run["seed"] for run in result["runs"])) if result else ()
+
+
+def _by_dataset_row(results: dict[str, Any], label: str, name: str, seeds: tuple[int, ...] | None) -> str:
+    """One row of the by-dataset table: configuration `name` (only the runs of `seeds`, if given)."""
+    cells, means = [], []
+    for configurations in results.values():
+        runs = configurations[name]["runs"] if name in configurations else []
+        nmi = [SCORES["NMI"](run) for run in runs if seeds is None or run["seed"] in seeds]
+        if not nmi:
+            cells.append("")
+            continue
+        means.append(statistics.mean(nmi))
+        cells.append(f"{statistics.mean(nmi):.3f} ({min(nmi):.3f})")
+    overall = f"{statistics.mean(means):.3f}" if len(means) == len(results) else ""
+    return f"| {label} | " + " | ".join(cells) + f" | {overall} |"
 
 
 def _dataset_table(configurations: dict[str, Any]) -> list[str]:

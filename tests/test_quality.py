@@ -144,3 +144,15 @@ def evaluation(nmi: float) -> dict:
             }
         },
     }
+
+
+def test_a_configuration_run_with_fewer_seeds_is_compared_with_the_default_on_the_same_seeds():
+    def run(seed: int, nmi: float) -> dict:
+        return {"seed": seed, "evaluation": evaluation(nmi)["epochs"]["0"], "baselines": evaluation(nmi)["baselines"]}
+
+    default = {"runs": [run(0, 0.5), run(1, 0.9), run(2, 0.7)]}
+    results = {"one": {"default": default, "other": {"runs": [run(0, 0.6)]}}, "two": {"default": default}}
+    table = "\n".join(quality._by_dataset(results))
+    assert "| default | 0.700 (0.500) | 0.700 (0.500) | 0.700 |" in table
+    assert "| default, seed 0 | 0.500 (0.500) | 0.500 (0.500) | 0.500 |" in table
+    assert "| other | 0.600 (0.600) |  |  |" in table
