@@ -15,7 +15,6 @@ Nothing here feeds back into training.
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Callable
 from typing import Any
 
@@ -134,8 +133,9 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
     """Evaluate `epoch` (default: the last finished one) of a run; merge the result into evaluation.json.
 
     Returns the epoch evaluated and the evaluation.json contents. Raises RunError when the run has no
-    labels or the epoch is not finished.
+    labels or the epoch is not finished, or the run fails its check against the manifests.
     """
+    artifacts.check_run(layout)
     record = artifacts.read_json(layout.run_json)
     config = recorded_config(record["config"])
     if epoch is None:
@@ -199,8 +199,8 @@ def _merge(
 
     Baselines recorded before every grouping and kNN baseline existed are computed again."""
     path = layout.evaluation
-    with open(layout.root / "evaluation.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = artifacts.lock_file(layout.root / ".evaluation.lock")
+    try:
         evaluation: dict[str, Any] = (
             artifacts.read_json(path) if path.is_file() else {"run_id": layout.run_id, "epochs": {}}
         )
@@ -210,6 +210,8 @@ def _merge(
         evaluation["num_classes"] = int(len(np.unique(probe.labels)))
         evaluation["epochs"][str(result["epoch"])] = result
         artifacts.write_json(path, evaluation)
+    finally:
+        artifacts.unlock_file(layout.root / ".evaluation.lock", lock)
     return evaluation
 
 

@@ -53,6 +53,7 @@ def group_epoch(
     as trained in `epoch` (default: the last finished one); write RUN/groups/epochNNNN-K-METHOD.parquet
     (`index`, `group`, `label`). Returns the epoch and the groups (N,). Everything is checked before anything is written.
     """
+    artifacts.check_run(layout)
     epoch = report.resolve_epoch(layout, epoch)
     config = recorded_config(artifacts.read_json(layout.run_json)["config"])
     inputs = artifacts.load_array(layout.inputs)

@@ -62,6 +62,7 @@ def predict(
     layout: RunLayout, image_set: ImageSet, epoch: int | None, device: str, progress: bool | None = None
 ) -> Prediction:
     """Assign every image of `image_set` to the nearest centroid of `epoch` (default: the last) of a run."""
+    artifacts.check_run(layout)
     record = artifacts.read_json(layout.run_json)
     config = recorded_config(record["config"])
     epoch = resolve_epoch(layout, epoch)

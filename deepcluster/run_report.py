@@ -43,6 +43,7 @@ pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; }
 
 def write_report(layout: RunLayout, out_dir: Path | None = None, epoch: int | None = None) -> Path:
     """Write the report of a run (figures for `epoch`, default the last finished one); returns index.html."""
+    artifacts.check_run(layout)
     epoch = resolve_epoch(layout, epoch)
     out_dir = _output_dir(out_dir or layout.root / "report")
     record = artifacts.read_json(layout.run_json)
