@@ -146,6 +146,19 @@ class RunLayout:
         return removed
 
 
+def read_run_record(layout: RunLayout) -> dict[str, Any]:
+    """run.json: the run's config, dataset and provenance; a RunError naming the file where it is damaged."""
+    record = read_json(layout.run_json)
+    dataset = record.get("dataset") if isinstance(record, dict) else None
+    if not (
+        isinstance(dataset, dict)
+        and isinstance(record.get("config"), dict)
+        and {"source", "fingerprint", "image_shape"} <= dataset.keys()
+    ):
+        raise RunError(f"{layout.run_json} lacks the run's config or dataset: it was altered or damaged")
+    return record
+
+
 def find_run(run_id: str, runs_dir: Path | None = None) -> RunLayout:
     """The layout of an existing run, or a RunError naming where it was looked for."""
     layout = RunLayout(runs_dir or default_runs_dir(), validate_run_id(run_id))
@@ -470,9 +483,13 @@ def verify_manifest(directory: Path) -> list[str]:
         return [f"{manifest_path}: unreadable"]
     problems = []
     present = {path.name for path in directory.iterdir() if path.is_file() and path.name != MANIFEST}
+    if not isinstance(recorded, dict):
+        return [f"{manifest_path}: unreadable"]
     for name, expected in sorted(recorded.items()):
         path = directory / name
-        if not path.is_file():
+        if not (isinstance(expected, dict) and {"size", "sha256"} <= expected.keys()) or "/" in name:
+            problems.append(f"{manifest_path}: its entry for {name!r} is unreadable")
+        elif not path.is_file():
             problems.append(f"{path}: missing")
         elif path.stat().st_size != expected["size"] or sha256_file(path) != expected["sha256"]:
             problems.append(f"{path}: content differs from the manifest")
@@ -496,6 +513,11 @@ def shape_problems(layout: RunLayout) -> list[str]:
     problems = []
     if not layout.run_json.is_file():
         problems.append(f"{layout.run_json}: missing")
+    else:
+        try:
+            read_run_record(layout)
+        except RunError as error:
+            problems.append(str(error))
     for directory in (layout.data_dir, layout.epochs_dir):
         if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
             problems.append(f"{directory}: not a directory")

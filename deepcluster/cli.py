@@ -360,7 +360,7 @@ def command_run(args: argparse.Namespace) -> int:
 
 def command_resume(args: argparse.Namespace) -> int:
     layout = find_run(args.run_id, args.runs_dir)
-    values = recorded_config(artifacts.read_json(layout.run_json)["config"]).to_json_dict()
+    values = recorded_config(artifacts.read_run_record(layout)["config"]).to_json_dict()
     for key in ("epochs", "lr"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
@@ -421,8 +421,12 @@ def command_runs(args: argparse.Namespace) -> int:
     runs_dir = args.runs_dir or default_runs_dir()
     rows = []
     for layout in list_runs(runs_dir):
-        record = artifacts.read_json(layout.run_json)
-        metrics = metric_rows(layout)
+        try:
+            record = artifacts.read_run_record(layout)
+            metrics = metric_rows(layout)
+        except (RunError, KeyError, TypeError, ValueError):
+            rows.append({"run_id": layout.run_id, "dataset": f"damaged: see `deepcluster verify {layout.run_id}`"})
+            continue
         last = metrics[-1] if metrics else {}
         rows.append(
             {

@@ -136,7 +136,7 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
     labels or the epoch is not finished, or the run fails its check against the manifests.
     """
     artifacts.check_run(layout)
-    record = artifacts.read_json(layout.run_json)
+    record = artifacts.read_run_record(layout)
     config = recorded_config(record["config"])
     if epoch is None:
         done = layout.completed_epochs()
@@ -192,6 +192,14 @@ def _test_split(config: Config, input_size: int) -> tuple[tuple[np.ndarray, np.n
     return (prepare_inputs(test_set.images, input_size), test_set.labels), ""
 
 
+def read_evaluation(layout: RunLayout) -> dict[str, Any]:
+    """evaluation.json (results derived from the run, not part of it); a RunError naming it where damaged."""
+    evaluation = artifacts.read_json(layout.evaluation)
+    if not (isinstance(evaluation, dict) and isinstance(evaluation.get("epochs"), dict)):
+        raise RunError(f"{layout.evaluation} is damaged: delete it and evaluate again")
+    return evaluation
+
+
 def _merge(
     layout: RunLayout, record: dict[str, Any], result: dict[str, Any], inputs: np.ndarray, probe: ProbeSplit
 ) -> dict[str, Any]:
@@ -201,9 +209,7 @@ def _merge(
     path = layout.evaluation
     lock = artifacts.lock_file(layout.root / ".evaluation.lock")
     try:
-        evaluation: dict[str, Any] = (
-            artifacts.read_json(path) if path.is_file() else {"run_id": layout.run_id, "epochs": {}}
-        )
+        evaluation = read_evaluation(layout) if path.is_file() else {"run_id": layout.run_id, "epochs": {}}
         if "groupings" not in evaluation.get("baselines", {}).get("pixels", {}):
             evaluation["baselines"] = baselines(artifacts.load_array(layout.images), inputs, probe)
         evaluation["dataset"] = record["dataset"]["source"]

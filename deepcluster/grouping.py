@@ -55,7 +55,7 @@ def group_epoch(
     """
     artifacts.check_run(layout)
     epoch = report.resolve_epoch(layout, epoch)
-    config = recorded_config(artifacts.read_json(layout.run_json)["config"])
+    config = recorded_config(artifacts.read_run_record(layout)["config"])
     inputs = artifacts.load_array(layout.inputs)
     if not 2 <= num_groups <= len(inputs):
         raise ConfigError(f"groups must be between 2 and the run's {len(inputs)} images, got {num_groups}")

@@ -197,13 +197,13 @@ TRAINING_CHANGES = frozenset({"lr"})  # extendable keys whose changes run.json r
 def stored_images(layout: RunLayout) -> ImageSet:
     """The images (and labels) a run stored in its data directory when it started."""
     labels = artifacts.load_array(layout.labels) if layout.labels.is_file() else None
-    source = artifacts.read_json(layout.run_json)["dataset"]["source"]
+    source = artifacts.read_run_record(layout)["dataset"]["source"]
     return ImageSet(artifacts.load_array(layout.images), labels, f"{source} (as stored in run {layout.run_id})")
 
 
 def check_resumable(layout: RunLayout, config: Config, fingerprint: str) -> None:
     """Refuse to continue a run whose config (but for EXTENDABLE_KEYS and where the data lies) or dataset changed."""
-    record = artifacts.read_json(layout.run_json)
+    record = artifacts.read_run_record(layout)
     recorded = recorded_config(record["config"])
     differing = config.differing_keys(recorded)
     if differing:

@@ -63,7 +63,7 @@ def predict(
 ) -> Prediction:
     """Assign every image of `image_set` to the nearest centroid of `epoch` (default: the last) of a run."""
     artifacts.check_run(layout)
-    record = artifacts.read_json(layout.run_json)
+    record = artifacts.read_run_record(layout)
     config = recorded_config(record["config"])
     epoch = resolve_epoch(layout, epoch)
     epoch_dir = layout.epoch_dir(epoch)

@@ -1,6 +1,7 @@
 """Runs that cannot be turned against the user: checked before use, never written into, never committed diverged."""
 
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -257,3 +258,42 @@ def _parent(pid: int) -> int:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return -1
+
+
+def test_damage_to_any_file_of_a_run_is_named_by_the_command_that_reads_it(finished_run: Path, tmp_path: Path, capsys):
+    """Every file of a finished run, each damaged once (a flipped byte or a truncation), then read by a command
+    drawn at random: it stops with a message naming the file. Bounded in count (the run's files) and time."""
+    rng = random.Random(13)
+    source = finished_run / "tiny"
+    files = sorted(
+        path.relative_to(source) for path in source.rglob("*") if path.is_file() and "report" not in path.parts
+    )
+    write_images(tmp_path / "images", 28, "L")
+    commands = [
+        ["verify"],
+        ["inspect"],
+        ["evaluate"],
+        ["report", "--out", str(tmp_path / "report")],
+        ["group", "--groups", "3"],
+        ["predict", str(tmp_path / "images"), "--out", str(tmp_path / "p.parquet"), "--overwrite"],
+        ["resume", "--epochs", "3", "--no-progress"],
+    ]
+    deadline = time.monotonic() + 300
+    for index, name in enumerate(files):
+        if time.monotonic() > deadline:
+            break
+        runs_dir = tmp_path / f"runs{index}"
+        shutil.copytree(source, runs_dir / "tiny", ignore=shutil.ignore_patterns("report"))
+        path = runs_dir / "tiny" / name
+        payload = path.read_bytes()
+        damage = rng.choice(["flip", "truncate"])
+        if damage == "flip":
+            flip_byte(path, len(payload) // 2)
+        else:
+            path.write_bytes(payload[: len(payload) // 2])
+        command = rng.choice(commands)
+        code = main(["--runs-dir", str(runs_dir), command[0], "tiny", *command[1:]])
+        out, error = capsys.readouterr()
+        assert code in (1, 2), (name, damage, command, out, error)
+        assert str(name) in out + error, (name, damage, command, out, error)
+        shutil.rmtree(runs_dir)
