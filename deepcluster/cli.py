@@ -419,17 +419,13 @@ def command_bench_kmeans(args: argparse.Namespace) -> int:
 
 def command_runs(args: argparse.Namespace) -> int:
     runs_dir = args.runs_dir or default_runs_dir()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for layout in list_runs(runs_dir):
         try:
             record = artifacts.read_run_record(layout)
             metrics = metric_rows(layout)
-        except (RunError, KeyError, TypeError, ValueError):
-            rows.append({"run_id": layout.run_id, "dataset": f"damaged: see `deepcluster verify {layout.run_id}`"})
-            continue
-        last = metrics[-1] if metrics else {}
-        rows.append(
-            {
+            last = metrics[-1] if metrics else {}
+            row = {
                 "run_id": layout.run_id,
                 "dataset": record["config"]["dataset"],
                 "k": record["config"]["num_clusters"],
@@ -438,7 +434,9 @@ def command_runs(args: argparse.Namespace) -> int:
                 "nmi_previous": last.get("nmi_previous"),
                 "created": record["created"],
             }
-        )
+        except (RunError, KeyError, TypeError, ValueError):
+            row = {"run_id": layout.run_id, "dataset": f"damaged: see `deepcluster verify {layout.run_id}`"}
+        rows.append(row)
     if not rows:
         print(f"no runs in {runs_dir}")
         return 0

@@ -209,7 +209,9 @@ def _merge(
     path = layout.evaluation
     lock = artifacts.lock_file(layout.root / ".evaluation.lock")
     try:
-        evaluation = read_evaluation(layout) if path.is_file() else {"run_id": layout.run_id, "epochs": {}}
+        evaluation: dict[str, Any] = (
+            read_evaluation(layout) if path.is_file() else {"run_id": layout.run_id, "epochs": {}}
+        )
         if "groupings" not in evaluation.get("baselines", {}).get("pixels", {}):
             evaluation["baselines"] = baselines(artifacts.load_array(layout.images), inputs, probe)
         evaluation["dataset"] = record["dataset"]["source"]
