@@ -73,6 +73,15 @@ def test_commands_refuse_an_altered_epoch(finished_run: Path, tmp_path: Path, ca
     assert sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*")) == before
 
 
+def test_a_deleted_centroids_file_is_named_as_missing(finished_run: Path, tmp_path: Path, capsys):
+    layout = copied_run(finished_run, tmp_path)
+    (layout.epoch_dir(1) / artifacts.CENTROIDS).unlink()
+    write_images(tmp_path / "images", 28, "L")
+    assert main(["--runs-dir", str(tmp_path), "predict", "tiny", str(tmp_path / "images")]) == 2
+    error = capsys.readouterr().err
+    assert "0001/centroids.npy: missing" in error and "written before epochs kept their centroids" not in error
+
+
 def test_verify_finds_a_gap_and_epochs_that_are_not_a_directory(finished_run: Path, tmp_path: Path, capsys):
     layout = copied_run(finished_run, tmp_path)
     shutil.rmtree(layout.epoch_dir(0))
