@@ -12,12 +12,15 @@ An epoch directory exists only once complete, so a crash never leaves one that l
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
+import stat
 import threading
 import time
 from collections import defaultdict
@@ -26,15 +29,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-EPOCH_DIR_PATTERN = re.compile(r"^\d{4}$")
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")  # whole names only: fullmatch
+EPOCH_DIR_PATTERN = re.compile(r"[0-9]{4}")
 MANIFEST = "manifest.json"
 CENTROIDS = "centroids.npy"  # per epoch: the centroids that assign an image to the epoch's clusters
 PCA_MEAN, PCA_PROJECTION = "pca_mean.npy", "pca_projection.npy"  # per epoch, where PCA is on: the whitening
@@ -51,7 +54,7 @@ class RunLockedError(RuntimeError):
 
 
 def validate_run_id(run_id: str) -> str:
-    if not RUN_ID_PATTERN.match(run_id):
+    if not RUN_ID_PATTERN.fullmatch(run_id):
         raise RunError(f"run id {run_id!r} is invalid: use 1-128 letters, digits, '-' or '_'")
     return run_id
 
@@ -129,7 +132,7 @@ class RunLayout:
         """Epochs whose directory was committed, in order."""
         if not self.epochs_dir.is_dir():
             return []
-        return sorted(int(path.name) for path in self.epochs_dir.iterdir() if EPOCH_DIR_PATTERN.match(path.name))
+        return sorted(int(path.name) for path in self.epochs_dir.iterdir() if EPOCH_DIR_PATTERN.fullmatch(path.name))
 
     def model_before(self, epoch: int) -> Path:
         """The checkpoint whose weights extract epoch `epoch`'s features."""
@@ -141,6 +144,19 @@ class RunLayout:
         for path in removed:
             shutil.rmtree(path)
         return removed
+
+
+def read_run_record(layout: RunLayout) -> dict[str, Any]:
+    """run.json: the run's config, dataset and provenance; a RunError naming the file where it is damaged."""
+    record = read_json(layout.run_json)
+    dataset = record.get("dataset") if isinstance(record, dict) else None
+    if not (
+        isinstance(dataset, dict)
+        and isinstance(record.get("config"), dict)
+        and {"source", "fingerprint", "image_shape"} <= dataset.keys()
+    ):
+        raise RunError(f"{layout.run_json} lacks the run's config or dataset: it was altered or damaged")
+    return record
 
 
 def find_run(run_id: str, runs_dir: Path | None = None) -> RunLayout:
@@ -157,7 +173,7 @@ def list_runs(runs_dir: Path) -> list[RunLayout]:
     return [
         RunLayout(runs_dir, path.name)
         for path in sorted(runs_dir.iterdir())
-        if RUN_ID_PATTERN.match(path.name) and (path / "run.json").is_file()
+        if RUN_ID_PATTERN.fullmatch(path.name) and (path / "run.json").is_file()
     ]
 
 
@@ -165,37 +181,87 @@ def list_runs(runs_dir: Path) -> list[RunLayout]:
 
 
 class RunLock:
-    """An exclusive, non-blocking lock on a run, released when the process ends (even by SIGKILL)."""
+    """An exclusive, non-blocking lock on a run, released when the process ends (even by SIGKILL).
+
+    The lock file holds the owner's pid while the run is written and is removed on release. `held` is the
+    lock this process holds, if any (a stop on a signal releases it)."""
+
+    held: ClassVar[RunLock | None] = None
 
     def __init__(self, layout: RunLayout) -> None:
         self.layout = layout
-        self._handle: Any = None
+        self._descriptor = -1
 
     def __enter__(self) -> RunLock:
-        self.layout.runs_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.layout.lock_file, "a+")
+        runs_dir = self.layout.runs_dir
+        if runs_dir.exists() and not runs_dir.is_dir():
+            raise RunError(f"the runs directory {runs_dir} is not a directory")
+        runs_dir.mkdir(parents=True, exist_ok=True)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "unknown"
-            handle.close()
+            self._descriptor = lock_file(self.layout.lock_file, wait=False)
+        except BlockingIOError as busy:
             raise RunLockedError(
-                f"run {self.layout.run_id!r} is being written by another process (pid {owner}); "
+                f"run {self.layout.run_id!r} is being written by another process (pid {busy.filename}); "
                 "wait for it to finish or stop it first"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._handle = handle
+        os.ftruncate(self._descriptor, 0)
+        os.pwrite(self._descriptor, str(os.getpid()).encode(), 0)
+        RunLock.held = self
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._handle.seek(0)
-        self._handle.truncate()
-        fcntl.flock(self._handle, fcntl.LOCK_UN)
-        self._handle.close()
+        self.release()
+
+    def release(self) -> None:
+        """Remove the lock file and release the lock (once)."""
+        if self._descriptor >= 0:
+            RunLock.held = None
+            descriptor, self._descriptor = self._descriptor, -1
+            unlock_file(self.layout.lock_file, descriptor)
+
+
+def lock_file(path: Path, wait: bool = True) -> int:
+    """Take an exclusive lock on the file `path` (created if missing) and return its descriptor.
+
+    Never follows a symbolic link and never touches anything but a plain file of this user with one name,
+    so a file planted at `path` cannot be turned against the user. Without `wait`, a lock held elsewhere
+    raises BlockingIOError whose `filename` is the holder's pid (as written in the file) or "unknown"."""
+    while True:
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+        except OSError as error:
+            if error.errno in (errno.ELOOP, errno.EISDIR):
+                kind = "a symbolic link, which is never followed" if error.errno == errno.ELOOP else "a directory"
+                raise RunError(f"the lock file {path} is {kind}; remove it") from None
+            raise
+        found = os.fstat(descriptor)
+        if not stat.S_ISREG(found.st_mode) or found.st_nlink != 1 or found.st_uid != os.geteuid():
+            os.close(descriptor)
+            raise RunError(f"the lock file {path} is not a plain file of this user with one name; remove it")
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError as busy:
+            owner = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(descriptor)
+            raise BlockingIOError(busy.errno, busy.strerror, owner) from None
+        if _same_file(path, found):
+            return descriptor
+        os.close(descriptor)  # its holder removed it while we waited: lock the file that is there now
+
+
+def unlock_file(path: Path, descriptor: int) -> None:
+    """Remove the lock file taken by `lock_file` (if it is still the one there) and release the lock."""
+    if _same_file(path, os.fstat(descriptor)):
+        path.unlink()
+    os.close(descriptor)
+
+
+def _same_file(path: Path, found: os.stat_result) -> bool:
+    try:
+        current = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return (current.st_dev, current.st_ino) == (found.st_dev, found.st_ino)
 
 
 # ---------------------------------------------------------------- background writing
@@ -229,10 +295,11 @@ class ArtifactWriter:
             return round(self._busy[epoch], 4)
 
     def raise_errors(self) -> None:
-        """Re-raise the error of the first finished job that failed."""
+        """Raise the error of the first finished job that failed (a full disk's OSError, say) as it was."""
         for future in self._pending:
-            if future.done() and future.exception() is not None:
-                raise RuntimeError("writing an artifact failed") from future.exception()
+            error = future.exception() if future.done() else None
+            if error is not None:
+                raise error
         self._pending = [future for future in self._pending if not future.done()]
 
     def flush(self) -> None:
@@ -274,13 +341,20 @@ def _lower_own_priority() -> None:
 
 @contextmanager
 def atomic_open(path: Path) -> Iterator[BinaryIO]:
-    """Open `path` for writing so it is either absent or complete: temp file, fsync, rename."""
+    """Open `path` for writing so it is either absent or complete: temp file, fsync, rename, fsync of the folder."""
     temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        yield handle
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    temporary.unlink(missing_ok=True)  # a leftover of a crash, or anything planted there: never written through
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        with open(descriptor, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:  # a full disk, say: leave nothing behind but what was there
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)  # the new name too survives a power loss
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
@@ -293,7 +367,11 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    """The JSON in `path`; a RunError naming the file where it is not JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise RunError(f"{path} is not valid JSON ({error}): it was altered or damaged") from None
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
@@ -344,25 +422,42 @@ def read_clusters(path: Path) -> np.ndarray:
 
 
 def save_checkpoint(path: Path, checkpoint: dict[str, Any]) -> None:
-    with atomic_open(path) as handle:
-        torch.save(checkpoint, handle)
+    try:
+        with atomic_open(path) as handle:
+            torch.save(checkpoint, handle)
+    except RuntimeError as error:  # torch's writer reports a failed write (a full disk, say) as its own error
+        if isinstance(error.__context__, OSError):
+            raise error.__context__ from None
+        raise
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location=device, weights_only=True)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)  # never anything but tensors and numbers
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise RunError(f"checkpoint {path} cannot be read as weights ({reason}): it was altered or damaged") from None
 
 
 # ---------------------------------------------------------------- manifests
 
 
+_DIGESTS: dict[tuple[int, int, int, int], str] = {}  # a file's sha256 by its identity: hashed once a process
+
+
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+    """The file's sha256 (hex), read once per process while its size and modification time stay the same."""
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        found = os.fstat(handle.fileno())
+        key = (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)  # kept by the commit's rename
+        if key not in _DIGESTS:
+            digest = hashlib.sha256()
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+            _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def write_manifest(directory: Path) -> dict[str, Any]:
@@ -384,13 +479,17 @@ def verify_manifest(directory: Path) -> list[str]:
         return [f"{manifest_path}: missing"]
     try:
         recorded = read_json(manifest_path)["files"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (RunError, KeyError, TypeError):
         return [f"{manifest_path}: unreadable"]
     problems = []
     present = {path.name for path in directory.iterdir() if path.is_file() and path.name != MANIFEST}
+    if not isinstance(recorded, dict):
+        return [f"{manifest_path}: unreadable"]
     for name, expected in sorted(recorded.items()):
         path = directory / name
-        if not path.is_file():
+        if not (isinstance(expected, dict) and {"size", "sha256"} <= expected.keys()) or "/" in name:
+            problems.append(f"{manifest_path}: its entry for {name!r} is unreadable")
+        elif not path.is_file():
             problems.append(f"{path}: missing")
         elif path.stat().st_size != expected["size"] or sha256_file(path) != expected["sha256"]:
             problems.append(f"{path}: content differs from the manifest")
@@ -399,26 +498,72 @@ def verify_manifest(directory: Path) -> list[str]:
 
 
 def verify_run(layout: RunLayout) -> dict[str, list[str]]:
-    """Problems of a run's data directory ("data") and of each finished epoch ("epoch N") against their
-    manifests; every list is empty when the run is intact. A run with no data directory yet has none."""
-    problems = {"data": verify_manifest(layout.data_dir) if layout.data_dir.is_dir() else []}
+    """Problems of a run's shape ("run"), of its data directory ("data") and of each finished epoch ("epoch N")
+    against their manifests; every list is empty when the run is intact."""
+    problems = {"run": shape_problems(layout)}
+    problems["data"] = verify_manifest(layout.data_dir) if layout.data_dir.is_dir() else []
     for epoch in layout.completed_epochs():
         problems[f"epoch {epoch}"] = verify_manifest(layout.epoch_dir(epoch))
     return problems
 
 
+def shape_problems(layout: RunLayout) -> list[str]:
+    """What is wrong with the run directory's shape: run.json, data/ and epochs/ of the wrong kind, or
+    finished epochs that are not 0, 1, 2, ... without a gap."""
+    problems = []
+    if not layout.run_json.is_file():
+        problems.append(f"{layout.run_json}: missing")
+    else:
+        try:
+            read_run_record(layout)
+        except RunError as error:
+            problems.append(str(error))
+    for directory in (layout.data_dir, layout.epochs_dir):
+        if directory.is_symlink() or (directory.exists() and not directory.is_dir()):
+            problems.append(f"{directory}: not a directory")
+    done = layout.completed_epochs()
+    if done and not layout.data_dir.is_dir():
+        problems.append(f"{layout.data_dir}: missing, although epochs are finished")
+    missing = sorted(set(range(done[-1] + 1)) - set(done)) if done else []
+    if missing:
+        problems.append(f"{layout.epochs_dir}: epochs {', '.join(map(str, missing))} missing before epoch {done[-1]}")
+    return problems
+
+
+def check_run(layout: RunLayout) -> None:
+    """Stop with a RunError naming every problem `verify_run` finds, before anything of the run is used.
+
+    Each file is hashed once per process, so checking again after the run's own writes costs little."""
+    problems = [problem for part in verify_run(layout).values() for problem in part]
+    if problems:
+        listed = "; ".join(problems[:5]) + ("; ..." if len(problems) > 5 else "")
+        raise RunError(
+            f"run {layout.run_id!r} was altered or damaged, so it is not used: {listed} "
+            f"(`deepcluster verify {layout.run_id}` lists every problem)"
+        )
+
+
 def commit_epoch(layout: RunLayout, epoch: int) -> Path:
-    """Seal a staged epoch: write its manifest, then rename it to its final name in one step."""
+    """Seal a staged epoch: write its manifest, make every file and the directory durable, then rename it to
+    its final name in one step (durable too), so a committed epoch survives a power loss whole."""
     staging = layout.staging_dir(epoch)
     write_manifest(staging)
+    for path in staging.iterdir():
+        fsync_path(path)
+    fsync_path(staging)
     final = layout.epoch_dir(epoch)
     os.rename(staging, final)
-    directory_handle = os.open(layout.epochs_dir, os.O_RDONLY)
-    try:
-        os.fsync(directory_handle)
-    finally:
-        os.close(directory_handle)
+    fsync_path(layout.epochs_dir)
     return final
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a directory's contents (a directory's: its entries) to the storage."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def begin_epoch(layout: RunLayout, epoch: int) -> Path:

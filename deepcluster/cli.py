@@ -30,6 +30,7 @@ from deepcluster.artifacts import (
 from deepcluster.config import Config, ConfigError, build_config, load_config_file, recorded_config
 from deepcluster.data import DatasetError
 from deepcluster.report import epoch_metrics, flat_metrics, format_table, metric_rows, resolve_epoch
+from deepcluster.stopping import stop_cleanly
 
 NO_PCA = "none"  # --pca-dim none: L2 normalisation only (config pca_dim null)
 BENCH_EPOCHS = 3  # epoch 0 warms up; the medians are over epochs 1 and 2
@@ -110,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--runs-dir", type=Path, default=None, help="where runs live (default: $DEEPCLUSTER_RUNS_DIR or runs/)"
     )
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Prefect's reports of a failed run, tracebacks included"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="train a new run, or continue one with --run-id")
@@ -123,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="continue a run after its last finished epoch")
     resume.add_argument("run_id")
     resume.add_argument("--epochs", type=int, help="extend the run to this many epochs")
+    resume.add_argument("--lr", type=float, help="a new learning rate from the next epoch on (recorded in run.json)")
     _add_progress_flags(resume)
 
     commands.add_parser("runs", help="list runs with epochs done and last metrics")
@@ -174,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--out", type=Path, help="Parquet file to write (default: RUN_ID-epochNNNN-predictions.parquet here)"
     )
+    predict.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     _add_progress_flags(predict)
 
@@ -306,6 +312,24 @@ def import_flow() -> Callable[..., str]:
     return deepcluster_flow
 
 
+class QuietFailures(logging.Filter):
+    """Drops Prefect's reports of a failed task or flow run (with their tracebacks): the command prints the
+    error once, as one line, and an unexpected error still ends with its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR or record.getMessage().startswith("Finished in state Failed"))
+
+
+def quiet_failures(quiet: bool) -> None:
+    """Install (or, with quiet False, remove) QuietFailures on the flow's and tasks' run loggers."""
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logger = logging.getLogger(name)
+        for existing in [each for each in logger.filters if isinstance(each, QuietFailures)]:
+            logger.removeFilter(existing)
+        if quiet:
+            logger.addFilter(QuietFailures())
+
+
 def run_flow(
     config: Config, run_id: str | None, runs_dir: Path | None, progress: bool | None, evaluate: bool = False
 ) -> int:
@@ -336,10 +360,11 @@ def command_run(args: argparse.Namespace) -> int:
 
 def command_resume(args: argparse.Namespace) -> int:
     layout = find_run(args.run_id, args.runs_dir)
-    values = recorded_config(artifacts.read_json(layout.run_json)["config"]).to_json_dict()
-    if args.epochs is not None:
-        values["epochs"] = args.epochs
-    return run_flow(build_config(values), args.run_id, layout.runs_dir, args.progress)
+    values = recorded_config(artifacts.read_run_record(layout)["config"]).to_json_dict()
+    for key in ("epochs", "lr"):
+        if getattr(args, key) is not None:
+            values[key] = getattr(args, key)
+    return run_flow(build_config(values, recorded=True), args.run_id, layout.runs_dir, args.progress)
 
 
 def command_bench(args: argparse.Namespace) -> int:
@@ -394,13 +419,13 @@ def command_bench_kmeans(args: argparse.Namespace) -> int:
 
 def command_runs(args: argparse.Namespace) -> int:
     runs_dir = args.runs_dir or default_runs_dir()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for layout in list_runs(runs_dir):
-        record = artifacts.read_json(layout.run_json)
-        metrics = metric_rows(layout)
-        last = metrics[-1] if metrics else {}
-        rows.append(
-            {
+        try:
+            record = artifacts.read_run_record(layout)
+            metrics = metric_rows(layout)
+            last = metrics[-1] if metrics else {}
+            row = {
                 "run_id": layout.run_id,
                 "dataset": record["config"]["dataset"],
                 "k": record["config"]["num_clusters"],
@@ -409,7 +434,9 @@ def command_runs(args: argparse.Namespace) -> int:
                 "nmi_previous": last.get("nmi_previous"),
                 "created": record["created"],
             }
-        )
+        except (RunError, KeyError, TypeError, ValueError):
+            row = {"run_id": layout.run_id, "dataset": f"damaged: see `deepcluster verify {layout.run_id}`"}
+        rows.append(row)
     if not rows:
         print(f"no runs in {runs_dir}")
         return 0
@@ -419,6 +446,7 @@ def command_runs(args: argparse.Namespace) -> int:
 
 def command_inspect(args: argparse.Namespace) -> int:
     layout = find_run(args.run_id, args.runs_dir)
+    artifacts.check_run(layout)
     if args.epoch is None:
         rows = metric_rows(layout)
         print(json.dumps(rows, indent=2) if args.json else format_table(rows))
@@ -443,7 +471,8 @@ def command_verify(args: argparse.Namespace) -> int:
         print(f"run {layout.run_id}: {len(problems)} problem(s):")
         print("\n".join(f"  {problem}" for problem in problems))
         return 1
-    print(f"run {layout.run_id}: data and {len(checked) - 1} epochs verified, all files match their manifests")
+    epochs = len(layout.completed_epochs())
+    print(f"run {layout.run_id}: data and {epochs} epochs verified, all files match their manifests")
     return 0
 
 
@@ -479,6 +508,8 @@ def command_compare(args: argparse.Namespace) -> int:
     if len(set(args.run_ids)) != len(args.run_ids):
         raise RunError(f"compare got the same run twice: {' '.join(args.run_ids)}")
     layouts = [find_run(run_id, args.runs_dir) for run_id in args.run_ids]
+    for layout in layouts:
+        artifacts.check_run(layout)
     differing = differing_config(layouts)
     runs = {layout.run_id: metric_rows(layout) for layout in layouts}
     print("config keys that differ:")
@@ -498,8 +529,7 @@ def command_predict(args: argparse.Namespace) -> int:
     layout = find_run(args.run_id, args.runs_dir)
     epoch = resolve_epoch(layout, args.epoch)
     out = args.out or Path(f"{layout.run_id}-epoch{epoch:04d}-predictions.parquet")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"--out {out}: directory {out.parent} does not exist")
+    check_output_file(out, args.overwrite)
     values = {"dataset": args.images, "data_dir": args.data_dir, "split": args.split}
     values |= {"classes": args.classes, "limit": args.limit}
     image_set = load_dataset(build_config({key: value for key, value in values.items() if value is not None}))
@@ -517,6 +547,19 @@ def command_predict(args: argparse.Namespace) -> int:
         print(f"NMI against the images' labels: {nmi(image_set.labels, prediction.clusters):.4f}")
     print(f"written to {out}")
     return 0
+
+
+def check_output_file(out: Path, overwrite: bool) -> None:
+    """Refuse an output path that is a directory, lies in a missing directory or in a run's committed files
+    (a directory sealed by a manifest), or exists while `overwrite` is off."""
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out {out}: directory {out.parent} does not exist")
+    if (out.parent / artifacts.MANIFEST).exists():
+        raise RunError(f"--out {out}: that directory holds a run's committed files, which are never written to")
+    if out.is_dir():
+        raise RunError(f"--out {out}: is a directory; give a file name")
+    if (out.exists() or out.is_symlink()) and not overwrite:
+        raise RunError(f"--out {out}: exists; pass --overwrite to replace it")
 
 
 def command_group(args: argparse.Namespace) -> int:
@@ -554,11 +597,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("deepcluster").setLevel(logging.INFO)
     args = build_parser().parse_args(argv)
+    quiet_failures(not args.verbose)
     try:
-        return COMMANDS[args.command](args)
+        with stop_cleanly():
+            return COMMANDS[args.command](args)
     except USER_ERRORS as error:
         print(f"deepcluster: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the storage refused: full, read-only, not permitted, ...
+        if args.verbose:
+            raise
+        where = f" {error.filename}" if error.filename else ""
+        print(f"deepcluster: error: cannot use{where}: {error.strerror or error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

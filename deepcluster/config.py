@@ -17,15 +17,25 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 DATASET_NAMES = ("fashion-mnist-sample", "fashion-mnist", "mnist", "cifar10", "digits")
 
 GroupingMethod = Literal["kmeans", "spectral"]
 
 # Keys that may change when an existing run is continued, because they do not change what it has trained:
-# asking for more epochs extends the run, and the final grouping is computed from what was trained.
-EXTENDABLE_KEYS = frozenset({"epochs", "grouping", "groups"})
+# asking for more epochs extends the run, and the final grouping is computed from what was trained. The
+# learning rate may change for the epochs to come (how a run goes on after it diverged); run.json records
+# each such change with the epoch it applies from.
+EXTENDABLE_KEYS = frozenset({"epochs", "grouping", "groups", "lr"})
 # Keys that say where the dataset's files are, not what the data is (the dataset fingerprint checks
 # that): a run continued from elsewhere records the new values.
 LOCATION_KEYS = frozenset({"data_dir", "download"})
@@ -124,8 +134,9 @@ class Config(BaseModel):
 
     @field_validator("dataset")
     @classmethod
-    def _known_dataset(cls, value: str) -> str:
-        if value in DATASET_NAMES or Path(value).is_dir():
+    def _known_dataset(cls, value: str, info: ValidationInfo) -> str:
+        if value in DATASET_NAMES or Path(value).is_dir() or (info.context or {}).get("recorded"):
+            # a run's recorded folder may have moved or gone since: the run keeps its own copy of the images
             return value
         if Path(value).exists():
             raise ValueError(f"dataset path {value!r} is not a directory (expected a folder of images)")
@@ -188,10 +199,12 @@ class Config(BaseModel):
         return self.model_dump(mode="json")
 
 
-def build_config(values: dict[str, Any]) -> Config:
-    """Validate user-supplied values into a Config, turning pydantic's errors into one ConfigError."""
+def build_config(values: dict[str, Any], recorded: bool = False) -> Config:
+    """Validate user-supplied values into a Config, turning pydantic's errors into one ConfigError.
+
+    recorded: the values are a run's recorded config, whose dataset folder need not exist any more."""
     try:
-        return Config.model_validate(values)
+        return Config.model_validate(values, context={"recorded": recorded})
     except ValidationError as error:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in issue['loc']) or 'config'}: {issue['msg']}" for issue in error.errors()
@@ -219,7 +232,7 @@ PREDATED_KEYS: dict[str, Any] = {
 
 def recorded_config(values: dict[str, Any]) -> Config:
     """The config of an existing run from its run.json, keys the run predates filled as it trained."""
-    return build_config({**PREDATED_KEYS, **values})
+    return build_config({**PREDATED_KEYS, **values}, recorded=True)
 
 
 def load_config_file(path: Path) -> dict[str, Any]:

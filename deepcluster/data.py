@@ -137,13 +137,15 @@ def download_idx(name: str, target: Path) -> Path:
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits only what CIFAR-10's python batches contain: numpy arrays, dicts, lists, bytes."""
+    """Admits only what CIFAR-10's python batches contain: numpy arrays, dicts, lists, bytes (which pickle
+    protocols 0-2 written by Python 3 store as calls of _codecs.encode on a string)."""
 
     ALLOWED = {
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str) -> type:
@@ -162,8 +164,13 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetError(f"CIFAR-10 batch {path} cannot be read: {error}") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise DatasetError(f"CIFAR-10 batch {path} lacks the 'data' and 'labels' entries")
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    try:
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int64)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise DatasetError(f"CIFAR-10 batch {path} holds data or labels that are not numbers: {error}") from None
+    if labels.ndim != 1:
+        raise DatasetError(f"CIFAR-10 batch {path} has labels of shape {labels.shape}, expected a list")
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DatasetError(f"CIFAR-10 batch {path} has data of shape {data.shape}, expected (N, 3072)")
     if len(data) != len(labels):

@@ -15,7 +15,6 @@ Nothing here feeds back into training.
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Callable
 from typing import Any
 
@@ -134,9 +133,10 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
     """Evaluate `epoch` (default: the last finished one) of a run; merge the result into evaluation.json.
 
     Returns the epoch evaluated and the evaluation.json contents. Raises RunError when the run has no
-    labels or the epoch is not finished.
+    labels or the epoch is not finished, or the run fails its check against the manifests.
     """
-    record = artifacts.read_json(layout.run_json)
+    artifacts.check_run(layout)
+    record = artifacts.read_run_record(layout)
     config = recorded_config(record["config"])
     if epoch is None:
         done = layout.completed_epochs()
@@ -192,6 +192,14 @@ def _test_split(config: Config, input_size: int) -> tuple[tuple[np.ndarray, np.n
     return (prepare_inputs(test_set.images, input_size), test_set.labels), ""
 
 
+def read_evaluation(layout: RunLayout) -> dict[str, Any]:
+    """evaluation.json (results derived from the run, not part of it); a RunError naming it where damaged."""
+    evaluation = artifacts.read_json(layout.evaluation)
+    if not (isinstance(evaluation, dict) and isinstance(evaluation.get("epochs"), dict)):
+        raise RunError(f"{layout.evaluation} is damaged: delete it and evaluate again")
+    return evaluation
+
+
 def _merge(
     layout: RunLayout, record: dict[str, Any], result: dict[str, Any], inputs: np.ndarray, probe: ProbeSplit
 ) -> dict[str, Any]:
@@ -199,10 +207,10 @@ def _merge(
 
     Baselines recorded before every grouping and kNN baseline existed are computed again."""
     path = layout.evaluation
-    with open(layout.root / "evaluation.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = artifacts.lock_file(layout.root / ".evaluation.lock")
+    try:
         evaluation: dict[str, Any] = (
-            artifacts.read_json(path) if path.is_file() else {"run_id": layout.run_id, "epochs": {}}
+            read_evaluation(layout) if path.is_file() else {"run_id": layout.run_id, "epochs": {}}
         )
         if "groupings" not in evaluation.get("baselines", {}).get("pixels", {}):
             evaluation["baselines"] = baselines(artifacts.load_array(layout.images), inputs, probe)
@@ -210,6 +218,8 @@ def _merge(
         evaluation["num_classes"] = int(len(np.unique(probe.labels)))
         evaluation["epochs"][str(result["epoch"])] = result
         artifacts.write_json(path, evaluation)
+    finally:
+        artifacts.unlock_file(layout.root / ".evaluation.lock", lock)
     return evaluation
 
 

@@ -53,8 +53,9 @@ def group_epoch(
     as trained in `epoch` (default: the last finished one); write RUN/groups/epochNNNN-K-METHOD.parquet
     (`index`, `group`, `label`). Returns the epoch and the groups (N,). Everything is checked before anything is written.
     """
+    artifacts.check_run(layout)
     epoch = report.resolve_epoch(layout, epoch)
-    config = recorded_config(artifacts.read_json(layout.run_json)["config"])
+    config = recorded_config(artifacts.read_run_record(layout)["config"])
     inputs = artifacts.load_array(layout.inputs)
     if not 2 <= num_groups <= len(inputs):
         raise ConfigError(f"groups must be between 2 and the run's {len(inputs)} images, got {num_groups}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import torch
 from deepcluster import __version__, artifacts, metrics
 from deepcluster.artifacts import RunError, RunLayout
 from deepcluster.config import EXTENDABLE_KEYS, LOCATION_KEYS, Config, ConfigError, recorded_config
-from deepcluster.data import ImageSet, load_dataset
+from deepcluster.data import DatasetError, ImageSet, load_dataset
 from deepcluster.features import extract_features
 from deepcluster.kmeans import Clustering, centroid_means, faiss_kmeans, kmeans
 from deepcluster.models import ARCHS, ClusterHead, DeepClusterNet, PrototypeHead
@@ -157,29 +158,52 @@ def _cpu_flags() -> frozenset[str]:
 def ingest(config: Config, layout: RunLayout) -> DatasetInfo:
     """Load and validate the dataset; start the run directory, or check an existing run matches.
 
-    Every check runs before anything is written. An existing run must have the same config
-    (but for `epochs`) and the same dataset fingerprint.
+    Every check runs before anything is written. An existing run must have the same config (but for
+    EXTENDABLE_KEYS) and the same data, checked by fingerprint where the dataset's source is still there; where
+    it has moved or gone, the run goes on with its own copy of the images.
     """
-    image_set = load_dataset(config)
+    try:
+        image_set = load_dataset(config)
+    except (DatasetError, FileNotFoundError):
+        if not (layout.exists() and layout.images.is_file()):
+            raise
+        image_set = stored_images(layout)  # the source has moved or gone: go on with the run's own copy
     image_size = validate_for_dataset(config, image_set)
     info = DatasetInfo(len(image_set), image_size, image_set.labels is not None, image_set.fingerprint())
     if layout.exists():
         check_resumable(layout, config, info.fingerprint)
         if layout.images.is_file():
             return info
-    layout.data_dir.mkdir(parents=True, exist_ok=True)
-    artifacts.save_array(layout.images, image_set.images)
-    if image_set.labels is not None:
-        artifacts.save_array(layout.labels, image_set.labels)
-    artifacts.save_checkpoint(layout.initial_model, {"model": initial_model(config).state_dict(), "epoch": INIT_EPOCH})
-    if not layout.exists():
-        artifacts.write_json(layout.run_json, run_record(layout.run_id, config, image_set, info))
+    fresh = not layout.root.exists()
+    try:
+        layout.data_dir.mkdir(parents=True, exist_ok=True)
+        artifacts.save_array(layout.images, image_set.images)
+        if image_set.labels is not None:
+            artifacts.save_array(layout.labels, image_set.labels)
+        initial = {"model": initial_model(config).state_dict(), "epoch": INIT_EPOCH}
+        artifacts.save_checkpoint(layout.initial_model, initial)
+        if not layout.exists():
+            artifacts.write_json(layout.run_json, run_record(layout.run_id, config, image_set, info))
+    except BaseException:
+        if fresh:  # a run that failed to start (a full disk, say) leaves no directory behind
+            shutil.rmtree(layout.root, ignore_errors=True)
+        raise
     return info
 
 
+TRAINING_CHANGES = frozenset({"lr"})  # extendable keys whose changes run.json records under `changes`
+
+
+def stored_images(layout: RunLayout) -> ImageSet:
+    """The images (and labels) a run stored in its data directory when it started."""
+    labels = artifacts.load_array(layout.labels) if layout.labels.is_file() else None
+    source = artifacts.read_run_record(layout)["dataset"]["source"]
+    return ImageSet(artifacts.load_array(layout.images), labels, f"{source} (as stored in run {layout.run_id})")
+
+
 def check_resumable(layout: RunLayout, config: Config, fingerprint: str) -> None:
-    """Refuse to continue a run whose config (but for `epochs` and where the data lies) or dataset changed."""
-    record = artifacts.read_json(layout.run_json)
+    """Refuse to continue a run whose config (but for EXTENDABLE_KEYS and where the data lies) or dataset changed."""
+    record = artifacts.read_run_record(layout)
     recorded = recorded_config(record["config"])
     differing = config.differing_keys(recorded)
     if differing:
@@ -200,8 +224,12 @@ def check_resumable(layout: RunLayout, config: Config, fingerprint: str) -> None
             f"run {layout.run_id!r} already has {len(done)} epochs; epochs={config.epochs} would not extend it"
         )
     updated = {key: value for key, value in config.to_json_dict().items() if key in EXTENDABLE_KEYS | LOCATION_KEYS}
-    if any(record["config"].get(key) != value for key, value in updated.items()):
-        record["config"].update(updated)
+    changed = {key: value for key, value in updated.items() if record["config"].get(key) != value}
+    if changed:
+        for key in sorted(changed.keys() & TRAINING_CHANGES):
+            change = {"from_epoch": len(done), "key": key, "from": record["config"].get(key), "to": changed[key]}
+            record.setdefault("changes", []).append(change)
+        record["config"].update(changed)
         artifacts.write_json(layout.run_json, record)
 
 
@@ -434,6 +462,21 @@ def epoch_record(
         **evaluation,
         "stage_seconds": seconds,
     }
+
+
+class DivergedError(RunError):
+    """Training diverged: a feature, centroid, loss or weight is no longer a finite number."""
+
+
+def require_finite(values: torch.Tensor | float, what: str, epoch: int, config: Config) -> None:
+    """Stop with a DivergedError naming the epoch, what is not finite and what to do, if any value is NaN or infinite."""
+    if bool(torch.isfinite(torch.as_tensor(values)).all()):
+        return
+    raise DivergedError(
+        f"epoch {epoch} diverged: its {what} are not finite (NaN or infinite), so nothing of epoch {epoch} is kept. "
+        f"The learning rate ({config.lr:g}) is the usual cause: continue with a lower one, "
+        f"`deepcluster resume RUN_ID --lr {config.lr / 10:g}`"
+    )
 
 
 def timed(

@@ -62,7 +62,8 @@ def predict(
     layout: RunLayout, image_set: ImageSet, epoch: int | None, device: str, progress: bool | None = None
 ) -> Prediction:
     """Assign every image of `image_set` to the nearest centroid of `epoch` (default: the last) of a run."""
-    record = artifacts.read_json(layout.run_json)
+    artifacts.check_run(layout)
+    record = artifacts.read_run_record(layout)
     config = recorded_config(record["config"])
     epoch = resolve_epoch(layout, epoch)
     epoch_dir = layout.epoch_dir(epoch)

@@ -43,9 +43,10 @@ pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; }
 
 def write_report(layout: RunLayout, out_dir: Path | None = None, epoch: int | None = None) -> Path:
     """Write the report of a run (figures for `epoch`, default the last finished one); returns index.html."""
+    artifacts.check_run(layout)
     epoch = resolve_epoch(layout, epoch)
     out_dir = _output_dir(out_dir or layout.root / "report")
-    record = artifacts.read_json(layout.run_json)
+    record = artifacts.read_run_record(layout)
     all_metrics = [epoch_metrics(layout, done) for done in layout.completed_epochs()]
     rows = [flat_metrics(metrics) for metrics in all_metrics]
     metrics = all_metrics[layout.completed_epochs().index(epoch)]
@@ -121,7 +122,7 @@ def differing_config(layouts: Sequence[RunLayout]) -> list[dict[str, Any]]:
     """One row per config key (and the dataset fingerprint) whose value is not the same in every run."""
     values = {}
     for layout in layouts:
-        record = artifacts.read_json(layout.run_json)
+        record = artifacts.read_run_record(layout)
         values[layout.run_id] = {
             **recorded_config(record["config"]).to_json_dict(),
             "dataset fingerprint": record["dataset"]["fingerprint"][:12],
@@ -200,9 +201,9 @@ def _key_values(values: dict[str, Any]) -> str:
 def _evaluation_html(layout: RunLayout) -> str:
     if not layout.evaluation.is_file():
         return f"<p>Not evaluated: run <code>deepcluster evaluate {html.escape(layout.run_id)}</code>.</p>"
-    from deepcluster.evaluate import format_evaluation  # imports scikit-learn: only when there is something to show
+    from deepcluster.evaluate import format_evaluation, read_evaluation  # imports scikit-learn: only when needed
 
-    evaluation = artifacts.read_json(layout.evaluation)
+    evaluation = read_evaluation(layout)
     epochs = sorted(evaluation["epochs"], key=int)
     return "".join(
         f"<p>Epoch {epoch}:</p><pre>{html.escape(format_evaluation(evaluation, int(epoch)))}</pre>" for epoch in epochs

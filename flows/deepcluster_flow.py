@@ -24,6 +24,7 @@ from deepcluster.artifacts import ArtifactWriter, RunError, RunLayout, RunLock, 
 from deepcluster.config import Config
 from deepcluster.pipeline import Session, configure_torch, resolve_device, timed
 from deepcluster.progress import progress_bar
+from deepcluster.stopping import reclaim_signals
 from deepcluster.report import flat_metrics, format_table, metric_rows
 
 DEFAULT_CONFIG = Config()
@@ -43,6 +44,7 @@ def deepcluster_flow(
 ) -> str:
     """Train DeepCluster for `config.epochs` epochs (continuing an existing run) and return its directory."""
     logger = get_run_logger()
+    reclaim_signals()  # run from the `deepcluster` command: Ctrl-C and SIGTERM stop it at once, cleanly
     layout = RunLayout(Path(runs_dir) if runs_dir else default_runs_dir(), run_id or new_run_id())
     configure_torch(config)
     device = str(resolve_device(config.device))
@@ -51,6 +53,7 @@ def deepcluster_flow(
         tasks.sobel_preprocess(layout, info.image_size)
         for removed in layout.discard_partial_epochs():
             logger.info("discarded the half-written epoch %s", removed.name)
+        artifacts.check_run(layout)  # nothing altered is trained on
         first_epoch = _next_epoch(layout)
         logger.info(
             "run %s: epochs %d..%d of %s on %s", layout.run_id, first_epoch, config.epochs - 1, layout.root, device
@@ -91,7 +94,9 @@ def _run_epoch(
     start = time.perf_counter()
     artifacts.begin_epoch(layout, epoch)
     features = timed(seconds, "extract", device, tasks.extract_features, session, progress)
+    _require_finite(layout, features, "features", epoch, config)
     features, pca = timed(seconds, "pca", device, tasks.pca_reduce, features, config.pca_dim)
+    _require_finite(layout, features, "reduced features (PCA-whitened)", epoch, config)
     writer.submit(epoch, pipeline.write_features, layout, epoch, features.cpu().numpy())
     previous = session.previous_assignments
     clusterings = timed(seconds, "kmeans", device, tasks.cluster_kmeans, features, config, epoch, previous)
@@ -102,12 +107,23 @@ def _run_epoch(
     writer.submit(epoch, pipeline.write_clustering, layout, epoch, clusterings[0], pca)
     sample = timed(seconds, "resample", device, tasks.balanced_resample, clusterings[0].assignments, config, epoch)
     trained = timed(seconds, "train", device, tasks.retrain, session, clusterings, targets, sample, epoch, progress)
+    _require_finite(layout, trained.loss, "training losses", epoch, config)
+    for name, weights in session.model.state_dict().items():
+        _require_finite(layout, weights, f"trained weights ({name})", epoch, config)
     writer.submit(epoch, pipeline.write_checkpoint, layout, epoch, pipeline.checkpoint(session, epoch))
     evaluation = timed(seconds, "evaluate", device, tasks.evaluate_nmi, session, assignments)
     seconds["epoch"] = round(time.perf_counter() - start, 4)
     epoch_metrics = pipeline.epoch_record(session, epoch, clusterings[0], trained, evaluation, seconds)
     writer.submit(epoch, _commit, layout, epoch, epoch_metrics, writer)
     return epoch_metrics
+
+
+def _require_finite(layout: RunLayout, values: Any, what: str, epoch: int, config: Config) -> None:
+    """pipeline.require_finite, its advice naming this run."""
+    try:
+        pipeline.require_finite(values, what, epoch, config)
+    except pipeline.DivergedError as error:
+        raise pipeline.DivergedError(f"run {layout.run_id!r}: {error}".replace("RUN_ID", layout.run_id)) from None
 
 
 def _commit(layout: RunLayout, epoch: int, epoch_metrics: dict[str, Any], writer: ArtifactWriter) -> None:

@@ -102,15 +102,16 @@ def test_digits():
     assert image_set.images.shape == (50, 1, 8, 8) and image_set.images.max() == 255
 
 
-def _cifar_batch(path: Path, count: int) -> None:
+def _cifar_batch(path: Path, count: int, protocol: int = pickle.DEFAULT_PROTOCOL) -> None:
     rng = np.random.default_rng(count)
     batch = {b"data": rng.integers(0, 255, (count, 3072), dtype=np.uint8), b"labels": list(range(count))}
-    path.write_bytes(pickle.dumps(batch))
+    path.write_bytes(pickle.dumps(batch, protocol=protocol))
 
 
-def test_cifar10_batches(tmp_path: Path):
+@pytest.mark.parametrize("protocol", [2, pickle.DEFAULT_PROTOCOL])  # 2: bytes as _codecs.encode calls
+def test_cifar10_batches(tmp_path: Path, protocol: int):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        _cifar_batch(tmp_path / name, 4)
+        _cifar_batch(tmp_path / name, 4, protocol)
     image_set = load_cifar10(Config(dataset="cifar10", data_dir=tmp_path))
     assert image_set.images.shape == (20, 3, 32, 32)
     assert load_cifar10(Config(dataset="cifar10", data_dir=tmp_path, split="test")).images.shape == (4, 3, 32, 32)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from deepcluster import artifacts
 from deepcluster.artifacts import RunError, RunLayout
 from deepcluster.cli import main
 from deepcluster.config import Config
@@ -67,6 +68,9 @@ def test_evaluate_refuses_unfinished_epochs_and_unlabelled_runs(finished_run: Pa
     assert "epoch 7 of run 'tiny' is not finished (finished: 0-1)" in capsys.readouterr().err
     shutil.copytree(finished_run / "tiny", tmp_path / "tiny")
     (tmp_path / "tiny" / "data" / "labels.npy").unlink()
+    with pytest.raises(RunError, match="labels.npy: missing"):  # altered after the fact
+        evaluate_run(RunLayout(tmp_path, "tiny"))
+    artifacts.write_manifest(tmp_path / "tiny" / "data")  # as a run on unlabelled images has it
     with pytest.raises(RunError, match="has no labels"):
         evaluate_run(RunLayout(tmp_path, "tiny"))
     assert not (tmp_path / "tiny" / "evaluation.json").exists()

@@ -1,6 +1,7 @@
 """A run killed with SIGKILL mid-epoch and resumed ends bit-identical to one left alone (CPU)."""
 
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -108,3 +109,28 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(
         assert torch.equal(resumed_weights["model"][key], tensor), key
     for index, state in straight_weights["optimizer"]["state"].items():
         assert torch.equal(resumed_weights["optimizer"]["state"][index]["momentum_buffer"], state["momentum_buffer"])
+
+
+def test_kills_at_random_moments_then_a_resume_equal_an_uninterrupted_run(prefect_harness, tmp_path: Path):
+    """SIGKILL at moments drawn at random (Prefect start-up, ingest, any stage, a commit), several times over
+    the same run, then a resume: the same epochs, byte for byte. Bounded in count (4 kills) and time."""
+    from flows.deepcluster_flow import deepcluster_flow
+
+    rng = random.Random(7)
+    layout = RunLayout(tmp_path, "random")
+    deadline = time.monotonic() + 240
+    for _ in range(4):
+        if time.monotonic() > deadline:
+            break
+        process = start_run(tmp_path, "random")
+        time.sleep(rng.uniform(0.5, 8.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    deepcluster_flow(config=CONFIG, run_id="random", runs_dir=str(tmp_path), progress=False)
+    deepcluster_flow(config=CONFIG, run_id="straight", runs_dir=str(tmp_path), progress=False)
+    straight = RunLayout(tmp_path, "straight")
+    assert layout.completed_epochs() == straight.completed_epochs() == [0, 1, 2]
+    assert all(problems == [] for problems in artifacts.verify_run(layout).values())
+    for epoch in (0, 1, 2):
+        for name in ("features.parquet", "assignments.parquet", artifacts.CENTROIDS, "model.pt"):
+            assert (layout.epoch_dir(epoch) / name).read_bytes() == (straight.epoch_dir(epoch) / name).read_bytes()

@@ -37,7 +37,7 @@ def test_the_flow_writes_a_report_whose_images_all_exist(finished_run: Path):
     page = index.read_text()
     for heading in ("Metrics over epochs", "Cluster sizes (epoch 1)", "Clusters against labels", "projected to 2-D"):
         assert heading in page
-    assert page.count("<td class='ok'>verified</td>") == 3  # data, epoch 0, epoch 1
+    assert page.count("<td class='ok'>verified</td>") == 4  # the run's shape, data, epoch 0, epoch 1
     files = referenced_files(index)
     assert {"curves.png", "sizes.png", "confusion.png", "projection.png", "stages.png"} <= {f.name for f in files}
     assert sum(file.name.startswith("cluster-") for file in files) == 10  # k = 10, all shown
@@ -46,17 +46,19 @@ def test_the_flow_writes_a_report_whose_images_all_exist(finished_run: Path):
             assert image.format == "PNG" and image.width > 20 and image.height > 20, file
 
 
-def test_report_of_an_earlier_epoch_shows_an_altered_file(finished_run: Path, tmp_path: Path, capsys):
+def test_report_of_an_earlier_epoch_and_of_an_altered_run(finished_run: Path, tmp_path: Path, capsys):
     shutil.copytree(finished_run / "tiny", tmp_path / "tiny")
-    metrics = tmp_path / "tiny" / "epochs" / "0001" / "metrics.json"
-    metrics.write_text(metrics.read_text() + "\n")  # still valid JSON, no longer the bytes of the manifest
     out = tmp_path / "out"
     assert main(["--runs-dir", str(tmp_path), "report", "tiny", "--epoch", "0", "--out", str(out)]) == 0
     assert f"report written to {out / 'index.html'}" in capsys.readouterr().out
     page = (out / "index.html").read_text()
     assert "figures for epoch 0" in page and "Cluster sizes (epoch 0)" in page
-    assert "0001/metrics.json: content differs from the manifest" in page
     assert all(file.is_file() for file in referenced_files(out / "index.html"))
+    metrics = tmp_path / "tiny" / "epochs" / "0001" / "metrics.json"
+    metrics.write_text(metrics.read_text() + "\n")  # still valid JSON, no longer the bytes of the manifest
+    assert main(["--runs-dir", str(tmp_path), "report", "tiny", "--out", str(tmp_path / "again")]) == 2
+    assert "0001/metrics.json: content differs from the manifest" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()
 
 
 def test_report_errors_name_the_problem(finished_run: Path, tmp_path: Path, capsys):
