@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU figures of docs/PERFORMANCE.md, as one script for a session lent a GPU machine.
+# The GPU figures of docs/PERFORMANCE.md, as one script for a machine with a CUDA GPU.
 # Prepare here:  bash bench/wheelhouse.sh
 #                mkdir -p data/fashion-mnist && cp /usr/share/datasets/fashion-mnist/* data/fashion-mnist/
-# Then, with the device tool:  run(command="bash bench/gpu.sh", carry=[".wheels", "data/fashion-mnist"], timeout_s=420)
+# Then, on the GPU machine, in a copy of this tree with .wheels/ and data/fashion-mnist/:  bash bench/gpu.sh
 # Results (logs and JSON) are written under $OUT. Should take about 4 minutes on an H100 for the
 # performance figures (not run yet), plus the quality step at the end (3 runs of 10 epochs, each evaluated).
 set -uo pipefail

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Download, on a machine with PyPI access, the wheels the GPU machine lacks into .wheels/ (Python
 # 3.12, x86-64 Linux). That machine has torch, numpy, pandas, pyarrow, scikit-learn and the small
-# packages listed below (per the device tool's KINDS.md, 2026-11-17), but no Prefect, and it cannot
-# reach PyPI. Everything carried there must stay under 64 MiB: these wheels (~36 MB) plus
-# data/fashion-mnist (the two train files, ~26 MB). bench/gpu.sh installs from .wheels.
+# packages listed below, but no Prefect, and it cannot reach PyPI. What is copied there is these
+# wheels (~36 MB) plus data/fashion-mnist (the two train files, ~26 MB). bench/gpu.sh installs from
+# .wheels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
