@@ -21,11 +21,11 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 import tasks
 from deepcluster import artifacts, pipeline
 from deepcluster.artifacts import ArtifactWriter, RunError, RunLayout, RunLock, default_runs_dir
-from deepcluster.config import Config
+from deepcluster.config import Config, build_config
 from deepcluster.pipeline import Session, configure_torch, resolve_device, timed
 from deepcluster.progress import progress_bar
-from deepcluster.stopping import reclaim_signals
 from deepcluster.report import flat_metrics, format_table, metric_rows
+from deepcluster.stopping import reclaim_signals
 
 DEFAULT_CONFIG = Config()
 
@@ -35,21 +35,54 @@ def new_run_id() -> str:
     return f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-@flow(name="deepcluster")
+def flow_run_run_id() -> str:
+    """The run id of a flow run started without one: taken from the flow run's id, so that a retry of the flow
+    run (Prefect keeps its id) continues the same run directory, e.g. 20261126-153000-1a2b3c4d (the time the
+    flow run was created, from its time-ordered id, and the id's last 8 digits). Outside a flow run: new_run_id."""
+    from prefect.runtime import flow_run
+
+    if not flow_run.id:
+        return new_run_id()
+    identity = uuid.UUID(flow_run.id)
+    if identity.version != 7:
+        return f"flowrun-{identity}"
+    created = datetime.fromtimestamp(int(identity.hex[:12], 16) / 1000, UTC)
+    return f"{created:%Y%m%d-%H%M%S}-{identity.hex[-8:]}"
+
+
+def flow_run_name() -> str:
+    """The flow run's name in Prefect: the run id and the dataset, e.g. `20261126-153000-1a2b3c4d fashion-mnist`."""
+    from prefect.runtime import flow_run
+
+    parameters = flow_run.parameters
+    config = parameters.get("config") or {}
+    dataset = config.get("dataset", DEFAULT_CONFIG.dataset) if isinstance(config, dict) else config.dataset
+    dataset = (parameters.get("overrides") or {}).get("dataset", dataset)
+    return f"{parameters.get('run_id') or flow_run_run_id()} {Path(str(dataset)).name}"
+
+
+@flow(name="deepcluster", flow_run_name=flow_run_name)
 def deepcluster_flow(
     config: Config = DEFAULT_CONFIG,
     run_id: str | None = None,
     runs_dir: str | None = None,
     progress: bool | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> str:
-    """Train DeepCluster for `config.epochs` epochs (continuing an existing run) and return its directory."""
+    """Train DeepCluster for `config.epochs` epochs (continuing an existing run) and return its directory.
+
+    overrides: config keys that replace the ones of `config`, key by key (a deployment's config stays but for
+    them). Without a run_id, the run id comes from the flow run, so a retry continues the same run."""
     logger = get_run_logger()
     reclaim_signals()  # run from the `deepcluster` command: Ctrl-C and SIGTERM stop it at once, cleanly
-    layout = RunLayout(Path(runs_dir) if runs_dir else default_runs_dir(), run_id or new_run_id())
+    if overrides:
+        config = build_config({**config.to_json_dict(), **overrides})
+    layout = RunLayout(Path(runs_dir) if runs_dir else default_runs_dir(), run_id or flow_run_run_id())
     configure_torch(config)
     device = str(resolve_device(config.device))
     with RunLock(layout):
         info = tasks.ingest(config, layout)
+        _record_flow_run(layout)
         tasks.sobel_preprocess(layout, info.image_size)
         for removed in layout.discard_partial_epochs():
             logger.info("discarded the half-written epoch %s", removed.name)
@@ -79,6 +112,20 @@ def deepcluster_flow(
         report = tasks.write_report(layout) if rows else None
     _publish_summary(layout, config, rows, report)
     return str(layout.root)
+
+
+@flow(name="deepcluster", flow_run_name=flow_run_name, retries=2, retry_delay_seconds=300)
+def deepcluster_flow_with_retries(
+    config: Config = DEFAULT_CONFIG,
+    run_id: str | None = None,
+    runs_dir: str | None = None,
+    progress: bool | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> str:
+    """deepcluster_flow, retried by Prefect twice, 5 minutes apart, if it fails (the scheduled deployment's
+    entrypoint). Each retry continues the run after its last committed epoch: a retried flow run keeps its
+    id, hence its run id."""
+    return deepcluster_flow.fn(config, run_id, runs_dir, progress, overrides)
 
 
 def _run_epoch(
@@ -141,6 +188,16 @@ def _epoch_line(row: dict[str, Any]) -> str:
         parts.append(f"NMI vs labels {row['nmi']:.3f}")
     parts.append(f"{row['seconds']:.1f} s")
     return ", ".join(parts)
+
+
+def _record_flow_run(layout: RunLayout) -> None:
+    """Add the Prefect flow run working on the run to run.json's `flow_runs` (once per flow run)."""
+    from prefect.runtime import flow_run
+
+    record = artifacts.read_run_record(layout)
+    if flow_run.id and flow_run.id not in record.setdefault("flow_runs", []):
+        record["flow_runs"].append(flow_run.id)
+        artifacts.write_json(layout.run_json, record)
 
 
 def _next_epoch(layout: RunLayout) -> int:

@@ -15,7 +15,7 @@ import yaml
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 
-from flows.deepcluster_flow import deepcluster_flow
+import flows.deepcluster_flow
 
 PREFECT_YAML = Path(__file__).resolve().parent.parent / "prefect.yaml"
 
@@ -26,7 +26,7 @@ def build_deployments(path: Path = PREFECT_YAML) -> list[RunnerDeployment]:
     return [
         cast(
             RunnerDeployment,
-            deepcluster_flow.to_deployment(
+            getattr(flows.deepcluster_flow, entry["entrypoint"].split(":")[1]).to_deployment(
                 name=entry["name"],
                 description=entry.get("description"),
                 parameters=entry.get("parameters", {}),

@@ -25,7 +25,8 @@ def test_entrypoint_imports_a_flow_and_parameters_validate(deployment):
     from prefect import Flow
 
     flow = load_entrypoint(deployment["entrypoint"])
-    assert isinstance(flow, Flow)
+    assert isinstance(flow, Flow) and flow.name == "deepcluster"
+    assert (flow.retries or 0) == (2 if "schedules" in deployment else 0)  # the scheduled one retries
     Config.model_validate(deployment["parameters"]["config"])
     assert deployment["concurrency_limit"]["limit"] == 1
 
@@ -47,4 +48,6 @@ def test_served_deployments_mirror_prefect_yaml():
     assert nightly.schedules[0].schedule.cron == "0 2 * * *"
     assert nightly.concurrency_limit == 1
     assert nightly.parameters["config"]["dataset"] == "fashion-mnist"
+    assert nightly.entrypoint.endswith(":deepcluster_flow_with_retries")
+    assert deployments["on-demand"].entrypoint.endswith(":deepcluster_flow")
     assert not deployments["on-demand"].schedules

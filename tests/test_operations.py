@@ -1,0 +1,59 @@
+"""Prefect-native operation: a retried flow run continues its own run; overrides merge into a config."""
+
+from pathlib import Path
+
+import pytest
+
+from deepcluster import artifacts
+from deepcluster.artifacts import RunLayout
+from deepcluster.config import ConfigError
+
+from .conftest import tiny_config
+
+
+def test_a_flow_run_retried_by_prefect_continues_its_own_run(
+    prefect_harness, finished_run: Path, tmp_path: Path, monkeypatch
+):
+    from prefect import get_client
+
+    from deepcluster import pipeline
+    from flows.deepcluster_flow import deepcluster_flow_with_retries
+
+    original, failures = pipeline.write_checkpoint, []
+
+    def failing_once_on_epoch_1(layout, epoch, state):
+        if epoch == 1 and not failures:
+            failures.append(epoch)
+            raise OSError("No space left on device")
+        original(layout, epoch, state)
+
+    monkeypatch.setattr(pipeline, "write_checkpoint", failing_once_on_epoch_1)
+    retrying = deepcluster_flow_with_retries.with_options(retry_delay_seconds=0)  # the scheduled deployment's flow
+    root = Path(retrying(config=tiny_config(), runs_dir=str(tmp_path), progress=False))  # no run id given
+    assert failures == [1]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [root.name]  # one run directory, no lock left
+    layout = RunLayout(tmp_path, root.name)
+    flow_runs = artifacts.read_run_record(layout)["flow_runs"]
+    assert len(flow_runs) == 1  # one flow run, two attempts
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_runs[0])
+    assert flow_run.name == f"{root.name} fashion-mnist-sample" and flow_run.run_count == 2
+    straight = RunLayout(finished_run, "tiny")
+    assert layout.completed_epochs() == [0, 1]
+    for epoch in (0, 1):
+        for name in ("features.parquet", "assignments.parquet", artifacts.CENTROIDS, "model.pt"):
+            assert (layout.epoch_dir(epoch) / name).read_bytes() == (straight.epoch_dir(epoch) / name).read_bytes()
+
+
+def test_overrides_replace_only_their_keys(prefect_harness, tmp_path: Path):
+    from flows.deepcluster_flow import deepcluster_flow
+
+    base = tiny_config(num_clusters=7)
+    deepcluster_flow(config=base, run_id="o", runs_dir=str(tmp_path), progress=False, overrides={"epochs": 1})
+    recorded = artifacts.read_run_record(RunLayout(tmp_path, "o"))["config"]
+    assert (recorded["epochs"], recorded["num_clusters"], recorded["limit"]) == (1, 7, 300)
+    with pytest.raises(ConfigError, match="nope"):
+        deepcluster_flow(config=base, run_id="p", runs_dir=str(tmp_path), progress=False, overrides={"nope": 1})
+    with pytest.raises(ConfigError, match="epochs"):
+        deepcluster_flow(config=base, run_id="p", runs_dir=str(tmp_path), progress=False, overrides={"epochs": 0})
+    assert not (tmp_path / "p").exists()
