@@ -5,7 +5,8 @@
         data/                    images.npy, labels.npy, inputs.npy, initial_model.pt, manifest.json
         epochs/<NNNN>/           features.parquet, assignments.parquet, centroids.npy, metrics.json, model.pt,
                                  manifest.json; with PCA also pca_mean.npy, pca_projection.npy
-        epochs/.<NNNN>.partial/  an epoch being written; renamed to <NNNN> as its last step
+        staging/<NNNN>/          an epoch being written; renamed to epochs/<NNNN> as its last step, so that
+                                 epochs/*/ only ever matches committed epochs
 
 An epoch directory exists only once complete, so a crash never leaves one that looks finished.
 """
@@ -122,8 +123,12 @@ class RunLayout:
     def epoch_dir(self, epoch: int) -> Path:
         return self.epochs_dir / f"{epoch:04d}"
 
+    @property
+    def staging(self) -> Path:
+        return self.root / "staging"
+
     def staging_dir(self, epoch: int) -> Path:
-        return self.epochs_dir / f".{epoch:04d}.partial"
+        return self.staging / f"{epoch:04d}"
 
     def exists(self) -> bool:
         return self.run_json.is_file()
@@ -139,8 +144,10 @@ class RunLayout:
         return self.initial_model if epoch == 0 else self.epoch_dir(epoch - 1) / "model.pt"
 
     def discard_partial_epochs(self) -> list[Path]:
-        """Remove epochs left half-written by a crash. Returns what was removed."""
-        removed = sorted(self.epochs_dir.glob(".*.partial")) if self.epochs_dir.is_dir() else []
+        """Remove epochs left half-written by a crash (and the epochs/.NNNN.partial/ of older versions).
+        Returns what was removed."""
+        removed = sorted(self.staging.iterdir()) if self.staging.is_dir() else []
+        removed += sorted(self.epochs_dir.glob(".*.partial")) if self.epochs_dir.is_dir() else []
         for path in removed:
             shutil.rmtree(path)
         return removed
@@ -554,6 +561,7 @@ def commit_epoch(layout: RunLayout, epoch: int) -> Path:
     final = layout.epoch_dir(epoch)
     os.rename(staging, final)
     fsync_path(layout.epochs_dir)
+    fsync_path(layout.staging)
     return final
 
 
@@ -572,4 +580,5 @@ def begin_epoch(layout: RunLayout, epoch: int) -> Path:
     if staging.exists():
         shutil.rmtree(staging)
     staging.mkdir(parents=True)
+    layout.epochs_dir.mkdir(exist_ok=True)
     return staging

@@ -85,7 +85,7 @@ def deepcluster_flow(
         _record_flow_run(layout)
         tasks.sobel_preprocess(layout, info.image_size)
         for removed in layout.discard_partial_epochs():
-            logger.info("discarded the half-written epoch %s", removed.name)
+            logger.info("discarded the half-written epoch %s", removed.relative_to(layout.root))
         artifacts.check_run(layout)  # nothing altered is trained on
         first_epoch = _next_epoch(layout)
         logger.info(

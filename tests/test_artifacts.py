@@ -53,9 +53,12 @@ def test_epoch_is_complete_only_after_commit(tmp_path: Path):
     artifacts.commit_epoch(layout, 0)
     assert layout.completed_epochs() == [0]
     assert artifacts.verify_manifest(layout.epoch_dir(0)) == []
-    artifacts.begin_epoch(layout, 1)
-    assert [path.name for path in layout.discard_partial_epochs()] == [".0001.partial"]
-    assert layout.completed_epochs() == [0]
+    (artifacts.begin_epoch(layout, 1) / "assignments.parquet").write_text("")
+    seen = sorted(str(path.relative_to(layout.root)) for path in layout.root.glob("epochs/*/*"))
+    assert seen == ["epochs/0000/manifest.json", "epochs/0000/metrics.json"]  # a reader's glob: committed only
+    (layout.epochs_dir / ".0002.partial").mkdir()  # as older versions staged an epoch
+    assert [path.name for path in layout.discard_partial_epochs()] == ["0001", ".0002.partial"]
+    assert layout.completed_epochs() == [0] and not list(layout.staging.iterdir())
 
 
 @pytest.mark.parametrize("run_id", ["", "a/b", "..", "x y", "é", "nl\n"])

@@ -148,7 +148,7 @@ def test_a_failed_background_write_commits_nothing_and_the_run_resumes_exactly(
     monkeypatch.setattr(pipeline, "write_checkpoint", original)
     deepcluster_flow(config=tiny_config(), run_id="tiny", runs_dir=str(tmp_path), progress=False)
     straight = RunLayout(finished_run, "tiny")
-    assert layout.completed_epochs() == [0, 1] and not list(layout.epochs_dir.glob(".*"))
+    assert layout.completed_epochs() == [0, 1] and not list(layout.staging.glob("*"))
     for epoch in (0, 1):
         for name in ("features.parquet", "assignments.parquet", "model.pt"):
             ours = (layout.epoch_dir(epoch) / name).read_bytes()

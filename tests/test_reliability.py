@@ -37,7 +37,7 @@ def test_resume_refuses_altered_inputs_and_writes_nothing(finished_run: Path, tm
     assert main(["--runs-dir", str(tmp_path), "resume", "tiny", "--epochs", "3", "--no-progress"]) == 2
     error = capsys.readouterr().err
     assert "run 'tiny' was altered or damaged" in error and "inputs.npy: content differs from the manifest" in error
-    assert layout.completed_epochs() == [0, 1] and not list(layout.epochs_dir.glob(".*"))
+    assert layout.completed_epochs() == [0, 1] and not list(layout.staging.glob("*"))
 
 
 @pytest.mark.parametrize(

@@ -65,10 +65,10 @@ def kill_when(process: subprocess.Popen, path: Path, timeout: float = 180) -> No
     ("kill_at", "finished_before_kill"),
     [
         ("data/inputs.npy", []),  # right after preprocessing, before any epoch
-        ("epochs/.0001.partial/features.parquet", [0]),  # mid-epoch, after PCA
-        ("epochs/.0001.partial/assignments.parquet", [0]),  # mid-epoch, while training
+        ("staging/0001/features.parquet", [0]),  # mid-epoch, after PCA
+        ("staging/0001/assignments.parquet", [0]),  # mid-epoch, while training
         # The writer commits epoch 1 before it writes anything of epoch 2 (one thread, in order).
-        ("epochs/.0002.partial/features.parquet", [0, 1]),
+        ("staging/0002/features.parquet", [0, 1]),
     ],
 )
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(
@@ -87,7 +87,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(
 
     straight = RunLayout(tmp_path, "straight")
     assert layout.completed_epochs() == straight.completed_epochs() == [0, 1, 2]
-    assert not list(layout.epochs_dir.glob(".*"))
+    assert not list(layout.staging.glob("*"))
     assert artifacts.verify_manifest(layout.data_dir) == []
     for epoch in (1, 2):
         resumed_dir, straight_dir = layout.epoch_dir(epoch), straight.epoch_dir(epoch)
