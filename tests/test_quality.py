@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from deepcluster import quality
-from deepcluster.artifacts import RunError
+from deepcluster.artifacts import RunError, validate_run_id
 from deepcluster.cli import main
 
 
@@ -156,3 +156,10 @@ def test_a_configuration_run_with_fewer_seeds_is_compared_with_the_default_on_th
     assert "| default | 0.700 (0.500) | 0.700 (0.500) | 0.700 |" in table
     assert "| default, seed 0 | 0.500 (0.500) | 0.500 (0.500) | 0.500 |" in table
     assert "| other | 0.600 (0.600) |  |  |" in table
+
+
+def test_every_run_of_every_suite_has_a_valid_run_id():
+    for suite, chosen in quality.SUITES.items():
+        for dataset in chosen.datasets:
+            for name in chosen.configurations:
+                validate_run_id(f"quality-{suite}-{dataset}-{name}-seed0")
