@@ -36,18 +36,18 @@ def new_run_id() -> str:
 
 
 def flow_run_run_id() -> str:
-    """The run id of a flow run started without one: taken from the flow run's id, so that a retry of the flow
-    run (Prefect keeps its id) continues the same run directory, e.g. 20261126-153000-1a2b3c4d (the time the
-    flow run was created, from its time-ordered id, and the id's last 8 digits). Outside a flow run: new_run_id."""
+    """The run id of a flow run started without one, from the flow run itself, so that a retry of the flow run
+    (Prefect keeps its id) continues the same run directory: the time the flow run was created and the last 8
+    digits of its id, e.g. 20261126-153000-1a2b3c4d. Outside a flow run: new_run_id."""
+    from prefect import get_client
     from prefect.runtime import flow_run
 
     if not flow_run.id:
         return new_run_id()
-    identity = uuid.UUID(flow_run.id)
-    if identity.version != 7:
-        return f"flowrun-{identity}"
-    created = datetime.fromtimestamp(int(identity.hex[:12], 16) / 1000, UTC)
-    return f"{created:%Y%m%d-%H%M%S}-{identity.hex[-8:]}"
+    with get_client(sync_client=True) as client:
+        created = client.read_flow_run(flow_run.id).created
+    when = f"{created.astimezone(UTC):%Y%m%d-%H%M%S}" if created else "flowrun"
+    return f"{when}-{uuid.UUID(flow_run.id).hex[-8:]}"
 
 
 def flow_run_name() -> str:

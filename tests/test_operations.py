@@ -1,5 +1,6 @@
 """Prefect-native operation: a retried flow run continues its own run; overrides merge into a config."""
 
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,7 @@ def test_a_flow_run_retried_by_prefect_continues_its_own_run(
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(flow_runs[0])
     assert flow_run.name == f"{root.name} fashion-mnist-sample" and flow_run.run_count == 2
+    assert root.name == f"{flow_run.created.astimezone(UTC):%Y%m%d-%H%M%S}-{flow_run.id.hex[-8:]}"
     straight = RunLayout(finished_run, "tiny")
     assert layout.completed_epochs() == [0, 1]
     for epoch in (0, 1):
