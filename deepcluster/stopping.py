@@ -64,15 +64,16 @@ def _stop(number: int, frame: FrameType | None) -> None:
     os._exit(128 + number)
 
 
-def children() -> list[int]:
-    """The pids of this process's children (Linux /proc; none where it is not available)."""
+def children(parent: int | None = None) -> list[int]:
+    """The pids of the children of `parent` (default: this process), from Linux's /proc (none without it)."""
+    parent = os.getpid() if parent is None else parent
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
-        if parent == os.getpid():
+        if ppid == parent:
             found.append(int(stat.parent.name))
     return found
 

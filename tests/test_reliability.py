@@ -15,6 +15,7 @@ import pytest
 from deepcluster import artifacts
 from deepcluster.artifacts import RunLayout
 from deepcluster.cli import main
+from deepcluster.stopping import children
 
 from .conftest import write_images
 from .test_resume import CLI_ARGS, ROOT
@@ -243,7 +244,7 @@ def test_ctrl_c_and_sigterm_stop_at_once_and_cleanly(tmp_path: Path, number: sig
     while not layout.epoch_dir(0).exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process.poll() is None, process.stderr.read().decode()
-    server = [pid for pid in _all_pids() if _parent(pid) == process.pid]
+    server = children(process.pid)
     assert server, "the command runs its own temporary Prefect server"
     if to_group:
         os.killpg(process.pid, number)
@@ -256,17 +257,6 @@ def test_ctrl_c_and_sigterm_stop_at_once_and_cleanly(tmp_path: Path, number: sig
     assert not layout.lock_file.exists()
     assert all(problems == [] for problems in artifacts.verify_run(layout).values())
     assert layout.completed_epochs() and not any(Path(f"/proc/{pid}").exists() for pid in server)
-
-
-def _all_pids() -> list[int]:
-    return [int(path.name) for path in Path("/proc").iterdir() if path.name.isdigit()]
-
-
-def _parent(pid: int) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return -1
 
 
 def test_damage_to_any_file_of_a_run_is_named_by_the_command_that_reads_it(finished_run: Path, tmp_path: Path, capsys):
