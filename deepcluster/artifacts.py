@@ -227,6 +227,44 @@ class RunLock:
             unlock_file(self.layout.lock_file, descriptor)
 
 
+def device_locks_dir() -> Path:
+    """`DEEPCLUSTER_LOCKS_DIR`, else ~/.cache/deepcluster/locks: where the runs of this user on this machine take
+    turns on each device."""
+    configured = os.environ.get("DEEPCLUSTER_LOCKS_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "deepcluster" / "locks"
+
+
+class DeviceLock:
+    """One run at a time on a device of this machine, whatever started it (a deployment's worker, `serve`, the
+    command line): a second run waits until the first ends or its process dies (even by SIGKILL, at once).
+
+    device: "cpu", "cuda:0", ...; holder: what the lock file says while held (the run id); on_wait: called once
+    with the holder's description when the device is busy, before waiting."""
+
+    def __init__(self, device: str, holder: str, on_wait: Callable[[str], None] | None = None) -> None:
+        self.path = device_locks_dir() / f"device-{re.sub(r'[^A-Za-z0-9_-]', '-', device)}.lock"
+        self.holder = holder
+        self.on_wait = on_wait
+        self._descriptor = -1
+
+    def __enter__(self) -> DeviceLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._descriptor = lock_file(self.path, wait=False)
+        except BlockingIOError as busy:
+            if self.on_wait:
+                self.on_wait(str(busy.filename))
+            self._descriptor = lock_file(self.path, wait=True)
+        os.ftruncate(self._descriptor, 0)
+        os.pwrite(self._descriptor, f"run {self.holder}, pid {os.getpid()}".encode(), 0)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._descriptor >= 0:
+            descriptor, self._descriptor = self._descriptor, -1
+            unlock_file(self.path, descriptor)
+
+
 def lock_file(path: Path, wait: bool = True) -> int:
     """Take an exclusive lock on the file `path` (created if missing) and return its descriptor.
 
@@ -248,7 +286,7 @@ def lock_file(path: Path, wait: bool = True) -> int:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError as busy:
-            owner = os.pread(descriptor, 32, 0).decode(errors="replace").strip() or "unknown"
+            owner = os.pread(descriptor, 200, 0).decode(errors="replace").strip() or "unknown"
             os.close(descriptor)
             raise BlockingIOError(busy.errno, busy.strerror, owner) from None
         if _same_file(path, found):

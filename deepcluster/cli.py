@@ -301,7 +301,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return build_config(values)
 
 
-def import_flow() -> Callable[..., str]:
+def import_flow() -> Callable[..., dict[str, Any]]:
     """The flow, with Prefect set up as the CLI runs it (also what `bench` measures)."""
     # The temporary server would try to send usage telemetry, which fails (loudly) offline.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -334,9 +334,10 @@ def run_flow(
     config: Config, run_id: str | None, runs_dir: Path | None, progress: bool | None, evaluate: bool = False
 ) -> int:
     deepcluster_flow = import_flow()
-    root = Path(
-        deepcluster_flow(config=config, run_id=run_id, runs_dir=str(runs_dir or default_runs_dir()), progress=progress)
+    result = deepcluster_flow(
+        config=config, run_id=run_id, runs_dir=str(runs_dir or default_runs_dir()), progress=progress
     )
+    root = Path(result["run_dir"])
     layout = RunLayout(root.parent, root.name)
     rows = metric_rows(layout)
     print(f"\nrun {layout.run_id}: {len(rows)} epochs, artifacts in {root}, report in {root / 'report' / 'index.html'}")

@@ -8,6 +8,7 @@ next epoch computes. Running the flow again on the same run id continues after t
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 import uuid
@@ -15,12 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import torch
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 import tasks
 from deepcluster import artifacts, pipeline
-from deepcluster.artifacts import ArtifactWriter, RunLayout, RunLock, default_runs_dir
+from deepcluster.artifacts import ArtifactWriter, DeviceLock, RunLayout, RunLock, default_runs_dir
 from deepcluster.config import Config, build_config
 from deepcluster.pipeline import Session, configure_torch, resolve_device, timed
 from deepcluster.progress import progress_bar
@@ -61,26 +63,34 @@ def flow_run_name() -> str:
     return f"{parameters.get('run_id') or flow_run_run_id()} {Path(str(dataset)).name}"
 
 
-@flow(name="deepcluster", flow_run_name=flow_run_name)
+# The result (a small JSON document) is stored by Prefect (PREFECT_LOCAL_STORAGE_PATH), so a finished flow
+# run's `state.result()` gives it back from the API.
+@flow(name="deepcluster", flow_run_name=flow_run_name, persist_result=True, result_serializer="json")
 def deepcluster_flow(
     config: Config = DEFAULT_CONFIG,
     run_id: str | None = None,
     runs_dir: str | None = None,
     progress: bool | None = None,
     overrides: dict[str, Any] | None = None,
-) -> str:
-    """Train DeepCluster for `config.epochs` epochs (continuing an existing run) and return its directory.
+) -> dict[str, Any]:
+    """Train DeepCluster for `config.epochs` epochs (continuing an existing run). Returns the run's directory
+    (`run_dir`), its id, its number of epochs and the last epoch's metrics (`last_epoch`, flat).
 
     overrides: config keys that replace the ones of `config`, key by key (a deployment's config stays but for
-    them). Without a run_id, the run id comes from the flow run, so a retry continues the same run."""
+    them). Without a run_id, the run id comes from the flow run, so a retry continues the same run. Runs take
+    turns on a device: a run that finds another one training on its device waits for it (DeviceLock)."""
     logger = get_run_logger()
     reclaim_signals()  # run from the `deepcluster` command: Ctrl-C and SIGTERM stop it at once, cleanly
     if overrides:
         config = build_config({**config.to_json_dict(), **overrides})
     layout = RunLayout(Path(runs_dir) if runs_dir else default_runs_dir(), run_id or flow_run_run_id())
     configure_torch(config)
-    device = str(resolve_device(config.device))
-    with RunLock(layout):
+    device = _device_name(resolve_device(config.device))
+
+    def waiting(holder: str) -> None:
+        logger.info("device %s is busy (%s): waiting for it", device, holder)
+
+    with RunLock(layout), DeviceLock(device, layout.run_id, on_wait=waiting):
         info = tasks.ingest(config, layout)
         _record_flow_run(layout)
         tasks.sobel_preprocess(layout, info.image_size)
@@ -111,17 +121,25 @@ def deepcluster_flow(
             logger.info("the last epoch's images in %d groups: %s", config.groups, path)
         report = tasks.write_report(layout) if rows else None
     _publish_summary(layout, config, rows, report)
-    return str(layout.root)
+    last = rows[-1] if rows else None
+    return {"run_dir": str(layout.root.resolve()), "run_id": layout.run_id, "epochs": len(rows), "last_epoch": last}
 
 
-@flow(name="deepcluster", flow_run_name=flow_run_name, retries=2, retry_delay_seconds=300)
+@flow(
+    name="deepcluster",
+    flow_run_name=flow_run_name,
+    persist_result=True,
+    result_serializer="json",
+    retries=2,
+    retry_delay_seconds=300,
+)
 def deepcluster_flow_with_retries(
     config: Config = DEFAULT_CONFIG,
     run_id: str | None = None,
     runs_dir: str | None = None,
     progress: bool | None = None,
     overrides: dict[str, Any] | None = None,
-) -> str:
+) -> dict[str, Any]:
     """deepcluster_flow, retried by Prefect twice, 5 minutes apart, if it fails (the scheduled deployment's
     entrypoint). Each retry continues the run after its last committed epoch: a retried flow run keeps its
     id, hence its run id."""
@@ -191,36 +209,57 @@ def _epoch_line(row: dict[str, Any]) -> str:
 
 
 def _record_flow_run(layout: RunLayout) -> None:
-    """Add the Prefect flow run working on the run to run.json's `flow_runs` (once per flow run)."""
+    """Record in run.json the Prefect flow run working on the run (`flow_runs`, once per flow run) and the runs
+    directory it works in (`runs_dir`, absolute: it depends on the worker's environment and parameters)."""
     from prefect.runtime import flow_run
 
     record = artifacts.read_run_record(layout)
+    known = dict(record)
     if flow_run.id and flow_run.id not in record.setdefault("flow_runs", []):
         record["flow_runs"].append(flow_run.id)
+    record["runs_dir"] = str(layout.runs_dir.resolve())
+    if record != known:
         artifacts.write_json(layout.run_json, record)
+
+
+def _device_name(device: torch.device) -> str:
+    """The device a run trains on, as named by its DeviceLock: "cpu", "cuda:0", ..."""
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
 
 
 def _artifact_key(run_id: str) -> str:
     return "deepcluster-" + re.sub(r"[^a-z0-9-]", "-", run_id.lower())
 
 
+# The report's figures shown in the run's summary artifact, so that the Prefect UI shows them without access to
+# the worker's files (embedded as data URIs, about 200 kB in all).
+SUMMARY_FIGURES = {"curves.png": "Metrics over epochs", "sizes.png": "Cluster sizes", "confusion.png": "Clusters against labels"}
+
+
 def _publish_summary(layout: RunLayout, config: Config, rows: list[dict[str, Any]], report: Path | None) -> None:
-    """The run's summary (markdown) and its HTML report (a link) as Prefect artifacts."""
+    """The run's summary with the report's main figures (markdown) and its HTML report (a link) as Prefect
+    artifacts."""
     last = rows[-1] if rows else {}
     report_line = f"- report: [{report.resolve()}]({report.resolve().as_uri()})" if report else "- report: none yet"
-    markdown = "\n".join(
-        [
-            f"# DeepCluster run `{layout.run_id}`",
-            f"- artifacts: `{layout.root.resolve()}`",
-            report_line,
-            f"- dataset: `{config.dataset}`, k = {config.num_clusters}, arch `{config.arch}`, epochs {len(rows)}",
-            f"- last epoch: NMI vs labels {last.get('nmi')}, NMI vs previous {last.get('nmi_previous')}",
-            "",
-            "```",
-            format_table(rows),
-            "```",
-        ]
-    )
+    lines = [
+        f"# DeepCluster run `{layout.run_id}`",
+        f"- artifacts: `{layout.root.resolve()}`",
+        report_line,
+        f"- dataset: `{config.dataset}`, k = {config.num_clusters}, arch `{config.arch}`, epochs {len(rows)}",
+        f"- last epoch: NMI vs labels {last.get('nmi')}, NMI vs previous {last.get('nmi_previous')}",
+        "",
+        "```",
+        format_table(rows),
+        "```",
+    ]
+    for name, title in SUMMARY_FIGURES.items():
+        figure = report.parent / name if report else None
+        if figure and figure.is_file():
+            encoded = base64.b64encode(figure.read_bytes()).decode()
+            lines += ["", f"## {title} (epoch {last['epoch']})", "", f"![{title}](data:image/png;base64,{encoded})"]
+    markdown = "\n".join(lines)
     create_markdown_artifact(
         markdown=markdown, key=_artifact_key(layout.run_id) + "-summary", description="Run summary"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,9 @@ import pytest
 from PIL import Image
 
 from deepcluster.config import Config
+
+# The runs of the tests take turns on the device among themselves, not with runs outside the tests.
+os.environ["DEEPCLUSTER_LOCKS_DIR"] = tempfile.mkdtemp(prefix="deepcluster-test-locks-")
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +59,9 @@ def write_images(folder: Path, size: int, mode: str, count: int = 4) -> None:
     for index in range(count):
         shape = (size, size, 3) if mode == "RGB" else (size, size)
         Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(folder / f"image{index}.png")
+
+
+def training_span(runs_dir: Path, run_id: str) -> tuple[int, int]:
+    """When a finished run's flow run held its device: from its record (run.json) to its report, in ns."""
+    root = runs_dir / run_id
+    return (root / "run.json").stat().st_mtime_ns, (root / "report" / "index.html").stat().st_mtime_ns

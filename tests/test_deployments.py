@@ -39,15 +39,15 @@ def test_prefect_accepts_the_file():
     assert len(scheduled) == 1 and scheduled[0].schedules[0].cron == "0 2 * * *"
 
 
-def test_served_deployments_mirror_prefect_yaml():
+def test_served_deployments_mirror_prefect_yaml_under_names_of_their_own():
     from flows.serve import build_deployments
 
     deployments = {deployment.name: deployment for deployment in build_deployments()}
-    assert set(deployments) == {entry["name"] for entry in DEPLOYMENTS}
-    nightly = deployments["nightly-fashion-mnist"]
-    assert nightly.schedules[0].schedule.cron == "0 2 * * *"
-    assert nightly.concurrency_limit == 1
+    assert set(deployments) == {entry["name"] + "-served" for entry in DEPLOYMENTS}
+    nightly = deployments["nightly-fashion-mnist-served"]
+    assert (nightly.schedules[0].schedule.cron, nightly.schedules[0].schedule.timezone) == ("0 2 * * *", "UTC")
+    assert (nightly.concurrency_limit, nightly.concurrency_options.collision_strategy.value) == (1, "ENQUEUE")
     assert nightly.parameters["config"]["dataset"] == "fashion-mnist"
     assert nightly.entrypoint.endswith(":deepcluster_flow_with_retries")
-    assert deployments["on-demand"].entrypoint.endswith(":deepcluster_flow")
-    assert not deployments["on-demand"].schedules
+    assert deployments["on-demand-served"].entrypoint.endswith(":deepcluster_flow")
+    assert not deployments["on-demand-served"].schedules

@@ -1,5 +1,6 @@
 """The Prefect flow end to end on 300 sample images, under one session-scoped test server."""
 
+import base64
 import json
 import shutil
 from pathlib import Path
@@ -54,6 +55,9 @@ def test_flow_publishes_prefect_artifacts(prefect_harness, tmp_path: Path):
     assert summary is not None and "DeepCluster run `Published_Run`" in summary.data
     report = tmp_path / "Published_Run" / "report" / "index.html"
     assert f"- report: [{report.resolve()}]({report.resolve().as_uri()})" in summary.data
+    for name, title in (("curves.png", "Metrics over epochs"), ("confusion.png", "Clusters against labels")):
+        encoded = base64.b64encode((report.parent / name).read_bytes()).decode()
+        assert f"![{title}](data:image/png;base64,{encoded})" in summary.data  # seen in the UI, no file access
     link = Artifact.get("deepcluster-published-run-report")
     assert link is not None and report.resolve().as_uri() in link.data and report.is_file()
 

@@ -9,7 +9,7 @@ from deepcluster import artifacts
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import ConfigError
 
-from .conftest import tiny_config
+from .conftest import tiny_config, training_span
 
 
 def test_a_flow_run_retried_by_prefect_continues_its_own_run(
@@ -30,7 +30,7 @@ def test_a_flow_run_retried_by_prefect_continues_its_own_run(
 
     monkeypatch.setattr(pipeline, "write_checkpoint", failing_once_on_epoch_1)
     retrying = deepcluster_flow_with_retries.with_options(retry_delay_seconds=0)  # the scheduled deployment's flow
-    root = Path(retrying(config=tiny_config(), runs_dir=str(tmp_path), progress=False))  # no run id given
+    root = Path(retrying(config=tiny_config(), runs_dir=str(tmp_path), progress=False)["run_dir"])  # no run id given
     assert failures == [1]
     assert sorted(path.name for path in tmp_path.iterdir()) == [root.name]  # one run directory, no lock left
     layout = RunLayout(tmp_path, root.name)
@@ -39,6 +39,9 @@ def test_a_flow_run_retried_by_prefect_continues_its_own_run(
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(flow_runs[0])
     assert flow_run.name == f"{root.name} fashion-mnist-sample" and flow_run.run_count == 2
+    result = flow_run.state.result()  # persisted: read back through the API
+    assert result["run_dir"] == str(root) and result["epochs"] == 2 and result["last_epoch"]["epoch"] == 1
+    assert artifacts.read_run_record(layout)["runs_dir"] == str(tmp_path.resolve())
     assert root.name == f"{flow_run.created.astimezone(UTC):%Y%m%d-%H%M%S}-{flow_run.id.hex[-8:]}"
     straight = RunLayout(finished_run, "tiny")
     assert layout.completed_epochs() == [0, 1]
@@ -59,3 +62,19 @@ def test_overrides_replace_only_their_keys(prefect_harness, tmp_path: Path):
     with pytest.raises(ConfigError, match="epochs"):
         deepcluster_flow(config=base, run_id="p", runs_dir=str(tmp_path), progress=False, overrides={"epochs": 0})
     assert not (tmp_path / "p").exists()
+
+
+def test_runs_take_turns_on_a_device(prefect_harness, tmp_path: Path):
+    """Two flow runs started together on one device: the second waits for the first to end."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flows.deepcluster_flow import deepcluster_flow
+
+    def run(run_id: str) -> dict:
+        return deepcluster_flow(config=tiny_config(), run_id=run_id, runs_dir=str(tmp_path), progress=False)
+
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(run, ["first", "second"]))
+    assert [result["epochs"] for result in results] == [2, 2]
+    spans = sorted(training_span(tmp_path, run_id) for run_id in ("first", "second"))
+    assert spans[0][1] <= spans[1][0]  # the later run started after the earlier one had written its report
