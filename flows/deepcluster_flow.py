@@ -235,7 +235,11 @@ def _artifact_key(run_id: str) -> str:
 
 # The report's figures shown in the run's summary artifact, so that the Prefect UI shows them without access to
 # the worker's files (embedded as data URIs, about 200 kB in all).
-SUMMARY_FIGURES = {"curves.png": "Metrics over epochs", "sizes.png": "Cluster sizes", "confusion.png": "Clusters against labels"}
+SUMMARY_FIGURES = {
+    "curves.png": "Metrics over epochs",
+    "sizes.png": "Cluster sizes",
+    "confusion.png": "Clusters against labels",
+}
 
 
 def _publish_summary(layout: RunLayout, config: Config, rows: list[dict[str, Any]], report: Path | None) -> None:
@@ -248,7 +252,7 @@ def _publish_summary(layout: RunLayout, config: Config, rows: list[dict[str, Any
         f"- artifacts: `{layout.root.resolve()}`",
         report_line,
         f"- dataset: `{config.dataset}`, k = {config.num_clusters}, arch `{config.arch}`, epochs {len(rows)}",
-        f"- last epoch: NMI vs labels {last.get('nmi')}, NMI vs previous {last.get('nmi_previous')}",
+        f"- last epoch: NMI vs labels {_rounded(last.get('nmi'))}, NMI vs previous {_rounded(last.get('nmi_previous'))}",
         "",
         "```",
         format_table(rows),
@@ -270,3 +274,7 @@ def _publish_summary(layout: RunLayout, config: Config, rows: list[dict[str, Any
             key=_artifact_key(layout.run_id) + "-report",
             description="HTML report: curves, cluster sizes and samples, projection, integrity",
         )
+
+
+def _rounded(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

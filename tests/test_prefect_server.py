@@ -72,9 +72,9 @@ def test_deploy_and_serve_side_by_side(server_env: dict[str, str], tmp_path: Pat
             ours, theirs = client.read_deployment_by_name(f"deepcluster/{name}"), deployed[name]
             assert (ours.id, ours.work_pool_name, ours.pull_steps) == (theirs.id, "deepcluster", theirs.pull_steps)
             assert ours.job_variables["env"]["DEEPCLUSTER_RUNS_DIR"] == f"{ROOT}/runs"
-            assert all(schedule.active for schedule in ours.schedules)
+            assert not ours.paused and all(schedule.active for schedule in ours.schedules)
             twin = client.read_deployment_by_name(f"deepcluster/{name}-served")
-            assert twin.id != ours.id and twin.parameters == ours.parameters
+            assert twin.id != ours.id and twin.paused and twin.parameters == ours.parameters  # paused by stopping serve
             assert [(s.schedule.cron, s.schedule.timezone) for s in twin.schedules] == [
                 (s.schedule.cron, s.schedule.timezone) for s in ours.schedules
             ]
@@ -82,7 +82,6 @@ def test_deploy_and_serve_side_by_side(server_env: dict[str, str], tmp_path: Pat
             assert twin.global_concurrency_limit.limit == 1
         nightly = client.read_deployment_by_name("deepcluster/nightly-fashion-mnist")
         assert [(s.schedule.cron, s.schedule.timezone) for s in nightly.schedules] == [("0 2 * * *", "UTC")]
-
 
 
 def _deployment(client, name: str):
