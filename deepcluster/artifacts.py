@@ -37,6 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from deepcluster.errors import RunError, RunLockedError
+
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")  # whole names only: fullmatch
 EPOCH_DIR_PATTERN = re.compile(r"[0-9]{4}")
 MANIFEST = "manifest.json"
@@ -44,14 +46,6 @@ CENTROIDS = "centroids.npy"  # per epoch: the centroids that assign an image to 
 PCA_MEAN, PCA_PROJECTION = "pca_mean.npy", "pca_projection.npy"  # per epoch, where PCA is on: the whitening
 WRITER_NICENESS = 19
 PARQUET_CODEC = "lz4"  # fast; whitened float features barely compress with any codec
-
-
-class RunError(ValueError):
-    """A run cannot be used as asked (bad id, missing run, changed config or dataset)."""
-
-
-class RunLockedError(RuntimeError):
-    """Another process is writing this run."""
 
 
 def validate_run_id(run_id: str) -> str:

@@ -1,7 +1,7 @@
 """Benchmarks: `deepcluster bench` (flow vs plain library loop) and `deepcluster bench-kmeans`.
 
 `bench` runs one configuration twice, each in a fresh child process so that peak memory is its
-own: once as the Prefect flow writing every artifact, once as the library loop (`pipeline.run_epoch`)
+own: once as the Prefect flow writing every artifact, once as the library loop (`epoch.run_epoch`)
 with no Prefect and nothing written. Per-epoch stage times come from the epochs' metrics; the
 figures reported are medians over epochs >= 1 (epoch 0 pays one-off warm-up costs).
 """
@@ -24,6 +24,7 @@ import torch
 
 from deepcluster import pipeline
 from deepcluster.config import Config
+from deepcluster.epoch import run_epoch
 from deepcluster.kmeans import assign, kmeans
 
 STAGES = ("extract", "pca", "kmeans", "targets", "resample", "train", "evaluate")
@@ -54,7 +55,7 @@ def measure(mode: str, config: Config) -> dict[str, Any]:
 
 def _run_library(config: Config, device: torch.device) -> list[dict[str, Any]]:
     session = pipeline.new_session(config, *pipeline.load_inputs(config), device)
-    return [pipeline.run_epoch(session, epoch, progress=False) for epoch in range(config.epochs)]
+    return [run_epoch(session, epoch, progress=False) for epoch in range(config.epochs)]
 
 
 def _run_flow(config: Config) -> list[dict[str, Any]]:

@@ -18,23 +18,15 @@ from typing import Any
 import numpy as np
 
 from deepcluster import artifacts, pipeline
-from deepcluster.artifacts import (
-    RunError,
-    RunLayout,
-    RunLockedError,
-    default_runs_dir,
-    find_run,
-    list_runs,
-    validate_run_id,
-)
-from deepcluster.config import Config, ConfigError, build_config, load_config_file, recorded_config
-from deepcluster.data import DatasetError
+from deepcluster.artifacts import RunLayout, default_runs_dir, find_run, list_runs, validate_run_id
+from deepcluster.config import Config, build_config, load_config_file, recorded_config
+from deepcluster.errors import ConfigError, DeepClusterError, RunError
 from deepcluster.report import epoch_metrics, flat_metrics, format_table, metric_rows, resolve_epoch
 from deepcluster.stopping import stop_cleanly
 
 NO_PCA = "none"  # --pca-dim none: L2 normalisation only (config pca_dim null)
 BENCH_EPOCHS = 3  # epoch 0 warms up; the medians are over epochs 1 and 2
-USER_ERRORS = (ConfigError, DatasetError, RunError, RunLockedError, FileNotFoundError, NotADirectoryError)
+USER_ERRORS = (DeepClusterError, FileNotFoundError, NotADirectoryError)
 
 # CLI flag -> Config key, for the flags that map one to one.
 RUN_FLAGS = {
@@ -107,57 +99,62 @@ def _crop_scale(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deepcluster", description="DeepCluster as a Prefect workflow.")
-    parser.add_argument(
-        "--runs-dir", type=Path, default=None, help="where runs live (default: $DEEPCLUSTER_RUNS_DIR or runs/)"
+    parser = argparse.ArgumentParser(
+        prog="deepcluster", description="DeepCluster as a Prefect workflow.", parents=[_shared_options(None)]
     )
-    parser.add_argument(
-        "--verbose", action="store_true", help="show Prefect's reports of a failed run, tracebacks included"
+    shared = _shared_options(argparse.SUPPRESS)  # after the command's name: set only where given
+    device = argparse.ArgumentParser(add_help=False)
+    device.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    progress = argparse.ArgumentParser(add_help=False)
+    progress.add_argument(
+        "--progress", dest="progress", action="store_true", default=None, help="always show progress bars"
     )
+    progress.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="train a new run, or continue one with --run-id")
+    def command(name: str, *parents: argparse.ArgumentParser, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, parents=[shared, *parents])
+
+    run = command("run", progress, help="train a new run, or continue one with --run-id")
     _add_config_flags(run)
     run.add_argument("--run-id", help="name of the run (letters, digits, - and _); continues it if it exists")
     run.add_argument(
         "--evaluate", action="store_true", help="then `deepcluster evaluate` the last epoch (labelled datasets)"
     )
-    _add_progress_flags(run)
 
-    resume = commands.add_parser("resume", help="continue a run after its last finished epoch")
+    resume = command("resume", progress, help="continue a run after its last finished epoch")
     resume.add_argument("run_id")
     resume.add_argument("--epochs", type=int, help="extend the run to this many epochs")
     resume.add_argument("--lr", type=float, help="a new learning rate from the next epoch on (recorded in run.json)")
-    _add_progress_flags(resume)
 
-    commands.add_parser("runs", help="list runs with epochs done and last metrics")
+    command("runs", help="list runs with epochs done and last metrics")
 
-    inspect = commands.add_parser("inspect", help="metrics of a run (table over epochs) or of one epoch")
+    inspect = command("inspect", help="metrics of a run (table over epochs) or of one epoch")
     inspect.add_argument("run_id")
     inspect.add_argument("--epoch", type=int)
     inspect.add_argument("--json", action="store_true", help="print JSON")
 
-    verify = commands.add_parser("verify", help="re-hash every artifact against the manifests")
+    verify = command("verify", help="re-hash every artifact against the manifests")
     verify.add_argument("run_id")
 
-    evaluate = commands.add_parser(
+    evaluate = command(
         "evaluate",
+        device,
         help="score a finished epoch against the labels: k-means at k = classes (NMI/ACC/ARI), kNN and "
         "linear probe on frozen features, k-means and kNN on pixels as baselines; writes evaluation.json",
     )
     evaluate.add_argument("run_id")
     evaluate.add_argument("--epoch", type=int, help="default: the last finished epoch")
-    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     evaluate.add_argument("--json", action="store_true", help="print the epoch's evaluation as JSON")
 
-    report = commands.add_parser(
+    report = command(
         "report", help="write a run's HTML report (curves, cluster sizes and samples, projection, integrity)"
     )
     report.add_argument("run_id")
     report.add_argument("--out", type=Path, help="directory for index.html and its figures (default RUN/report)")
     report.add_argument("--epoch", type=int, help="the epoch the figures show (default: the last finished)")
 
-    compare = commands.add_parser(
+    compare = command(
         "compare", help="runs side by side: the config keys that differ, last metrics, metric curves overlaid"
     )
     compare.add_argument("run_ids", nargs="+", metavar="RUN_ID", help="two or more runs")
@@ -165,8 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("compare"), help="directory for index.html (default compare/)"
     )
 
-    predict = commands.add_parser(
+    predict = command(
         "predict",
+        device,
+        progress,
         help="assign new images (a folder or a dataset name) to the clusters of a run's epoch; writes Parquet",
     )
     predict.add_argument("run_id")
@@ -180,26 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="Parquet file to write (default: RUN_ID-epochNNNN-predictions.parquet here)"
     )
     predict.add_argument("--overwrite", action="store_true", help="replace the --out file if it exists")
-    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    _add_progress_flags(predict)
 
-    group = commands.add_parser(
-        "group", help="group a run's images into K groups on the learned features (writes RUN/groups/)"
+    group = command(
+        "group", device, help="group a run's images into K groups on the learned features (writes RUN/groups/)"
     )
     group.add_argument("run_id")
     group.add_argument("--groups", type=int, required=True, help="how many groups")
     group.add_argument("--method", choices=["kmeans", "spectral"], default=Config().grouping, help="grouping method")
     group.add_argument("--epoch", type=int, help="default: the last finished epoch")
-    group.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
-    bench = commands.add_parser(
-        "bench", help="time the flow (all artifacts written) against the plain library loop, per stage"
-    )
+    bench = command("bench", help="time the flow (all artifacts written) against the plain library loop, per stage")
     _add_config_flags(bench)
     bench.add_argument("--rounds", type=int, default=2, help="alternating library/flow rounds (default 2)")
     bench.add_argument("--json", type=Path, help="also write the summary to this JSON file")
 
-    quality = commands.add_parser(
+    quality = command(
         "bench-quality",
         help="train and evaluate the quality suite's configurations over seeds; write docs/RESULTS.md",
     )
@@ -217,14 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="raw results, merged with what the file already holds (default docs/bench/quality-SUITE.json)",
     )
 
-    bench_kmeans = commands.add_parser(
-        "bench-kmeans", help="time the project's k-means against faiss and scikit-learn on synthetic points"
+    bench_kmeans = command(
+        "bench-kmeans", device, help="time the project's k-means against faiss and scikit-learn on synthetic points"
     )
     bench_kmeans.add_argument("--n", type=int, default=100_000, help="number of points")
     bench_kmeans.add_argument("--dim", type=int, default=256)
     bench_kmeans.add_argument("--k", type=int, default=1000)
     bench_kmeans.add_argument("--iters", type=int, default=20, help="at most this many Lloyd iterations")
-    bench_kmeans.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     bench_kmeans.add_argument("--seed", type=int, default=0)
     bench_kmeans.add_argument(
         "--sklearn-init",
@@ -235,6 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench_kmeans.add_argument("--no-faiss", action="store_true", help="skip faiss")
     bench_kmeans.add_argument("--json", type=Path, help="also write the results to this JSON file")
     return parser
+
+
+def _shared_options(default: Any) -> argparse.ArgumentParser:
+    """The options of every command, accepted before and after the command's name."""
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument(
+        "--runs-dir", type=Path, default=default, help="where runs live (default: $DEEPCLUSTER_RUNS_DIR or runs/)"
+    )
+    shared.add_argument(
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="show Prefect's reports of a failed run, tracebacks included",
+    )
+    return shared
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -283,13 +291,6 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="bf16 autocast (auto: where fast)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--config", type=Path, help="JSON file of config keys; flags override it")
-
-
-def _add_progress_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--progress", dest="progress", action="store_true", default=None, help="always show progress bars"
-    )
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from deepcluster.errors import ConfigError
+
 DATASET_NAMES = ("fashion-mnist-sample", "fashion-mnist", "mnist", "cifar10", "digits")
 
 GroupingMethod = Literal["kmeans", "spectral"]
@@ -39,10 +41,6 @@ EXTENDABLE_KEYS = frozenset({"epochs", "grouping", "groups", "lr"})
 # Keys that say where the dataset's files are, not what the data is (the dataset fingerprint checks
 # that): a run continued from elsewhere records the new values.
 LOCATION_KEYS = frozenset({"data_dir", "download"})
-
-
-class ConfigError(ValueError):
-    """A configuration a user gave cannot be used; the message says which key and why."""
 
 
 class Config(BaseModel):

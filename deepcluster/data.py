@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from deepcluster.config import Config
+from deepcluster.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +27,6 @@ SYSTEM_DATA_DIR = Path("/usr/share/datasets")
 IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
-
-
-class DatasetError(ValueError):
-    """A dataset file or folder exists but cannot be used; the message names it and the problem."""
 
 
 @dataclass(frozen=True)
@@ -114,8 +111,8 @@ def _idx_directory(name: str, config: Config) -> Path:
     if config.download:
         return download_idx(name, PROJECT_DATA_DIR / name)
     raise FileNotFoundError(
-        f"no {name} IDX files found in {' or '.join(map(str, candidates))}: pass --data-dir, "
-        f"install Debian's dataset-{name} package, or pass --download on a machine with internet"
+        f"no {name} IDX files found in {' or '.join(map(str, candidates))}: set data_dir to "
+        f"their folder, install Debian's dataset-{name} package, or set download on a machine with internet"
     )
 
 
@@ -283,7 +280,7 @@ def select(image_set: ImageSet, classes: tuple[int, ...] | None, limit: int | No
     keep = np.arange(len(image_set))
     if classes is not None:
         if image_set.labels is None:
-            raise DatasetError(f"--classes needs labels, but {image_set.source} has none")
+            raise DatasetError(f"classes needs labels, but {image_set.source} has none")
         present = set(np.unique(image_set.labels).tolist())
         missing = [label for label in classes if label not in present]
         if missing:

@@ -25,9 +25,10 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
 from deepcluster import artifacts, metrics, pipeline, report
-from deepcluster.artifacts import RunError, RunLayout
+from deepcluster.artifacts import RunLayout
 from deepcluster.config import Config, GroupingMethod, recorded_config
-from deepcluster.data import DatasetError, load_dataset
+from deepcluster.data import load_dataset
+from deepcluster.errors import DatasetError, RunError
 from deepcluster.features import extract_features, representation_features
 from deepcluster.grouping import GRAPH_NEIGHBOURS, GROUPING_METHODS, KMEANS_INITS, group
 from deepcluster.sobel import SobelFilter, prepare_inputs

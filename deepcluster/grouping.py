@@ -17,7 +17,8 @@ from sklearn.cluster import KMeans, SpectralClustering
 
 from deepcluster import artifacts, pipeline, report
 from deepcluster.artifacts import RunLayout
-from deepcluster.config import ConfigError, GroupingMethod, recorded_config
+from deepcluster.config import GroupingMethod, recorded_config
+from deepcluster.errors import ConfigError
 from deepcluster.features import representation_features
 
 GROUPING_METHODS: tuple[GroupingMethod, ...] = ("kmeans", "spectral")

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from deepcluster.errors import InputError, MissingPackageError
+
 PERTURBATION = 1e-4
 CHUNK_ELEMENTS = {"cpu": 2**20, "cuda": 2**28}  # distance-matrix elements per chunk: 4 MiB (stays in cache) / 1 GiB
 
@@ -150,15 +152,15 @@ def kmeans(
     """
     num_points = len(points)
     if num_clusters < 2:
-        raise ValueError(f"k-means needs k >= 2, got {num_clusters}")
+        raise InputError(f"k-means needs k >= 2, got {num_clusters}")
     if num_clusters > num_points:
-        raise ValueError(f"k-means with k={num_clusters} needs at least as many points, got {num_points}")
+        raise InputError(f"k-means with k={num_clusters} needs at least as many points, got {num_points}")
     if iterations < 1:
-        raise ValueError(f"k-means needs at least 1 iteration, got {iterations}")
+        raise InputError(f"k-means needs at least 1 iteration, got {iterations}")
     point_norms = (points * points).sum(dim=1)
     if isinstance(init, torch.Tensor):
         if init.shape != (num_clusters, points.shape[1]):
-            raise ValueError(f"initial centroids must be ({num_clusters}, {points.shape[1]}), got {tuple(init.shape)}")
+            raise InputError(f"initial centroids must be ({num_clusters}, {points.shape[1]}), got {tuple(init.shape)}")
         centroids = init.to(points.device, points.dtype).clone()
     elif init == "k-means++":
         centroids = kmeans_plus_plus(points, num_clusters, generator, point_norms)
@@ -166,7 +168,7 @@ def kmeans(
         initial = torch.randperm(num_points, generator=generator)[:num_clusters].to(points.device)
         centroids = points[initial].clone()
     else:
-        raise ValueError(f"unknown k-means initialisation {init!r}: expected 'random' or 'k-means++'")
+        raise InputError(f"unknown k-means initialisation {init!r}: expected 'random' or 'k-means++'")
     previous = None
     done = 0
     while done < iterations:
@@ -194,7 +196,7 @@ def faiss_kmeans(
     try:
         import faiss
     except ImportError:
-        raise ImportError("kmeans_backend='faiss' needs the faiss package: pip install faiss-cpu") from None
+        raise MissingPackageError("kmeans_backend='faiss' needs the faiss package: pip install faiss-cpu") from None
     data = points.detach().float().cpu().contiguous().numpy()
     model = faiss.Kmeans(data.shape[1], num_clusters, niter=iterations, seed=seed % 2**31, verbose=False)
     generator = torch.Generator().manual_seed(seed)

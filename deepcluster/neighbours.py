@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from deepcluster.errors import InputError
+
 CHUNK_ELEMENTS = {"cpu": 2**22, "cuda": 2**28}  # similarity-matrix elements per chunk
 
 
@@ -22,7 +24,7 @@ def nearest_neighbours(points: torch.Tensor, count: int) -> torch.Tensor:
     """
     num_points = len(points)
     if not 1 <= count < num_points:
-        raise ValueError(f"need 1 <= neighbours < points, got {count} neighbours of {num_points} points")
+        raise InputError(f"need 1 <= neighbours < points, got {count} neighbours of {num_points} points")
     chunk_elements = CHUNK_ELEMENTS.get(points.device.type, CHUNK_ELEMENTS["cpu"])
     rows_per_chunk = max(1, chunk_elements // num_points)
     found = torch.empty((num_points, count), dtype=torch.int64, device=points.device)

@@ -2,9 +2,9 @@
 
 Set-up stages (ingest, preprocess) work on the run directory. The epoch stages work in memory on a
 `Session` (inputs on the device, model, optimizer) that lives across epochs, so nothing is reloaded
-between stages; the flow hands their outputs to a background writer and commits each epoch once its
-files are written. `open_session` rebuilds the same state from a run's files, which is how a run
-resumes. The algorithm itself lives in the modules called here (features, reduce, kmeans, sampling,
+between stages; `epoch.run_epoch` chains them, and `RunOutputs` writes an epoch's outputs into its run on a
+background writer and commits the epoch once its files are written. `open_session` rebuilds the same state
+from a run's files, which is how a run resumes. The algorithm itself lives in the modules called here (features, reduce, kmeans, sampling,
 train, metrics).
 """
 
@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from deepcluster import __version__, artifacts, metrics
-from deepcluster.artifacts import RunError, RunLayout
-from deepcluster.config import EXTENDABLE_KEYS, LOCATION_KEYS, Config, ConfigError, recorded_config
-from deepcluster.data import DatasetError, ImageSet, load_dataset
+from deepcluster.artifacts import ArtifactWriter, RunLayout
+from deepcluster.config import EXTENDABLE_KEYS, LOCATION_KEYS, Config, recorded_config
+from deepcluster.data import ImageSet, load_dataset
+from deepcluster.errors import ConfigError, DatasetError, DivergedError, RunError
 from deepcluster.features import extract_features
 from deepcluster.kmeans import Clustering, centroid_means, faiss_kmeans, kmeans
 from deepcluster.models import ARCHS, ClusterHead, DeepClusterNet, PrototypeHead
@@ -72,7 +73,7 @@ class DatasetInfo:
 def resolve_device(requested: str) -> torch.device:
     """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was requested but no CUDA GPU is available (use --device cpu or auto)")
+        raise ConfigError("device 'cuda' was requested but no CUDA GPU is available: set device to 'cpu' or 'auto'")
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
@@ -103,7 +104,7 @@ def validate_for_dataset(config: Config, image_set: ImageSet) -> int:
     if config.neighbours >= num_images:
         raise ConfigError(f"neighbours={config.neighbours} must be below the number of images ({num_images})")
     if config.image_size is None and height != width:
-        raise ConfigError(f"images are {height}x{width}, not square: pass --image-size")
+        raise ConfigError(f"images are {height}x{width}, not square: set image_size")
     size = effective_image_size(config, height)
     spec = ARCHS[config.arch]
     if size < spec.min_input_size:
@@ -210,13 +211,13 @@ def check_resumable(layout: RunLayout, config: Config, fingerprint: str) -> None
         details = ", ".join(f"{key}: {getattr(recorded, key)!r} -> {getattr(config, key)!r}" for key in differing)
         raise RunError(
             f"run {layout.run_id!r} exists with a different config ({details}); to continue it with its own "
-            f"config use `deepcluster resume {layout.run_id} [--epochs N]`, or pick a new --run-id"
+            f"config use `deepcluster resume {layout.run_id} [--epochs N]`, or pick a new run_id"
         )
     recorded_fingerprint = record["dataset"]["fingerprint"]
     if recorded_fingerprint != fingerprint:
         raise RunError(
             f"run {layout.run_id!r} was trained on different data (fingerprint {recorded_fingerprint[:12]}…, "
-            f"now {fingerprint[:12]}…); use a new --run-id"
+            f"now {fingerprint[:12]}…); use a new run_id"
         )
     done = layout.completed_epochs()
     if config.epochs < len(done):
@@ -402,11 +403,9 @@ def retrain(
         )
 
 
-def evaluate(session: Session, assignments: np.ndarray) -> dict[str, Any]:
-    """NMI against the previous epoch's assignments; NMI/ACC/ARI against labels when present; cluster sizes.
-
-    Then remembers `assignments` as the previous epoch's, for the next call.
-    """
+def score_clusters(session: Session, assignments: np.ndarray) -> dict[str, Any]:
+    """The epoch's clusters scored: their sizes, NMI against the previous epoch's assignments, and NMI/ACC/ARI
+    against the labels where there are labels (evaluation only: nothing in training reads them)."""
     result: dict[str, Any] = {"cluster_sizes": metrics.cluster_size_stats(assignments, session.config.num_clusters)}
     previous = session.previous_assignments
     result["nmi_previous"] = None if previous is None else metrics.nmi(assignments, previous)
@@ -416,31 +415,7 @@ def evaluate(session: Session, assignments: np.ndarray) -> dict[str, Any]:
             "acc": metrics.accuracy(session.labels, assignments),
             "ari": metrics.ari(session.labels, assignments),
         }
-    session.previous_assignments = assignments
     return result
-
-
-def run_epoch(session: Session, epoch: int, progress: bool | None = None) -> dict[str, Any]:
-    """One epoch of the plain library loop: no orchestration, nothing written. Returns its metrics.
-
-    The flow runs the same stages as Prefect tasks and persists their outputs; `deepcluster bench`
-    compares the two.
-    """
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    features = timed(seconds, "extract", session.device, extract, session, progress)
-    features, _ = timed(seconds, "pca", session.device, reduce, features, session.config.pca_dim)
-    clusterings = timed(
-        seconds, "kmeans", session.device, cluster, features, session.config, epoch, session.previous_assignments
-    )
-    targets = timed(seconds, "targets", session.device, training_targets, features, clusterings, session.config)
-    del features
-    sample = timed(seconds, "resample", session.device, resample, clusterings[0].assignments, session.config, epoch)
-    trained = timed(seconds, "train", session.device, retrain, session, clusterings, targets, sample, epoch, progress)
-    assignments = clusterings[0].assignments.cpu().numpy()
-    evaluation = timed(seconds, "evaluate", session.device, evaluate, session, assignments)
-    seconds["epoch"] = round(time.perf_counter() - start, 4)
-    return epoch_record(session, epoch, clusterings[0], trained, evaluation, seconds)
 
 
 def epoch_record(
@@ -462,10 +437,6 @@ def epoch_record(
         **evaluation,
         "stage_seconds": seconds,
     }
-
-
-class DivergedError(RunError):
-    """Training diverged: a feature, centroid, loss or weight is no longer a finite number."""
 
 
 def require_finite(values: torch.Tensor | float, what: str, epoch: int, config: Config) -> None:
@@ -535,3 +506,32 @@ def finish_epoch(layout: RunLayout, epoch: int, epoch_metrics: dict[str, Any]) -
     """Write metrics.json and commit the epoch atomically (after its other files are written)."""
     artifacts.write_json(layout.staging_dir(epoch) / "metrics.json", epoch_metrics)
     return artifacts.commit_epoch(layout, epoch)
+
+
+class RunOutputs:
+    """An epoch's outputs written into its run on a background writer, then the epoch committed (the flow's
+    `outputs` of epoch.run_epoch). metrics.json also gets `stage_seconds["write"]`, the writer's time on the
+    epoch's files, off the critical path."""
+
+    def __init__(self, layout: RunLayout, writer: ArtifactWriter, labels: np.ndarray | None) -> None:
+        self.layout, self.writer, self.labels = layout, writer, labels
+
+    def begin(self, epoch: int) -> None:
+        artifacts.begin_epoch(self.layout, epoch)
+
+    def features(self, epoch: int, features: np.ndarray) -> None:
+        self.writer.submit(epoch, write_features, self.layout, epoch, features)
+
+    def clusters(self, epoch: int, assignments: np.ndarray, clustering: Clustering, pca: PCAWhitening | None) -> None:
+        self.writer.submit(epoch, write_assignments, self.layout, epoch, assignments, self.labels)
+        self.writer.submit(epoch, write_clustering, self.layout, epoch, clustering, pca)
+
+    def checkpoint(self, epoch: int, state: dict[str, Any]) -> None:
+        self.writer.submit(epoch, write_checkpoint, self.layout, epoch, state)
+
+    def commit(self, epoch: int, metrics: dict[str, Any]) -> None:
+        self.writer.submit(epoch, self._commit, epoch, metrics)
+
+    def _commit(self, epoch: int, epoch_metrics: dict[str, Any]) -> None:
+        seconds = {**epoch_metrics["stage_seconds"], "write": self.writer.busy_seconds(epoch)}
+        finish_epoch(self.layout, epoch, {**epoch_metrics, "stage_seconds": seconds})

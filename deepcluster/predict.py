@@ -19,9 +19,10 @@ import pyarrow.parquet as pq
 import torch
 
 from deepcluster import artifacts, pipeline
-from deepcluster.artifacts import RunError, RunLayout
+from deepcluster.artifacts import RunLayout
 from deepcluster.config import recorded_config
-from deepcluster.data import DatasetError, ImageSet
+from deepcluster.data import ImageSet
+from deepcluster.errors import DatasetError, RunError
 from deepcluster.features import extract_features
 from deepcluster.kmeans import assign
 from deepcluster.reduce import PCAWhitening

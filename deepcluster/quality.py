@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from deepcluster import artifacts
-from deepcluster.artifacts import RunError, RunLayout
+from deepcluster.artifacts import RunLayout
+from deepcluster.errors import RunError
 from deepcluster.evaluate import final_scores
 from deepcluster.report import metric_rows
 

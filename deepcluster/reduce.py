@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from deepcluster.errors import InputError
+
 EIGENVALUE_FLOOR = 1e-8  # relative to the largest eigenvalue: keeps whitening finite on rank-deficient data
 
 
@@ -30,9 +32,9 @@ def fit_pca_whitening(features: torch.Tensor, dim: int) -> PCAWhitening:
     """Fit a whitening PCA to `dim` dimensions on features (N, D)."""
     num_points, feature_dim = features.shape
     if not 0 < dim <= feature_dim:
-        raise ValueError(f"PCA dimension {dim} must be in 1..{feature_dim} (the feature dimension)")
+        raise InputError(f"PCA dimension {dim} must be in 1..{feature_dim} (the feature dimension)")
     if num_points < 2:
-        raise ValueError(f"PCA needs at least 2 points, got {num_points}")
+        raise InputError(f"PCA needs at least 2 points, got {num_points}")
     mean = features.mean(dim=0)
     gram = (features.T @ features).double()
     covariance = (gram - num_points * torch.outer(mean.double(), mean.double())) / (num_points - 1)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from deepcluster import artifacts
-from deepcluster.artifacts import RunError, RunLayout
+from deepcluster.artifacts import RunLayout
+from deepcluster.errors import RunError
 
 COLUMNS = (
     "epoch",
@@ -50,9 +51,7 @@ def epoch_metrics(layout: RunLayout, epoch: int) -> dict[str, Any]:
     path = layout.epoch_dir(epoch) / "metrics.json"
     if not path.is_file():
         done = layout.completed_epochs()
-        raise artifacts.RunError(
-            f"epoch {epoch} of run {layout.run_id!r} is not finished (finished: {_ranges(done) or 'none'})"
-        )
+        raise RunError(f"epoch {epoch} of run {layout.run_id!r} is not finished (finished: {_ranges(done) or 'none'})")
     return artifacts.read_json(path)
 
 

@@ -141,7 +141,7 @@ def differing_config(layouts: Sequence[RunLayout]) -> list[dict[str, Any]]:
 def _output_dir(path: Path) -> Path:
     """`path`, created where missing; an existing file there is an error."""
     if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{path} exists and is not a directory: pass another --out")
+        raise NotADirectoryError(f"{path} exists and is not a directory: choose another output folder")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from deepcluster.errors import InputError
+
 
 def per_cluster_counts(cluster_sizes: torch.Tensor, num_samples: int, generator: torch.Generator) -> torch.Tensor:
     """How many samples each cluster gives: num_samples split evenly over non-empty clusters.
@@ -17,7 +19,7 @@ def per_cluster_counts(cluster_sizes: torch.Tensor, num_samples: int, generator:
     """
     non_empty = (cluster_sizes > 0).nonzero().flatten()
     if len(non_empty) == 0:
-        raise ValueError("cannot sample from a clustering with no non-empty cluster")
+        raise InputError("cannot sample from a clustering with no non-empty cluster")
     counts = torch.zeros(len(cluster_sizes), dtype=torch.int64)
     counts[non_empty] = num_samples // len(non_empty)
     lucky = non_empty[torch.randperm(len(non_empty), generator=generator)[: num_samples % len(non_empty)]]

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepcluster.errors import InputError
+
 # ITU-R BT.601 luma weights.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
@@ -24,7 +26,7 @@ def prepare_inputs(images: np.ndarray, image_size: int | None) -> np.ndarray:
     `image_size`, or (N, 1, H, W) when `image_size` is None.
     """
     if images.ndim != 4 or images.shape[1] not in (1, 3) or images.dtype != np.uint8:
-        raise ValueError(f"expected uint8 images of shape (N, 1|3, H, W), got {images.dtype} {images.shape}")
+        raise InputError(f"expected uint8 images of shape (N, 1|3, H, W), got {images.dtype} {images.shape}")
     outputs = []
     for start in range(0, len(images), 4096):
         chunk = torch.from_numpy(np.array(images[start : start + 4096])).float()

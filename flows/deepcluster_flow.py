@@ -24,7 +24,9 @@ import tasks
 from deepcluster import artifacts, pipeline
 from deepcluster.artifacts import ArtifactWriter, DeviceLock, RunLayout, RunLock, default_runs_dir
 from deepcluster.config import Config, build_config
-from deepcluster.pipeline import Session, configure_torch, resolve_device, timed
+from deepcluster.epoch import run_epoch
+from deepcluster.errors import DivergedError
+from deepcluster.pipeline import Session, configure_torch, resolve_device
 from deepcluster.progress import progress_bar
 from deepcluster.report import flat_metrics, format_table, metric_rows
 from deepcluster.stopping import reclaim_signals
@@ -105,8 +107,9 @@ def deepcluster_flow(
         if first_epoch < config.epochs:
             session = tasks.load_session(layout, config, first_epoch, device)
             with ArtifactWriter() as writer:
+                outputs = pipeline.RunOutputs(layout, writer, session.labels)
                 for epoch in progress_bar(range(first_epoch, config.epochs), "epochs", "epoch", progress):
-                    rows.append(flat_metrics(_run_epoch(layout, session, epoch, writer, progress)))
+                    rows.append(flat_metrics(_run_epoch(layout, session, epoch, outputs, progress)))
                     logger.info("epoch %d computed (committed in the background): %s", epoch, _epoch_line(rows[-1]))
                     create_table_artifact(
                         table=rows,
@@ -147,54 +150,14 @@ def deepcluster_flow_with_retries(
 
 
 def _run_epoch(
-    layout: RunLayout, session: Session, epoch: int, writer: ArtifactWriter, progress: bool | None
+    layout: RunLayout, session: Session, epoch: int, outputs: pipeline.RunOutputs, progress: bool | None
 ) -> dict[str, Any]:
-    """One DeepCluster epoch, stage by stage; its files are queued on `writer`, then its commit.
-
-    Returns the epoch's metrics; its metrics.json also has `stage_seconds["write"]`, the time the
-    writer spent on the epoch's files, off the critical path.
-    """
-    config, device = session.config, session.device
-    seconds: dict[str, float] = {}
-    start = time.perf_counter()
-    artifacts.begin_epoch(layout, epoch)
-    features = timed(seconds, "extract", device, tasks.extract_features, session, progress)
-    _require_finite(layout, features, "features", epoch, config)
-    features, pca = timed(seconds, "pca", device, tasks.pca_reduce, features, config.pca_dim)
-    _require_finite(layout, features, "reduced features (PCA-whitened)", epoch, config)
-    writer.submit(epoch, pipeline.write_features, layout, epoch, features.cpu().numpy())
-    previous = session.previous_assignments
-    clusterings = timed(seconds, "kmeans", device, tasks.cluster_kmeans, features, config, epoch, previous)
-    targets = timed(seconds, "targets", device, tasks.training_targets, features, clusterings, config)
-    del features
-    assignments = clusterings[0].assignments.cpu().numpy()
-    writer.submit(epoch, pipeline.write_assignments, layout, epoch, assignments, session.labels)
-    writer.submit(epoch, pipeline.write_clustering, layout, epoch, clusterings[0], pca)
-    sample = timed(seconds, "resample", device, tasks.balanced_resample, clusterings[0].assignments, config, epoch)
-    trained = timed(seconds, "train", device, tasks.retrain, session, clusterings, targets, sample, epoch, progress)
-    _require_finite(layout, trained.loss, "training losses", epoch, config)
-    for name, weights in session.model.state_dict().items():
-        _require_finite(layout, weights, f"trained weights ({name})", epoch, config)
-    writer.submit(epoch, pipeline.write_checkpoint, layout, epoch, pipeline.checkpoint(session, epoch))
-    evaluation = timed(seconds, "evaluate", device, tasks.evaluate_nmi, session, assignments)
-    seconds["epoch"] = round(time.perf_counter() - start, 4)
-    epoch_metrics = pipeline.epoch_record(session, epoch, clusterings[0], trained, evaluation, seconds)
-    writer.submit(epoch, _commit, layout, epoch, epoch_metrics, writer)
-    return epoch_metrics
-
-
-def _require_finite(layout: RunLayout, values: Any, what: str, epoch: int, config: Config) -> None:
-    """pipeline.require_finite, its advice naming this run."""
+    """The epoch loop with each stage as a Prefect task and its outputs written into the run (committed in the
+    background); a divergence is reported with the run's id."""
     try:
-        pipeline.require_finite(values, what, epoch, config)
-    except pipeline.DivergedError as error:
-        raise pipeline.DivergedError(f"run {layout.run_id!r}: {error}".replace("RUN_ID", layout.run_id)) from None
-
-
-def _commit(layout: RunLayout, epoch: int, epoch_metrics: dict[str, Any], writer: ArtifactWriter) -> None:
-    """Runs on the writer after the epoch's files: record the writing time, write metrics, commit."""
-    seconds = {**epoch_metrics["stage_seconds"], "write": writer.busy_seconds(epoch)}
-    pipeline.finish_epoch(layout, epoch, {**epoch_metrics, "stage_seconds": seconds})
+        return run_epoch(session, epoch, progress, stage=tasks.run_as_task, outputs=outputs)
+    except DivergedError as error:
+        raise DivergedError(f"run {layout.run_id!r}: {error}".replace("RUN_ID", layout.run_id)) from None
 
 
 def _epoch_line(row: dict[str, Any]) -> str:

@@ -7,12 +7,13 @@ pickles them, so a task call costs a few milliseconds whatever the size of its a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from deepcluster import grouping, pipeline, run_report
@@ -90,9 +91,26 @@ def retrain(
 
 
 @stage
-def evaluate_nmi(session: Session, assignments: np.ndarray) -> dict[str, Any]:
-    """NMI against the previous epoch and, where labels exist, NMI/ACC/ARI against them."""
-    return pipeline.evaluate(session, assignments)
+def score_clusters(session: Session, assignments: np.ndarray) -> dict[str, Any]:
+    """The clusters' sizes, NMI against the previous epoch and, where labels exist, NMI/ACC/ARI against them."""
+    return pipeline.score_clusters(session, assignments)
+
+
+# The task of each epoch stage (epoch.run_epoch calls these functions)
+EPOCH_TASKS: dict[Callable[..., Any], Task[..., Any]] = {
+    pipeline.extract: extract_features,
+    pipeline.reduce: pca_reduce,
+    pipeline.cluster: cluster_kmeans,
+    pipeline.training_targets: training_targets,
+    pipeline.resample: balanced_resample,
+    pipeline.retrain: retrain,
+    pipeline.score_clusters: score_clusters,
+}
+
+
+def run_as_task(function: Callable[..., Any], *args: Any) -> Any:
+    """Run an epoch stage as its Prefect task (the `stage` of epoch.run_epoch in the flow)."""
+    return EPOCH_TASKS[function](*args)
 
 
 @stage

@@ -7,7 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from deepcluster import artifacts
-from deepcluster.artifacts import RunError, RunLayout, RunLock, RunLockedError
+from deepcluster.artifacts import RunLayout, RunLock
+from deepcluster.errors import RunError, RunLockedError
 
 
 def test_features_parquet_schema_and_roundtrip(tmp_path: Path):

@@ -13,6 +13,27 @@ def test_runs_lists_the_run(finished_run: Path, capsys):
     assert "tiny" in output and "2/2" in output and "fashion-mnist-sample" in output
 
 
+def test_shared_options_go_before_or_after_the_command(finished_run: Path, tmp_path: Path, capsys):
+    assert main(["runs", "--runs-dir", str(finished_run)]) == 0
+    assert "tiny" in capsys.readouterr().out
+    assert main(["--runs-dir", str(tmp_path), "inspect", "tiny", "--runs-dir", str(finished_run)]) == 0  # the later
+    assert main(["inspect", "tiny", "--runs-dir", str(tmp_path), "--verbose"]) == 2
+    assert "no run 'tiny'" in capsys.readouterr().err
+
+
+def test_any_error_raised_on_purpose_is_one_line(monkeypatch, capsys):
+    """Errors of the library (here, k-means asked for more clusters than points) print as one line, exit 2."""
+    from deepcluster import cli
+    from deepcluster.errors import InputError
+
+    def refuse(args):
+        raise InputError("k-means with k=5 needs at least as many points, got 3")
+
+    monkeypatch.setitem(cli.COMMANDS, "runs", refuse)
+    assert main(["runs"]) == 2
+    assert capsys.readouterr().err == "deepcluster: error: k-means with k=5 needs at least as many points, got 3\n"
+
+
 def test_inspect_table_and_epoch_json(finished_run: Path, capsys):
     assert main(["--runs-dir", str(finished_run), "inspect", "tiny"]) == 0
     table = capsys.readouterr().out.splitlines()

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from deepcluster.config import PREDATED_KEYS, Config, ConfigError, build_config, load_config_file, recorded_config
+from deepcluster.config import PREDATED_KEYS, Config, build_config, load_config_file, recorded_config
+from deepcluster.errors import ConfigError
 
 
 def test_defaults_follow_the_paper_optimiser_and_deepcluster_v2_head():

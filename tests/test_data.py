@@ -180,7 +180,7 @@ def test_download_puts_the_idx_files_in_the_data_dir(tmp_path: Path, idx_dir: Pa
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeFashionMNIST)
     monkeypatch.setattr(data_module, "PROJECT_DATA_DIR", project_data)
     monkeypatch.setattr(data_module, "SYSTEM_DATA_DIR", tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="pass --download"):
+    with pytest.raises(FileNotFoundError, match="set download"):
         load_dataset(Config(dataset="fashion-mnist"))
     image_set = load_dataset(Config(dataset="fashion-mnist", download=True))
     assert len(image_set) == 6 and not (project_data / "fashion-mnist" / ".download").exists()

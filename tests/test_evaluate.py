@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from deepcluster import artifacts
-from deepcluster.artifacts import RunError, RunLayout
+from deepcluster.artifacts import RunLayout
 from deepcluster.cli import main
 from deepcluster.config import Config
 from deepcluster.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC
+from deepcluster.errors import RunError
 from deepcluster.evaluate import evaluate_run, grouping_scores, knn_accuracy, linear_probe_accuracy
 from tests.test_data import write_idx
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from deepcluster import artifacts
-from deepcluster.artifacts import RunError, RunLayout, RunLock, RunLockedError
+from deepcluster.artifacts import RunLayout, RunLock
+from deepcluster.errors import RunError, RunLockedError
 from tests.conftest import tiny_config
 
 EPOCH_FILES = ["assignments.parquet", "centroids.npy", "features.parquet", "manifest.json", "metrics.json", "model.pt"]
@@ -111,18 +112,19 @@ def test_task_functions_run_without_prefect(tmp_path: Path):
     assert torch.equal(targets[0], clusterings[0].assignments)  # no neighbours: the cluster ids themselves
     sample = tasks.balanced_resample.fn(clusterings[0].assignments, config, 0)
     assert tasks.retrain.fn(session, clusterings, targets, sample, 0, False).loss > 0
-    assert tasks.evaluate_nmi.fn(session, clusterings[0].assignments.numpy())["cluster_sizes"]["empty"] == 0
+    assert tasks.score_clusters.fn(session, clusterings[0].assignments.numpy())["cluster_sizes"]["empty"] == 0
 
 
 def test_flow_and_library_loop_compute_the_same_epochs(finished_run: Path):
-    """`deepcluster bench` compares the two: they must be the same algorithm."""
+    """The library runs the flow's epoch loop without Prefect and without writing: the same epochs."""
     from deepcluster import pipeline
+    from deepcluster.epoch import run_epoch
 
     config = tiny_config()
     session = pipeline.new_session(config, *pipeline.load_inputs(config), torch.device("cpu"))
     layout = RunLayout(finished_run, "tiny")
     for epoch in (0, 1):
-        metrics = pipeline.run_epoch(session, epoch, progress=False)
+        metrics = run_epoch(session, epoch, progress=False)
         flow_metrics = json.loads((layout.epoch_dir(epoch) / "metrics.json").read_text())
         assert metrics["train_loss"] == flow_metrics["train_loss"]
         assert session.previous_assignments is not None

@@ -7,7 +7,7 @@ import pytest
 
 from deepcluster import artifacts
 from deepcluster.artifacts import RunLayout
-from deepcluster.config import ConfigError
+from deepcluster.errors import ConfigError
 
 from .conftest import tiny_config, training_span
 

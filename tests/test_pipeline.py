@@ -10,9 +10,10 @@ import torch
 from PIL import Image
 
 from deepcluster import pipeline
-from deepcluster.artifacts import RunError, RunLayout
-from deepcluster.config import ConfigError
+from deepcluster.artifacts import RunLayout
 from deepcluster.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC
+from deepcluster.epoch import run_epoch
+from deepcluster.errors import ConfigError, RunError
 from deepcluster.kmeans import centroid_means, kmeans
 from deepcluster.rng import stage_generator
 from tests.conftest import tiny_config
@@ -75,7 +76,7 @@ def test_one_epoch_of_the_library_loop(tmp_path: Path):
     pipeline.sobel_preprocess(layout, info.image_size)
     session = pipeline.open_session(layout, config, 0, pipeline.resolve_device("cpu"))
     assert session.inputs.dtype == torch.uint8 and session.inputs.shape == (300, 1, 28, 28)
-    metrics = pipeline.run_epoch(session, 0, progress=False)
+    metrics = run_epoch(session, 0, progress=False)
     assert metrics["train_loss"] > 0 and metrics["kmeans_loss"] > 0 and 1 <= metrics["kmeans_iterations"] <= 20
     assert metrics["nmi_previous"] is None and 0 <= metrics["labels"]["nmi"] <= 1
     assert metrics["cluster_sizes"]["empty"] == 0
@@ -91,7 +92,7 @@ def test_one_epoch_of_the_library_loop(tmp_path: Path):
     }
     first = session.previous_assignments
     assert first is not None and first.shape == (300,)
-    assert 0 <= pipeline.run_epoch(session, 1, progress=False)["nmi_previous"] <= 1
+    assert 0 <= run_epoch(session, 1, progress=False)["nmi_previous"] <= 1
 
 
 def test_checkpoint_is_a_snapshot_that_later_training_does_not_change(tmp_path: Path):
@@ -100,10 +101,10 @@ def test_checkpoint_is_a_snapshot_that_later_training_does_not_change(tmp_path: 
     info = pipeline.ingest(config, layout)
     pipeline.sobel_preprocess(layout, info.image_size)
     session = pipeline.open_session(layout, config, 0, pipeline.resolve_device("cpu"))
-    pipeline.run_epoch(session, 0, progress=False)
+    run_epoch(session, 0, progress=False)
     state = pipeline.checkpoint(session, 0)
     frozen = {key: value.clone() for key, value in state["model"].items()}
-    pipeline.run_epoch(session, 1, progress=False)
+    run_epoch(session, 1, progress=False)
     assert all(torch.equal(frozen[key], state["model"][key]) for key in frozen)
     assert not all(torch.equal(frozen[key], value) for key, value in session.model.state_dict().items())
 
@@ -136,7 +137,7 @@ def test_epochs_with_several_heads_and_the_paper_head(overrides: dict[str, objec
     inputs, labels = pipeline.load_inputs(config)
     session = pipeline.new_session(config, inputs, labels, torch.device("cpu"))
     for epoch in range(2):
-        metrics = pipeline.run_epoch(session, epoch, progress=False)
+        metrics = run_epoch(session, epoch, progress=False)
         assert metrics["train_loss"] > 0 and metrics["cluster_sizes"]["empty"] == 0
     features, _ = pipeline.reduce(pipeline.extract(session), config.pca_dim)
     clusterings = pipeline.cluster(features, config, 2)
@@ -155,7 +156,7 @@ def test_previous_init_starts_k_means_from_last_epochs_clusters():
     config = tiny_config(kmeans_init="previous")
     inputs, labels = pipeline.load_inputs(config)
     session = pipeline.new_session(config, inputs, labels, torch.device("cpu"))
-    pipeline.run_epoch(session, 0, progress=False)
+    run_epoch(session, 0, progress=False)
     previous = session.previous_assignments
     assert previous is not None
     features, _ = pipeline.reduce(pipeline.extract(session), config.pca_dim)

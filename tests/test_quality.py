@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 
 from deepcluster import quality
-from deepcluster.artifacts import RunError, validate_run_id
+from deepcluster.artifacts import validate_run_id
 from deepcluster.cli import main
+from deepcluster.errors import RunError
 
 
 def test_suite_machinery_on_tiny_data(prefect_harness, tmp_path: Path, monkeypatch, capsys):

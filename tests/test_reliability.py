@@ -15,6 +15,7 @@ import pytest
 from deepcluster import artifacts
 from deepcluster.artifacts import RunLayout
 from deepcluster.cli import main
+from deepcluster.errors import RunError
 from deepcluster.stopping import children
 
 from .conftest import write_images
@@ -223,11 +224,11 @@ def test_a_runs_directory_that_is_a_file_and_a_damaged_checkpoint(finished_run: 
     layout = copied_run(finished_run, tmp_path)
     model = layout.epoch_dir(1) / "model.pt"
     model.write_bytes(model.read_bytes()[:1000])
-    with pytest.raises(artifacts.RunError, match="model.pt cannot be read as weights"):
+    with pytest.raises(RunError, match="model.pt cannot be read as weights"):
         artifacts.load_checkpoint(model)
     metrics = layout.epoch_dir(1) / "metrics.json"
     metrics.write_text("{")
-    with pytest.raises(artifacts.RunError, match="metrics.json is not valid JSON"):
+    with pytest.raises(RunError, match="metrics.json is not valid JSON"):
         artifacts.read_json(metrics)
 
 
