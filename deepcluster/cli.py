@@ -1,6 +1,7 @@
-"""The `deepcluster` command: run, resume, runs, inspect, verify, evaluate, bench, bench-kmeans.
+"""The `deepcluster` command: run, resume, runs, inspect, verify, evaluate, report, compare, predict, group,
+bench, bench-quality and bench-kmeans (`deepcluster --help`).
 
-Only `run`, `resume` and `bench` import Prefect (the flow), inside the command, so the other
+Only `run`, `resume`, `bench` and `bench-quality` import Prefect (the flow), inside the command, so the other
 commands start fast and the library stays free of Prefect.
 """
 

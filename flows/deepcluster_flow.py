@@ -1,5 +1,5 @@
-"""The DeepCluster flow: ingest, preprocess, then per epoch
-extract -> reduce -> cluster -> resample -> retrain -> evaluate -> commit.
+"""The DeepCluster flow: ingest, preprocess, then per epoch the library's epoch loop (`epoch.run_epoch`)
+extract -> reduce -> cluster -> targets -> resample -> train -> score -> commit, each stage a Prefect task.
 
 The epoch tasks pass tensors in memory; features, assignments and the checkpoint go to a background
 writer as soon as they exist, and the epoch is committed atomically once they are written, while the
