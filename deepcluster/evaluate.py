@@ -31,7 +31,7 @@ from deepcluster.data import load_dataset
 from deepcluster.errors import DatasetError, RunError
 from deepcluster.features import extract_features, representation_features
 from deepcluster.grouping import GRAPH_NEIGHBOURS, GROUPING_METHODS, KMEANS_INITS, group
-from deepcluster.sobel import SobelFilter, prepare_inputs
+from deepcluster.sobel import SobelFilter, chunks, prepare_inputs
 
 KNN_NEIGHBOURS = 20
 HOLDOUT_FRACTION = 0.2
@@ -49,7 +49,7 @@ def grouping_scores(points: np.ndarray, labels: np.ndarray, method: GroupingMeth
         "nmi": metrics.nmi(labels, groups),
         "acc": metrics.accuracy(labels, groups),
         "ari": metrics.ari(labels, groups),
-        "largest_over_fair_share": float(sizes.max() * num_classes / sizes.sum()),
+        "largest_over_fair_share": metrics.largest_over_fair_share(sizes),
     }
 
 
@@ -76,11 +76,11 @@ def linear_probe_accuracy(
 def sobel_magnitude(inputs: np.ndarray) -> np.ndarray:
     """uint8 grayscale (N, 1, H, W) -> flattened Sobel gradient magnitudes (N, H*W), float32."""
     sobel = SobelFilter()
-    chunks = []
-    for start in range(0, len(inputs), 4096):
-        gradients = sobel(torch.from_numpy(inputs[start : start + 4096]).float().div_(255))
-        chunks.append(gradients.square().sum(dim=1).sqrt().flatten(1).numpy())
-    return np.concatenate(chunks)
+    magnitudes = []
+    for chunk in chunks(inputs):
+        gradients = sobel(torch.from_numpy(chunk).float().div_(255))
+        magnitudes.append(gradients.square().sum(dim=1).sqrt().flatten(1).numpy())
+    return np.concatenate(magnitudes)
 
 
 def flat_pixels(images: np.ndarray) -> np.ndarray:

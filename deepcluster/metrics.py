@@ -22,14 +22,25 @@ def accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
 
     With more clusters than labels, the clusters left unmatched count as errors.
     """
-    labels = np.asarray(labels)
-    clusters = np.asarray(clusters)
-    _, label_ids = np.unique(labels, return_inverse=True)
-    _, cluster_ids = np.unique(clusters, return_inverse=True)
-    contingency = np.zeros((cluster_ids.max() + 1, label_ids.max() + 1), dtype=np.int64)
-    np.add.at(contingency, (cluster_ids, label_ids), 1)
-    rows, cols = linear_sum_assignment(contingency, maximize=True)
-    return float(contingency[rows, cols].sum() / len(labels))
+    _, label_ids = np.unique(np.asarray(labels), return_inverse=True)
+    _, cluster_ids = np.unique(np.asarray(clusters), return_inverse=True)
+    counts = contingency(cluster_ids, label_ids)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return float(counts[rows, cols].sum() / len(labels))
+
+
+def contingency(clusters: np.ndarray, labels: np.ndarray, num_clusters: int | None = None) -> np.ndarray:
+    """Counts (num_clusters, num_labels) of the images of each cluster with each label; clusters and labels are
+    ids from 0 (num_clusters: at least the largest cluster id + 1, for clusters left empty)."""
+    rows = max(int(clusters.max()) + 1, num_clusters or 0)
+    counts = np.zeros((rows, int(labels.max()) + 1), dtype=np.int64)
+    np.add.at(counts, (clusters, labels), 1)
+    return counts
+
+
+def largest_over_fair_share(sizes: np.ndarray) -> float:
+    """The largest cluster's size as a multiple of a fair share (N/k), from the k clusters' sizes."""
+    return float(sizes.max() * len(sizes) / sizes.sum())
 
 
 def cluster_size_stats(assignments: np.ndarray, num_clusters: int) -> dict[str, float | int]:
@@ -40,5 +51,5 @@ def cluster_size_stats(assignments: np.ndarray, num_clusters: int) -> dict[str, 
         "max": int(sizes.max()),
         "median": float(np.median(sizes)),
         "empty": int((sizes == 0).sum()),
-        "largest_over_fair_share": float(sizes.max() * num_clusters / sizes.sum()),
+        "largest_over_fair_share": largest_over_fair_share(sizes),
     }

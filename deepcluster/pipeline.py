@@ -4,8 +4,8 @@ Set-up stages (ingest, preprocess) work on the run directory. The epoch stages w
 `Session` (inputs on the device, model, optimizer) that lives across epochs, so nothing is reloaded
 between stages; `epoch.run_epoch` chains them, and `RunOutputs` writes an epoch's outputs into its run on a
 background writer and commits the epoch once its files are written. `open_session` rebuilds the same state
-from a run's files, which is how a run resumes. The algorithm itself lives in the modules called here (features, reduce, kmeans, sampling,
-train, metrics).
+from a run's files, which is how a run resumes. The algorithm itself lives in the modules called here
+(features, reduce, kmeans, sampling, train, metrics).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from deepcluster.features import extract_features
 from deepcluster.kmeans import Clustering, centroid_means, faiss_kmeans, kmeans
 from deepcluster.models import ARCHS, ClusterHead, DeepClusterNet, PrototypeHead
 from deepcluster.neighbours import nearest_neighbours, neighbour_targets
-from deepcluster.reduce import PCAWhitening, pca_whiten_l2
+from deepcluster.reduce import PCAWhitening, apply_reduction, pca_whiten_l2
 from deepcluster.rng import INIT_EPOCH, stage_generator, stage_seed
 from deepcluster.sampling import uniform_cluster_sample
 from deepcluster.sobel import prepare_inputs
@@ -310,7 +310,7 @@ def reduce(features: torch.Tensor, pca_dim: int | None) -> tuple[torch.Tensor, P
     """PCA-whitening to `pca_dim` dimensions + L2 normalisation, and the fitted PCA; L2 normalisation only
     (and no PCA) when pca_dim is None."""
     if pca_dim is None:
-        return torch.nn.functional.normalize(features, dim=1), None
+        return apply_reduction(features, None), None
     return pca_whiten_l2(features, pca_dim)
 
 

@@ -25,7 +25,7 @@ from deepcluster.data import ImageSet
 from deepcluster.errors import DatasetError, RunError
 from deepcluster.features import extract_features
 from deepcluster.kmeans import assign
-from deepcluster.reduce import PCAWhitening
+from deepcluster.reduce import PCAWhitening, apply_reduction
 from deepcluster.report import resolve_epoch
 from deepcluster.sobel import prepare_inputs
 
@@ -78,14 +78,14 @@ def predict(
     model, _ = pipeline.load_model(layout.model_before(epoch), config, torch_device)
     inputs = torch.from_numpy(prepare_inputs(image_set.images, record["dataset"]["input_size"])).to(torch_device)
     features = extract_features(model, inputs, config.batch_size, progress, record.get("precision") == "bf16")
+    pca = None
     if (epoch_dir / artifacts.PCA_MEAN).is_file():
         mean, projection = (
             torch.from_numpy(artifacts.load_array(epoch_dir / name)).to(torch_device)
             for name in (artifacts.PCA_MEAN, artifacts.PCA_PROJECTION)
         )
-        points = PCAWhitening(mean, projection).transform(features)
-    else:
-        points = torch.nn.functional.normalize(features, dim=1)
+        pca = PCAWhitening(mean, projection)
+    points = apply_reduction(features, pca)
     centroids = torch.from_numpy(artifacts.load_array(epoch_dir / artifacts.CENTROIDS)).to(torch_device)
     clusters, squared = assign(points, centroids)
     return Prediction(epoch, len(centroids), clusters.cpu().numpy(), squared.sqrt().cpu().numpy())

@@ -28,6 +28,11 @@ class PCAWhitening:
         return torch.nn.functional.normalize(reduced, dim=1)
 
 
+def apply_reduction(features: torch.Tensor, pca: PCAWhitening | None) -> torch.Tensor:
+    """An epoch's reduction applied to features (N, D): its PCA-whitening where it had one, else L2 only."""
+    return pca.transform(features) if pca is not None else torch.nn.functional.normalize(features, dim=1)
+
+
 def fit_pca_whitening(features: torch.Tensor, dim: int) -> PCAWhitening:
     """Fit a whitening PCA to `dim` dimensions on features (N, D)."""
     num_points, feature_dim = features.shape

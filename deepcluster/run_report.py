@@ -24,6 +24,7 @@ from PIL import Image
 from deepcluster import artifacts
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import recorded_config
+from deepcluster.metrics import contingency, largest_over_fair_share
 from deepcluster.report import COLUMNS, epoch_metrics, flat_metrics, resolve_epoch
 
 LARGEST_CLUSTERS = 12  # rows of sample images
@@ -65,7 +66,7 @@ def write_report(layout: RunLayout, out_dir: Path | None = None, epoch: int | No
             f"Cluster sizes (epoch {epoch})",
             _figure(out_dir, "sizes.png", _size_figure(rows, sizes, epoch))
             + f"<p>{num_clusters} clusters; smallest {sizes.min()}, largest {sizes.max()} images "
-            f"({sizes.max() * num_clusters / sizes.sum():.2f}× a fair share); {int((sizes == 0).sum())} empty.</p>",
+            f"({largest_over_fair_share(sizes):.2f}× a fair share); {int((sizes == 0).sum())} empty.</p>",
         ),
         _section(
             f"Sample images of the {min(LARGEST_CLUSTERS, num_clusters)} largest clusters (epoch {epoch})",
@@ -315,9 +316,8 @@ def _size_figure(rows: Sequence[dict[str, Any]], sizes: np.ndarray, epoch: int) 
 
 def _confusion(clusters: np.ndarray, labels: np.ndarray, num_clusters: int) -> Figure:
     """Counts of (cluster, label); clusters ordered by their most common label, then by size."""
-    num_labels = int(labels.max()) + 1
-    counts = np.zeros((num_clusters, num_labels), dtype=np.int64)
-    np.add.at(counts, (clusters, labels), 1)
+    counts = contingency(clusters, labels, num_clusters)
+    num_labels = counts.shape[1]
     order = np.lexsort((-counts.sum(axis=1), counts.argmax(axis=1)))
     figure = Figure(figsize=(min(12, 2 + 0.5 * num_labels), min(14, 1.5 + 0.25 * num_clusters)))
     axis = figure.subplots()

@@ -8,6 +8,8 @@ of every model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,7 @@ from deepcluster.errors import InputError
 
 # ITU-R BT.601 luma weights.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+CHUNK = 4096  # images converted at once: bounds their float32 copies (64 MB at 64 x 64)
 
 
 def prepare_inputs(images: np.ndarray, image_size: int | None) -> np.ndarray:
@@ -28,8 +31,8 @@ def prepare_inputs(images: np.ndarray, image_size: int | None) -> np.ndarray:
     if images.ndim != 4 or images.shape[1] not in (1, 3) or images.dtype != np.uint8:
         raise InputError(f"expected uint8 images of shape (N, 1|3, H, W), got {images.dtype} {images.shape}")
     outputs = []
-    for start in range(0, len(images), 4096):
-        chunk = torch.from_numpy(np.array(images[start : start + 4096])).float()
+    for part in chunks(images):
+        chunk = torch.from_numpy(np.array(part)).float()
         if chunk.shape[1] == 3:
             weights = torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
             chunk = (chunk * weights).sum(dim=1, keepdim=True)
@@ -37,6 +40,12 @@ def prepare_inputs(images: np.ndarray, image_size: int | None) -> np.ndarray:
             chunk = F.interpolate(chunk, size=(image_size, image_size), mode="bilinear", antialias=True)
         outputs.append(chunk.round().clamp(0, 255).to(torch.uint8).numpy())
     return np.concatenate(outputs)
+
+
+def chunks(images: np.ndarray, size: int = CHUNK) -> Iterator[np.ndarray]:
+    """The images `size` at a time (views, in order): bounds the float copies made of them at once."""
+    for start in range(0, len(images), size):
+        yield images[start : start + size]
 
 
 class SobelFilter(nn.Module):

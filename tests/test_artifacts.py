@@ -1,4 +1,5 @@
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -119,10 +120,15 @@ def test_writer_runs_jobs_in_order_off_the_calling_thread():
     import threading
 
     done: list[tuple[int, str]] = []
+
+    def job(epoch: int, name: str) -> None:
+        time.sleep(0.05)
+        done.append((epoch, name, threading.current_thread().name))
+
     with artifacts.ArtifactWriter() as writer:
         for epoch in (0, 1):
             for name in ("features", "commit"):
-                writer.submit(epoch, lambda e, n: done.append((e, n, threading.current_thread().name)), epoch, name)
+                writer.submit(epoch, job, epoch, name)
         writer.flush()
     assert [(epoch, name) for epoch, name, _ in done] == [
         (0, "features"),
@@ -131,7 +137,7 @@ def test_writer_runs_jobs_in_order_off_the_calling_thread():
         (1, "commit"),
     ]
     assert all(thread != threading.current_thread().name for _, _, thread in done)
-    assert writer.busy_seconds(0) >= 0 and writer.busy_seconds(7) == 0
+    assert writer.busy_seconds(0) >= 0.1 and writer.busy_seconds(7) == 0  # epoch 0: two jobs of 0.05 s
 
 
 def test_writer_runs_nothing_after_a_failed_job_and_reports_it():

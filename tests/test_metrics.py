@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepcluster.metrics import accuracy, ari, cluster_size_stats, nmi
+from deepcluster.metrics import accuracy, ari, cluster_size_stats, contingency, largest_over_fair_share, nmi
 
 labelings = st.lists(st.integers(0, 4), min_size=2, max_size=60)
 
@@ -30,3 +30,10 @@ def test_known_values():
 def test_cluster_size_stats():
     stats = cluster_size_stats(np.array([0, 0, 0, 1]), 3)
     assert stats == {"min": 0, "max": 3, "median": 1.0, "empty": 1, "largest_over_fair_share": 2.25}
+
+
+def test_contingency_keeps_empty_clusters_and_fair_share():
+    clusters, labels = np.array([0, 0, 2, 2, 2]), np.array([1, 1, 0, 1, 0])
+    counts = contingency(clusters, labels, num_clusters=4)
+    assert counts.tolist() == [[0, 2], [0, 0], [2, 1], [0, 0]]
+    assert largest_over_fair_share(counts.sum(axis=1)) == 3 * 4 / 5

@@ -34,8 +34,10 @@ def test_whitening_gives_identity_covariance():
     assert torch.allclose(covariance, torch.eye(4), atol=1e-3)
 
 
-def test_pca_is_deterministic_and_sign_fixed():
+def test_pca_is_sign_fixed_whatever_the_order_of_the_points():
     features = torch.randn(100, 8, generator=torch.Generator().manual_seed(3))
     first = fit_pca_whitening(features, 5).projection
-    flipped_input = fit_pca_whitening(features.clone(), 5).projection
-    assert torch.equal(first, flipped_input)
+    largest = first.gather(0, first.abs().argmax(dim=0, keepdim=True))
+    assert (largest > 0).all()  # each component's largest loading is positive
+    shuffled = fit_pca_whitening(features[torch.randperm(100, generator=torch.Generator().manual_seed(4))], 5)
+    assert torch.allclose(shuffled.projection, first, atol=1e-4)

@@ -14,11 +14,18 @@ from deepcluster.train import (
 )
 
 
-def test_full_crop_without_flip_is_identity():
-    images = torch.rand(3, 1, 12, 12)
-    out = random_resized_crop_flip(images, torch.Generator().manual_seed(0), scale=(1.0, 1.0), flip=False)
-    # aspect ratios other than 1 still crop, so compare only the shape and range
-    assert out.shape == images.shape and 0 <= out.min() and out.max() <= 1
+def test_a_full_square_crop_is_the_image_and_flip_mirrors_it(monkeypatch):
+    from deepcluster import train
+
+    monkeypatch.setattr(train, "ASPECT_RATIO_RANGE", (1.0, 1.0))  # square crops: the whole image at scale 1
+    images = torch.rand(64, 1, 12, 12, generator=torch.Generator().manual_seed(0))
+    same = random_resized_crop_flip(images, torch.Generator().manual_seed(0), scale=(1.0, 1.0), flip=False)
+    assert torch.allclose(same, images, atol=1e-5)
+    out = random_resized_crop_flip(images, torch.Generator().manual_seed(0), scale=(1.0, 1.0), flip=True)
+    mirrored = [not torch.allclose(o, i, atol=1e-5) for o, i in zip(out, images, strict=True)]
+    assert 10 < sum(mirrored) < 54  # about half of them
+    for o, i, flipped in zip(out, images, mirrored, strict=True):
+        assert torch.allclose(o, i.flip(-1) if flipped else i, atol=1e-5)
 
 
 def test_flip_mirrors_and_crops_are_reproducible():
