@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -303,17 +302,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return build_config(values)
 
 
-def import_flow() -> Callable[..., dict[str, Any]]:
-    """The flow, with Prefect set up as the CLI runs it (also what `bench` measures)."""
-    # The temporary server would try to send usage telemetry, which fails (loudly) offline.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.deepcluster_flow import deepcluster_flow
-
-    # Task states show in the UI; on the terminal, the flow's per-epoch lines are enough.
-    logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
-    return deepcluster_flow
-
-
 class QuietFailures(logging.Filter):
     """Drops Prefect's reports of a failed task or flow run (with their tracebacks): the command prints the
     error once, as one line, and an unexpected error still ends with its traceback."""
@@ -335,7 +323,9 @@ def quiet_failures(quiet: bool) -> None:
 def run_flow(
     config: Config, run_id: str | None, runs_dir: Path | None, progress: bool | None, evaluate: bool = False
 ) -> int:
-    deepcluster_flow = import_flow()
+    from flows import load_flow
+
+    deepcluster_flow = load_flow()
     result = deepcluster_flow(
         config=config, run_id=run_id, runs_dir=str(runs_dir or default_runs_dir()), progress=progress
     )
@@ -371,7 +361,7 @@ def command_resume(args: argparse.Namespace) -> int:
 
 
 def command_bench(args: argparse.Namespace) -> int:
-    from deepcluster.bench import bench
+    from benchmarks.speed import bench
 
     if args.epochs is None:
         args.epochs = BENCH_EPOCHS
@@ -384,7 +374,7 @@ def command_bench(args: argparse.Namespace) -> int:
 
 
 def command_bench_quality(args: argparse.Namespace) -> int:
-    from deepcluster import quality
+    from benchmarks import quality
 
     if not args.seeds:
         raise ConfigError("--seeds must name at least one seed")
@@ -407,7 +397,7 @@ def command_bench_quality(args: argparse.Namespace) -> int:
 
 
 def command_bench_kmeans(args: argparse.Namespace) -> int:
-    from deepcluster.bench import bench_kmeans
+    from benchmarks.speed import bench_kmeans
 
     for name in ("n", "dim", "k", "iters"):
         if getattr(args, name) < 1:

@@ -1,1 +1,19 @@
-"""Prefect flows of the project."""
+"""Prefect flows of the project: the DeepCluster flow (`deepcluster_flow`) and serving its deployments."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+
+def load_flow() -> Any:
+    """The DeepCluster flow, with Prefect set up as the `deepcluster` command runs it (also what `bench`
+    measures). Importing `flows` alone does not import Prefect."""
+    # The temporary server would try to send usage telemetry, which fails (loudly) offline.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.deepcluster_flow import deepcluster_flow
+
+    # Task states show in the UI; on the terminal, the flow's per-epoch lines are enough.
+    logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
+    return deepcluster_flow

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepcluster.bench import bench_kmeans, summarize
+from benchmarks.speed import bench_kmeans, summarize
 from deepcluster.cli import main
 from tests.conftest import tiny_config
 

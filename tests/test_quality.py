@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from deepcluster import quality
+from benchmarks import quality
 from deepcluster.artifacts import validate_run_id
 from deepcluster.cli import main
 from deepcluster.errors import RunError

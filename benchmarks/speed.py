@@ -61,9 +61,9 @@ def _run_library(config: Config, device: torch.device) -> list[dict[str, Any]]:
 def _run_flow(config: Config) -> list[dict[str, Any]]:
     from deepcluster import report
     from deepcluster.artifacts import RunLayout
-    from deepcluster.cli import import_flow
+    from flows import load_flow
 
-    deepcluster_flow = import_flow()
+    deepcluster_flow = load_flow()
     logging.getLogger("prefect").setLevel(logging.WARNING)  # the bench prints its own summary
 
     with tempfile.TemporaryDirectory(prefix="deepcluster-bench-") as runs_dir:
@@ -90,7 +90,7 @@ def bench(config: Config, rounds: int = 2, json_path: Path | None = None) -> dic
         for round_number in range(rounds):
             for mode in MODES:
                 out = Path(scratch) / f"{mode}-{round_number}.json"
-                command = [sys.executable, "-m", "deepcluster.bench", mode, config.model_dump_json(), str(out)]
+                command = [sys.executable, "-m", "benchmarks.speed", mode, config.model_dump_json(), str(out)]
                 print(
                     f"bench: round {round_number + 1}/{rounds}: the {mode} ({config.epochs} epochs) ...",
                     file=sys.stderr,
