@@ -6,7 +6,7 @@ RUN_ARGS ?=
 BENCH_ARGS ?=
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: run test clean bench bench-fmnist bench-kmeans bench-quality bench-quality-fmnist
+.PHONY: run test clean bench bench-fmnist bench-kmeans bench-quality bench-quality-fmnist bench-gpu
 
 $(INSTALLED): pyproject.toml
 	python3 -m venv $(VENV)
@@ -36,6 +36,10 @@ bench-quality: $(INSTALLED) $(FASHION_MNIST)
 
 bench-quality-fmnist: $(INSTALLED) $(FASHION_MNIST)
 	$(VENV)/bin/deepcluster bench-quality --suite fashion-mnist $(BENCH_ARGS)
+
+# On a machine with an NVIDIA GPU: the GPU figures of docs/PERFORMANCE.md (bench/gpu.sh; results in $$OUT).
+bench-gpu: $(INSTALLED) $(FASHION_MNIST)
+	PYTHON=$(PYTHON) bash bench/gpu.sh
 
 # The full Fashion-MNIST, from Debian (the machine's package registry).
 $(FASHION_MNIST):
