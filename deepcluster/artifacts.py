@@ -42,6 +42,8 @@ from deepcluster.errors import RunError, RunLockedError
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")  # whole names only: fullmatch
 EPOCH_DIR_PATTERN = re.compile(r"[0-9]{4}")
 MANIFEST = "manifest.json"
+# The files of an epoch directory (RunLayout gives their paths)
+FEATURES, ASSIGNMENTS, METRICS, MODEL = "features.parquet", "assignments.parquet", "metrics.json", "model.pt"
 CENTROIDS = "centroids.npy"  # per epoch: the centroids that assign an image to the epoch's clusters
 PCA_MEAN, PCA_PROJECTION = "pca_mean.npy", "pca_projection.npy"  # per epoch, where PCA is on: the whitening
 WRITER_NICENESS = 19
@@ -102,6 +104,28 @@ class RunLayout:
         """Where `deepcluster evaluate` keeps a run's evaluations, by epoch."""
         return self.root / "evaluation.json"
 
+    @property
+    def evaluation_lock(self) -> Path:
+        return self.root / ".evaluation.lock"
+
+    @property
+    def report_dir(self) -> Path:
+        """Where the run's HTML report is written (index.html and its figures)."""
+        return self.root / "report"
+
+    def features(self, epoch: int) -> Path:
+        return self.epoch_dir(epoch) / FEATURES
+
+    def assignments(self, epoch: int) -> Path:
+        return self.epoch_dir(epoch) / ASSIGNMENTS
+
+    def metrics(self, epoch: int) -> Path:
+        return self.epoch_dir(epoch) / METRICS
+
+    def model(self, epoch: int) -> Path:
+        """The checkpoint written at the end of `epoch`."""
+        return self.epoch_dir(epoch) / MODEL
+
     def groups(self, epoch: int, num_groups: int, method: str) -> Path:
         """Where an epoch's images grouped into `num_groups` by `method` are kept (`deepcluster group`)."""
         return self.root / "groups" / f"epoch{epoch:04d}-{num_groups}-{method}.parquet"
@@ -135,7 +159,7 @@ class RunLayout:
 
     def model_before(self, epoch: int) -> Path:
         """The checkpoint whose weights extract epoch `epoch`'s features."""
-        return self.initial_model if epoch == 0 else self.epoch_dir(epoch - 1) / "model.pt"
+        return self.initial_model if epoch == 0 else self.model(epoch - 1)
 
     def discard_partial_epochs(self) -> list[Path]:
         """Remove epochs left half-written by a crash (and the epochs/.NNNN.partial/ of older versions).
@@ -181,33 +205,29 @@ def list_runs(runs_dir: Path) -> list[RunLayout]:
 # ---------------------------------------------------------------- locking
 
 
-class RunLock:
-    """An exclusive, non-blocking lock on a run, released when the process ends (even by SIGKILL).
+class FileLock:
+    """An exclusive lock on a file of its own (`lock_file`: never through a link), held until release or until
+    the process ends, even by SIGKILL. The file says who holds it (`holder`, with the pid) and is removed on
+    release. wait: wait for another holder, calling on_wait(who holds it) first; else raise BlockingIOError
+    whose `filename` says who holds it."""
 
-    The lock file holds the owner's pid while the run is written and is removed on release. `held` is the
-    lock this process holds, if any (a stop on a signal releases it)."""
-
-    held: ClassVar[RunLock | None] = None
-
-    def __init__(self, layout: RunLayout) -> None:
-        self.layout = layout
+    def __init__(
+        self, path: Path, holder: str = "", wait: bool = True, on_wait: Callable[[str], None] | None = None
+    ) -> None:
+        self.path, self.holder, self.wait, self.on_wait = path, holder, wait, on_wait
         self._descriptor = -1
 
-    def __enter__(self) -> RunLock:
-        runs_dir = self.layout.runs_dir
-        if runs_dir.exists() and not runs_dir.is_dir():
-            raise RunError(f"the runs directory {runs_dir} is not a directory")
-        runs_dir.mkdir(parents=True, exist_ok=True)
+    def __enter__(self) -> FileLock:
         try:
-            self._descriptor = lock_file(self.layout.lock_file, wait=False)
+            self._descriptor = lock_file(self.path, wait=False)
         except BlockingIOError as busy:
-            raise RunLockedError(
-                f"run {self.layout.run_id!r} is being written by another process (pid {busy.filename}); "
-                "wait for it to finish or stop it first"
-            ) from None
+            if not self.wait:
+                raise
+            if self.on_wait:
+                self.on_wait(str(busy.filename))
+            self._descriptor = lock_file(self.path, wait=True)
         os.ftruncate(self._descriptor, 0)
-        os.pwrite(self._descriptor, str(os.getpid()).encode(), 0)
-        RunLock.held = self
+        os.pwrite(self._descriptor, ", ".join(filter(None, [self.holder, f"pid {os.getpid()}"])).encode(), 0)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -216,9 +236,39 @@ class RunLock:
     def release(self) -> None:
         """Remove the lock file and release the lock (once)."""
         if self._descriptor >= 0:
-            RunLock.held = None
             descriptor, self._descriptor = self._descriptor, -1
-            unlock_file(self.layout.lock_file, descriptor)
+            unlock_file(self.path, descriptor)
+
+
+class RunLock(FileLock):
+    """The lock of a run while it is written: a second writer is refused at once (RunLockedError). `held` is the
+    run lock this process holds, if any (a stop on a signal releases it)."""
+
+    held: ClassVar[RunLock | None] = None
+
+    def __init__(self, layout: RunLayout) -> None:
+        super().__init__(layout.lock_file, wait=False)
+        self.layout = layout
+
+    def __enter__(self) -> RunLock:
+        runs_dir = self.layout.runs_dir
+        if runs_dir.exists() and not runs_dir.is_dir():
+            raise RunError(f"the runs directory {runs_dir} is not a directory")
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            super().__enter__()
+        except BlockingIOError as busy:
+            raise RunLockedError(
+                f"run {self.layout.run_id!r} is being written by another process ({busy.filename}); "
+                "wait for it to finish or stop it first"
+            ) from None
+        RunLock.held = self
+        return self
+
+    def release(self) -> None:
+        if RunLock.held is self:
+            RunLock.held = None
+        super().release()
 
 
 def device_locks_dir() -> Path:
@@ -228,35 +278,15 @@ def device_locks_dir() -> Path:
     return Path(configured) if configured else Path.home() / ".cache" / "deepcluster" / "locks"
 
 
-class DeviceLock:
+def device_lock(device: str, run_id: str, on_wait: Callable[[str], None] | None = None) -> FileLock:
     """One run at a time on a device of this machine, whatever started it (a deployment's worker, `serve`, the
     command line): a second run waits until the first ends or its process dies (even by SIGKILL, at once).
 
-    device: "cpu", "cuda:0", ...; holder: what the lock file says while held (the run id); on_wait: called once
-    with the holder's description when the device is busy, before waiting."""
-
-    def __init__(self, device: str, holder: str, on_wait: Callable[[str], None] | None = None) -> None:
-        self.path = device_locks_dir() / f"device-{re.sub(r'[^A-Za-z0-9_-]', '-', device)}.lock"
-        self.holder = holder
-        self.on_wait = on_wait
-        self._descriptor = -1
-
-    def __enter__(self) -> DeviceLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._descriptor = lock_file(self.path, wait=False)
-        except BlockingIOError as busy:
-            if self.on_wait:
-                self.on_wait(str(busy.filename))
-            self._descriptor = lock_file(self.path, wait=True)
-        os.ftruncate(self._descriptor, 0)
-        os.pwrite(self._descriptor, f"run {self.holder}, pid {os.getpid()}".encode(), 0)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._descriptor >= 0:
-            descriptor, self._descriptor = self._descriptor, -1
-            unlock_file(self.path, descriptor)
+    device: "cpu", "cuda:0", ...; on_wait: called with who holds the device when it is busy, before waiting."""
+    directory = device_locks_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9_-]", "-", device)
+    return FileLock(directory / f"device-{name}.lock", f"run {run_id}", on_wait=on_wait)
 
 
 def lock_file(path: Path, wait: bool = True) -> int:
@@ -264,7 +294,7 @@ def lock_file(path: Path, wait: bool = True) -> int:
 
     Never follows a symbolic link and never touches anything but a plain file of this user with one name,
     so a file planted at `path` cannot be turned against the user. Without `wait`, a lock held elsewhere
-    raises BlockingIOError whose `filename` is the holder's pid (as written in the file) or "unknown"."""
+    raises BlockingIOError whose `filename` is what its holder wrote in the file, or "unknown"."""
     while True:
         try:
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)

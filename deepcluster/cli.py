@@ -332,7 +332,9 @@ def run_flow(
     root = Path(result["run_dir"])
     layout = RunLayout(root.parent, root.name)
     rows = metric_rows(layout)
-    print(f"\nrun {layout.run_id}: {len(rows)} epochs, artifacts in {root}, report in {root / 'report' / 'index.html'}")
+    print(
+        f"\nrun {layout.run_id}: {len(rows)} epochs, artifacts in {root}, report in {layout.report_dir / 'index.html'}"
+    )
     print(format_table(rows[-1:]))
     if evaluate:
         if not layout.labels.is_file():
@@ -445,7 +447,7 @@ def command_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2) if args.json else format_table(rows))
         return 0
     metrics = epoch_metrics(layout, args.epoch)
-    clusters = artifacts.read_clusters(layout.epoch_dir(args.epoch) / "assignments.parquet")
+    clusters = artifacts.read_clusters(layout.assignments(args.epoch))
     sizes = np.bincount(clusters, minlength=metrics["num_clusters"]).tolist()
     if args.json:
         print(json.dumps({**metrics, "cluster_size_list": sizes}, indent=2))

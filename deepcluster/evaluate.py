@@ -151,7 +151,7 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
     torch_device = pipeline.resolve_device(device)
     labels = artifacts.load_array(layout.labels)
     inputs = artifacts.load_array(layout.inputs)
-    model, _ = pipeline.load_model(layout.epoch_dir(epoch) / "model.pt", config, torch_device)
+    model, _ = pipeline.load_model(layout.model(epoch), config, torch_device)
     bf16 = pipeline.use_bf16(config, torch_device)
 
     def conv_features(images: np.ndarray) -> np.ndarray:
@@ -208,8 +208,7 @@ def _merge(
 
     Baselines recorded before every grouping and kNN baseline existed are computed again."""
     path = layout.evaluation
-    lock = artifacts.lock_file(layout.root / ".evaluation.lock")
-    try:
+    with artifacts.FileLock(layout.evaluation_lock):
         evaluation: dict[str, Any] = (
             read_evaluation(layout) if path.is_file() else {"run_id": layout.run_id, "epochs": {}}
         )
@@ -219,8 +218,6 @@ def _merge(
         evaluation["num_classes"] = int(len(np.unique(probe.labels)))
         evaluation["epochs"][str(result["epoch"])] = result
         artifacts.write_json(path, evaluation)
-    finally:
-        artifacts.unlock_file(layout.root / ".evaluation.lock", lock)
     return evaluation
 
 

@@ -61,7 +61,7 @@ def group_epoch(
     if not 2 <= num_groups <= len(inputs):
         raise ConfigError(f"groups must be between 2 and the run's {len(inputs)} images, got {num_groups}")
     torch_device = pipeline.resolve_device(device)
-    model, _ = pipeline.load_model(layout.epoch_dir(epoch) / "model.pt", config, torch_device)
+    model, _ = pipeline.load_model(layout.model(epoch), config, torch_device)
     bf16 = pipeline.use_bf16(config, torch_device)
     features = representation_features(model, torch.from_numpy(inputs).to(torch_device), config.batch_size, bf16)
     groups = group(features.cpu().numpy(), num_groups, method)

@@ -288,7 +288,7 @@ def open_session(layout: RunLayout, config: Config, epoch: int, device: torch.de
     if "optimizer" in checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
     labels = artifacts.load_array(layout.labels) if layout.labels.is_file() else None
-    previous = artifacts.read_clusters(layout.epoch_dir(epoch - 1) / "assignments.parquet") if epoch > 0 else None
+    previous = artifacts.read_clusters(layout.assignments(epoch - 1)) if epoch > 0 else None
     inputs = torch.from_numpy(artifacts.load_array(layout.inputs)).to(device)
     return Session(config, device, use_bf16(config, device), inputs, labels, model, optimizer, previous)
 
@@ -482,11 +482,11 @@ def _cpu_copy(value: Any) -> Any:
 
 
 def write_features(layout: RunLayout, epoch: int, features: np.ndarray) -> None:
-    artifacts.write_features(layout.staging_dir(epoch) / "features.parquet", features)
+    artifacts.write_features(layout.staging_dir(epoch) / artifacts.FEATURES, features)
 
 
 def write_assignments(layout: RunLayout, epoch: int, assignments: np.ndarray, labels: np.ndarray | None) -> None:
-    artifacts.write_assignments(layout.staging_dir(epoch) / "assignments.parquet", assignments, labels)
+    artifacts.write_assignments(layout.staging_dir(epoch) / artifacts.ASSIGNMENTS, assignments, labels)
 
 
 def write_clustering(layout: RunLayout, epoch: int, clustering: Clustering, pca: PCAWhitening | None) -> None:
@@ -499,12 +499,12 @@ def write_clustering(layout: RunLayout, epoch: int, clustering: Clustering, pca:
 
 
 def write_checkpoint(layout: RunLayout, epoch: int, state: dict[str, Any]) -> None:
-    artifacts.save_checkpoint(layout.staging_dir(epoch) / "model.pt", state)
+    artifacts.save_checkpoint(layout.staging_dir(epoch) / artifacts.MODEL, state)
 
 
 def finish_epoch(layout: RunLayout, epoch: int, epoch_metrics: dict[str, Any]) -> Path:
     """Write metrics.json and commit the epoch atomically (after its other files are written)."""
-    artifacts.write_json(layout.staging_dir(epoch) / "metrics.json", epoch_metrics)
+    artifacts.write_json(layout.staging_dir(epoch) / artifacts.METRICS, epoch_metrics)
     return artifacts.commit_epoch(layout, epoch)
 
 

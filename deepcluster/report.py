@@ -48,7 +48,7 @@ def _epoch_seconds(stage_seconds: dict[str, float]) -> float:
 
 
 def epoch_metrics(layout: RunLayout, epoch: int) -> dict[str, Any]:
-    path = layout.epoch_dir(epoch) / "metrics.json"
+    path = layout.metrics(epoch)
     if not path.is_file():
         done = layout.completed_epochs()
         raise RunError(f"epoch {epoch} of run {layout.run_id!r} is not finished (finished: {_ranges(done) or 'none'})")

@@ -46,12 +46,12 @@ def write_report(layout: RunLayout, out_dir: Path | None = None, epoch: int | No
     """Write the report of a run (figures for `epoch`, default the last finished one); returns index.html."""
     artifacts.check_run(layout)
     epoch = resolve_epoch(layout, epoch)
-    out_dir = _output_dir(out_dir or layout.root / "report")
+    out_dir = _output_dir(out_dir or layout.report_dir)
     record = artifacts.read_run_record(layout)
     all_metrics = [epoch_metrics(layout, done) for done in layout.completed_epochs()]
     rows = [flat_metrics(metrics) for metrics in all_metrics]
     metrics = all_metrics[layout.completed_epochs().index(epoch)]
-    clusters = artifacts.read_clusters(layout.epoch_dir(epoch) / "assignments.parquet")
+    clusters = artifacts.read_clusters(layout.assignments(epoch))
     labels = artifacts.load_array(layout.labels) if layout.labels.is_file() else None
     images = artifacts.load_array(layout.images, mmap=True)
     num_clusters = metrics["num_clusters"]
@@ -80,7 +80,7 @@ def write_report(layout: RunLayout, out_dir: Path | None = None, epoch: int | No
                 _figure(out_dir, "confusion.png", _confusion(clusters, labels, num_clusters)),
             )
         )
-    features = artifacts.read_features(layout.epoch_dir(epoch) / "features.parquet")
+    features = artifacts.read_features(layout.features(epoch))
     sections += [
         _section(
             f"Features of epoch {epoch}, projected to 2-D (PCA), coloured by cluster",

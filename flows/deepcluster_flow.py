@@ -22,7 +22,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 import tasks
 from deepcluster import artifacts, pipeline
-from deepcluster.artifacts import ArtifactWriter, DeviceLock, RunLayout, RunLock, default_runs_dir
+from deepcluster.artifacts import ArtifactWriter, RunLayout, RunLock, default_runs_dir, device_lock
 from deepcluster.config import Config, build_config
 from deepcluster.epoch import run_epoch
 from deepcluster.errors import DivergedError
@@ -80,7 +80,7 @@ def deepcluster_flow(
 
     overrides: config keys that replace the ones of `config`, key by key (a deployment's config stays but for
     them). Without a run_id, the run id comes from the flow run, so a retry continues the same run. Runs take
-    turns on a device: a run that finds another one training on its device waits for it (DeviceLock)."""
+    turns on a device: a run that finds another one training on its device waits for it (artifacts.device_lock)."""
     logger = get_run_logger()
     reclaim_signals()  # run from the `deepcluster` command: Ctrl-C and SIGTERM stop it at once, cleanly
     if overrides:
@@ -92,7 +92,7 @@ def deepcluster_flow(
     def waiting(holder: str) -> None:
         logger.info("device %s is busy (%s): waiting for it", device, holder)
 
-    with RunLock(layout), DeviceLock(device, layout.run_id, on_wait=waiting):
+    with RunLock(layout), device_lock(device, layout.run_id, on_wait=waiting):
         info = tasks.ingest(config, layout)
         _record_flow_run(layout)
         tasks.sobel_preprocess(layout, info.image_size)
@@ -186,7 +186,7 @@ def _record_flow_run(layout: RunLayout) -> None:
 
 
 def _device_name(device: torch.device) -> str:
-    """The device a run trains on, as named by its DeviceLock: "cpu", "cuda:0", ..."""
+    """The device a run trains on, as named by its device lock: "cpu", "cuda:0", ..."""
     if device.type == "cuda" and device.index is None:
         return f"cuda:{torch.cuda.current_device()}"
     return str(device)
