@@ -8,7 +8,7 @@ import torch
 
 from benchmarks.speed import bench_kmeans, summarize
 from deepcluster.cli import main
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def _run(mode: str, epoch_seconds: list[float], losses: list[float]) -> dict:

@@ -1,4 +1,3 @@
-import gzip
 import pickle
 from pathlib import Path
 
@@ -17,16 +16,7 @@ from deepcluster.data import (
     load_image_folder,
     read_idx,
 )
-
-
-def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool = False) -> Path:
-    payload = magic.to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in array.shape) + array.tobytes()
-    if compress:
-        path = path.with_name(path.name + ".gz")
-        path.write_bytes(gzip.compress(payload))
-    else:
-        path.write_bytes(payload)
-    return path
+from tests.helpers import write_idx
 
 
 @pytest.fixture

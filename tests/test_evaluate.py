@@ -15,7 +15,7 @@ from deepcluster.config import Config
 from deepcluster.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC
 from deepcluster.errors import RunError
 from deepcluster.evaluate import evaluate_run, grouping_scores, knn_accuracy, linear_probe_accuracy
-from tests.test_data import write_idx
+from tests.helpers import write_idx
 
 
 def test_scores_on_separable_points():

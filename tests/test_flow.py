@@ -13,7 +13,7 @@ import torch
 from deepcluster import artifacts
 from deepcluster.artifacts import RunLayout, RunLock
 from deepcluster.errors import RunError, RunLockedError
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 EPOCH_FILES = ["assignments.parquet", "centroids.npy", "features.parquet", "manifest.json", "metrics.json", "model.pt"]
 

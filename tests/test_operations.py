@@ -8,8 +8,7 @@ import pytest
 from deepcluster import artifacts
 from deepcluster.artifacts import RunLayout
 from deepcluster.errors import ConfigError
-
-from .conftest import tiny_config, training_span
+from tests.helpers import tiny_config, training_span
 
 
 def test_a_flow_run_retried_by_prefect_continues_its_own_run(

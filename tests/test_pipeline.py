@@ -16,8 +16,7 @@ from deepcluster.epoch import run_epoch
 from deepcluster.errors import ConfigError, RunError
 from deepcluster.kmeans import centroid_means, kmeans
 from deepcluster.rng import stage_generator
-from tests.conftest import tiny_config
-from tests.test_data import write_idx
+from tests.helpers import tiny_config, write_idx
 
 
 def test_bad_input_is_refused_before_anything_is_written(tmp_path: Path):

@@ -9,7 +9,7 @@ import pytest
 
 from deepcluster import artifacts
 from deepcluster.cli import main
-from tests.conftest import tiny_config, write_images
+from tests.helpers import tiny_config, write_images
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from deepcluster.artifacts import RunLayout
-
-from .conftest import tiny_config, training_span
+from tests.helpers import tiny_config, training_span
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFECT = str(Path(sys.executable).parent / "prefect")

@@ -17,9 +17,7 @@ from deepcluster.artifacts import RunLayout
 from deepcluster.cli import main
 from deepcluster.errors import RunError
 from deepcluster.stopping import children
-
-from .conftest import write_images
-from .test_resume import CLI_ARGS, ROOT
+from tests.helpers import CLI_ARGS, ROOT, write_images
 
 
 def copied_run(finished_run: Path, tmp_path: Path) -> RunLayout:
@@ -232,6 +230,7 @@ def test_a_runs_directory_that_is_a_file_and_a_damaged_checkpoint(finished_run: 
         artifacts.read_json(metrics)
 
 
+@pytest.mark.slow  # runs the command in a child process, with its own Prefect server
 @pytest.mark.parametrize(
     ("number", "to_group"), [(signal.SIGINT, True), (signal.SIGTERM, True), (signal.SIGTERM, False)]
 )

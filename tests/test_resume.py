@@ -14,35 +14,32 @@ import torch
 
 from deepcluster import artifacts
 from deepcluster.artifacts import RunLayout
-from tests.conftest import tiny_config
+from tests.helpers import CLI_ARGS, ROOT, tiny_config
 
-ROOT = Path(__file__).resolve().parent.parent
 CONFIG = tiny_config(epochs=3)
-CLI_ARGS = [
-    "run",
-    "--limit",
-    "300",
-    "--epochs",
-    "3",
-    "--k",
-    "10",
-    "--batch-size",
-    "64",
-    "--min-epoch-samples",
-    "0",
-    "--device",
-    "cpu",
-    "--seed",
-    "7",
-    "--no-progress",
-]
 
 
-def start_run(runs_dir: Path, run_id: str) -> subprocess.Popen:
+# The command, but each features and assignments file is followed by a pause of a second on the writer, so
+# that a staged file a kill waits for exists for that long on any machine (what is written is unchanged).
+SLOW_WRITES = """
+import sys, time
+from deepcluster import artifacts
+for name in ("write_features", "write_assignments"):
+    def pausing(*args, _write=getattr(artifacts, name)):
+        _write(*args)
+        time.sleep(1)
+    setattr(artifacts, name, pausing)
+from deepcluster.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def start_run(runs_dir: Path, run_id: str, slow_writes: bool = False) -> subprocess.Popen:
     from prefect.settings import PREFECT_API_URL
 
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the session's test server
-    command = [sys.executable, "-m", "deepcluster.cli", "--runs-dir", str(runs_dir), *CLI_ARGS, "--run-id", run_id]
+    program = ["-c", SLOW_WRITES] if slow_writes else ["-m", "deepcluster.cli"]
+    command = [sys.executable, *program, "--runs-dir", str(runs_dir), *CLI_ARGS, "--run-id", run_id]
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -56,7 +53,7 @@ def kill_when(process: subprocess.Popen, path: Path, timeout: float = 180) -> No
         if time.monotonic() > deadline:
             process.kill()
             pytest.fail(f"{path} did not appear within {timeout} s")
-        time.sleep(0.005)
+        time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
 
@@ -77,7 +74,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(
     from flows.deepcluster_flow import deepcluster_flow
 
     layout = RunLayout(tmp_path, "killed")
-    process = start_run(tmp_path, "killed")
+    process = start_run(tmp_path, "killed", slow_writes=True)
     kill_when(process, layout.root / kill_at)
     assert process.returncode == -signal.SIGKILL
     assert layout.completed_epochs() == finished_before_kill  # a half-written epoch does not look finished

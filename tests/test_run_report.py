@@ -15,7 +15,7 @@ from PIL import Image
 
 from deepcluster import artifacts
 from deepcluster.cli import main
-from tests.conftest import tiny_config, write_images
+from tests.helpers import tiny_config, write_images
 
 CHROMIUM_FLAGS = [
     "--headless",
