@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import numpy as np
 
@@ -28,43 +28,8 @@ NO_PCA = "none"  # --pca-dim none: L2 normalisation only (config pca_dim null)
 BENCH_EPOCHS = 3  # epoch 0 warms up; the medians are over epochs 1 and 2
 USER_ERRORS = (DeepClusterError, FileNotFoundError, NotADirectoryError)
 
-# CLI flag -> Config key, for the flags that map one to one.
-RUN_FLAGS = {
-    "dataset": "dataset",
-    "data_dir": "data_dir",
-    "split": "split",
-    "classes": "classes",
-    "limit": "limit",
-    "download": "download",
-    "image_size": "image_size",
-    "epochs": "epochs",
-    "k": "num_clusters",
-    "heads": "num_heads",
-    "extra_k": "extra_clusters",
-    "neighbours": "neighbours",
-    "grouping": "grouping",
-    "groups": "groups",
-    "views": "views",
-    "instance_weight": "instance_weight",
-    "instance_temperature": "instance_temperature",
-    "min_epoch_samples": "min_epoch_samples",
-    "kmeans_init": "kmeans_init",
-    "arch": "arch",
-    "head": "head",
-    "proj_dim": "proj_dim",
-    "temperature": "temperature",
-    "pca_dim": "pca_dim",
-    "warmup_epochs": "warmup_epochs",
-    "lr_schedule": "lr_schedule",
-    "crop_scale": "crop_scale",
-    "rotation": "rotation",
-    "flip": "flip",
-    "batch_size": "batch_size",
-    "lr": "lr",
-    "device": "device",
-    "precision": "precision",
-    "seed": "seed",
-}
+# The run flags are the Config keys with dashes, but for these shorter names
+FLAG_NAMES = {"num_clusters": "k", "num_heads": "heads", "extra_clusters": "extra-k"}
 
 
 def _integers(flag: str) -> Callable[[str], list[int]]:
@@ -246,57 +211,45 @@ def _shared_options(default: Any) -> argparse.ArgumentParser:
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--dataset", help="fashion-mnist-sample (default), fashion-mnist, mnist, cifar10, digits, or a folder"
-    )
-    parser.add_argument("--data-dir", type=Path, help="directory holding the dataset's files")
-    parser.add_argument("--split", choices=["train", "test"])
-    parser.add_argument("--classes", type=_integers("--classes"), help="keep only these labels, e.g. 0,1,2")
-    parser.add_argument("--limit", type=int, help="keep only the first N images")
-    parser.add_argument("--download", action="store_true", default=None, help="download the dataset (needs internet)")
-    parser.add_argument("--image-size", type=int)
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--k", type=int, help="number of clusters")
-    parser.add_argument("--heads", type=int, help="k-means clusterings trained at once")
-    parser.add_argument(
-        "--kmeans-init", choices=["random", "k-means++", "previous"], help="k-means seeding (previous: last epoch's)"
-    )
-    parser.add_argument(
-        "--extra-k", type=_integers("--extra-k"), help="k of further clusterings trained at once, e.g. 10,100"
-    )
-    parser.add_argument(
-        "--neighbours", type=int, help="train on clusters shared with this many nearest neighbours; 0: off"
-    )
-    parser.add_argument("--grouping", choices=["kmeans", "spectral"], help="final grouping of the learned features")
-    parser.add_argument("--groups", type=int, help="at the end, group the images into this many groups (RUN/groups/)")
-    parser.add_argument("--arch", choices=["small", "alexnet", "vgg16"])
-    parser.add_argument("--head", choices=["linear", "prototypes"], help="top layer: random (paper) or centroids (v2)")
-    parser.add_argument("--proj-dim", type=int, help="projection dimension (head prototypes)")
-    parser.add_argument("--temperature", type=float, help="prototype softmax temperature (head prototypes)")
-    parser.add_argument("--pca-dim", type=_pca_dim, help="PCA-whitening dimension, or 'none' for L2 only")
-    parser.add_argument("--batch-size", type=int, help="images per batch; the learning rate scales with it")
-    parser.add_argument("--lr", type=float, help="learning rate for a batch of 256")
-    parser.add_argument("--warmup-epochs", type=int, help="epochs of linear learning-rate warm-up")
-    parser.add_argument("--lr-schedule", choices=["constant", "cosine"])
-    parser.add_argument("--views", type=int, help="augmented views of every sampled image per step")
-    parser.add_argument("--instance-weight", type=float, help="weight of the instance-discrimination loss (views >= 2)")
-    parser.add_argument("--instance-temperature", type=float, help="temperature of the instance-discrimination loss")
-    parser.add_argument(
-        "--min-epoch-samples", type=int, help="images drawn per epoch: the dataset's size, at least this"
-    )
-    parser.add_argument("--crop-scale", type=_crop_scale, help="random resized crop area range, e.g. 0.3,1")
-    parser.add_argument("--rotation", type=float, help="random rotation of training crops, up to +-degrees")
-    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None, help="random mirroring")
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], help="bf16 autocast (auto: where fast)")
-    parser.add_argument("--seed", type=int)
+    """One flag per Config key (`--num-clusters` is `--k`, see FLAG_NAMES), with the key's description; a flag
+    left out leaves the key to --config or its default."""
+    for key, field in Config.model_fields.items():
+        flag = "--" + FLAG_NAMES.get(key, key.replace("_", "-"))
+        options: dict[str, Any] = {"dest": key, "default": None, "help": field.description}
+        annotation = field.annotation
+        choices = get_args(annotation) if get_origin(annotation) is Literal else ()
+        if choices:
+            options["choices"] = choices
+        elif annotation is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif key == "pca_dim":
+            options["type"] = _pca_dim
+        elif key == "crop_scale":
+            options["type"] = _crop_scale
+        elif _tuple_of_ints(annotation):
+            options["type"] = _integers(flag)
+        else:
+            options["type"] = next((kind for kind in (int, float, Path, str) if _allows(annotation, kind)), str)
+        parser.add_argument(flag, **options)
     parser.add_argument("--config", type=Path, help="JSON file of config keys; flags override it")
+
+
+def _tuple_of_ints(annotation: Any) -> bool:
+    """Whether a field's annotation is `tuple[int, ...]` or that `| None`."""
+    return any(
+        get_origin(each) is tuple and get_args(each)[:1] == (int,) for each in [annotation, *get_args(annotation)]
+    )
+
+
+def _allows(annotation: Any, kind: type) -> bool:
+    """Whether a field's annotation is `kind` or `kind | None`."""
+    return annotation is kind or kind in get_args(annotation)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     values: dict[str, Any] = load_config_file(args.config) if args.config else {}
-    for flag, key in RUN_FLAGS.items():
-        value = getattr(args, flag)
+    for key in Config.model_fields:
+        value = getattr(args, key)
         if value is not None:
             values[key] = None if value == NO_PCA else value
     return build_config(values)

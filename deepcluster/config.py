@@ -51,7 +51,7 @@ class Config(BaseModel):
     # Data
     dataset: str = Field("fashion-mnist-sample", description="dataset name or path to a folder of images")
     data_dir: Path | None = Field(None, description="directory holding the dataset's files")
-    split: Literal["train", "test"] = "train"
+    split: Literal["train", "test"] = Field("train", description="dataset split (datasets that have one)")
     classes: tuple[int, ...] | None = Field(None, description="keep only these labels")
     limit: int | None = Field(None, ge=1, description="keep only the first N images")
     download: bool = Field(False, description="download with torchvision where the machine has internet")
@@ -60,7 +60,7 @@ class Config(BaseModel):
     )
 
     # Algorithm
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=1, description="epochs to train (a run can be extended later)")
     num_clusters: int = Field(30, ge=2, description="k of k-means (pseudo-classes)")
     num_heads: int = Field(1, ge=1, description="k-means clusterings (each with its own seed) trained at once")
     extra_clusters: tuple[int, ...] = Field(
@@ -69,7 +69,7 @@ class Config(BaseModel):
     neighbours: int = Field(
         0, ge=0, description="train on each image's cluster shared with its nearest neighbours (soft targets); 0: off"
     )
-    arch: Literal["small", "alexnet", "vgg16"] = "small"
+    arch: Literal["small", "alexnet", "vgg16"] = Field("small", description="convnet architecture")
     head: Literal["linear", "prototypes"] = Field(
         "prototypes",
         description="linear: the paper's top layer, re-initialised at random each epoch; prototypes: "
@@ -78,10 +78,14 @@ class Config(BaseModel):
     proj_dim: int = Field(128, ge=2, description="output dimension of the projection head (head=prototypes)")
     temperature: float = Field(0.1, gt=0, description="softmax temperature of the prototype logits (head=prototypes)")
     pca_dim: int | None = Field(
-        None, ge=2, description="PCA-whitening output dimension (paper: 256); null: no PCA, L2 normalisation only"
+        None,
+        ge=2,
+        description="PCA-whitening output dimension (paper: 256); null (none on the command line): no PCA, L2 only",
     )
-    kmeans_iters: int = Field(20, ge=1)
-    kmeans_backend: Literal["torch", "faiss"] = "torch"
+    kmeans_iters: int = Field(20, ge=1, description="at most this many k-means iterations (stops at convergence)")
+    kmeans_backend: Literal["torch", "faiss"] = Field(
+        "torch", description="k-means implementation (faiss: optional package)"
+    )
     kmeans_init: Literal["random", "k-means++", "previous"] = Field(
         "previous",
         description="k-means seeding: k random points (paper), greedy k-means++, or previous: the previous "
@@ -98,10 +102,10 @@ class Config(BaseModel):
     )
 
     # Optimisation (paper Sec. 4)
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="images per batch; the learning rate scales with it")
     lr: float = Field(0.05, gt=0, description="learning rate for a batch of 256; scaled linearly with batch_size")
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-5, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(1e-5, ge=0, description="SGD weight decay")
     warmup_epochs: int = Field(0, ge=0, description="epochs of linear learning-rate warm-up from 0")
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant", description="after warm-up: constant, or cosine decay to 0 at the last epoch"
@@ -120,14 +124,14 @@ class Config(BaseModel):
     )
     crop_scale: tuple[float, float] = Field((0.6, 1.0), description="random resized crop area range")
     rotation: float = Field(15.0, ge=0, le=180, description="random rotation of training crops, up to +-degrees")
-    flip: bool = True
+    flip: bool = Field(True, description="random mirroring of training crops")
 
     # Execution
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda where available, else cpu")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="bf16 autocast for the convnet; auto: bf16 where the device has fast bf16 units"
     )
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="the run's seed: every random draw derives from it")
     deterministic: bool = Field(True, description="torch deterministic algorithms (exact resume on CPU)")
 
     @field_validator("dataset")

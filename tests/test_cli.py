@@ -105,3 +105,14 @@ def test_run_then_evaluate_in_one_command(prefect_harness, tmp_path: Path, capsy
     assert "run ev: 1 epochs" in output and "epoch 0, clustered (128-d)" in output and "baseline: pixels" in output
     assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["epochs"]["0"]["epoch"] == 0
     assert "Epoch 0:" in (tmp_path / "ev" / "report" / "index.html").read_text()  # the report shows the evaluation
+
+
+def test_every_config_key_is_a_run_flag_with_its_description():
+    from deepcluster.cli import build_parser
+    from deepcluster.config import Config
+
+    (commands,) = [action for action in build_parser()._actions if action.dest == "command"]
+    flags = {action.dest: action for action in commands.choices["run"]._actions}
+    for key, field in Config.model_fields.items():
+        assert flags[key].help == field.description, key
+    assert flags["num_clusters"].option_strings == ["--k"] and flags["pca_dim"].option_strings == ["--pca-dim"]
