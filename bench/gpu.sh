@@ -21,21 +21,21 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 
 step "k-means at the paper's scale: 1,281,167 x 256, k = 10,000, 20 iterations"
 deepcluster bench-kmeans --n 1281167 --dim 256 --k 10000 --iters 20 --device cuda \
-    --sklearn-init none --no-faiss --json "$OUT/kmeans-paper.json"
+    --sklearn-init none --no-faiss --json-out "$OUT/kmeans-paper.json"
 
 step "full Fashion-MNIST epoch, default model, batch 1024 (lr scaled), flow vs library"
 deepcluster bench --dataset fashion-mnist --device cuda --k 100 --batch-size 1024 \
-    --epochs 4 --rounds 1 --json "$OUT/bench-fmnist-b1024.json"
+    --epochs 4 --rounds 1 --json-out "$OUT/bench-fmnist-b1024.json"
 
 step "the same without deterministic algorithms (cuDNN may pick faster kernels)"
 echo '{"deterministic": false}' > "$OUT/nondeterministic.json"
 deepcluster bench --dataset fashion-mnist --device cuda --k 100 --batch-size 1024 \
-    --config "$OUT/nondeterministic.json" --epochs 4 --rounds 1 --json "$OUT/bench-fmnist-b1024-nondet.json"
+    --config "$OUT/nondeterministic.json" --epochs 4 --rounds 1 --json-out "$OUT/bench-fmnist-b1024-nondet.json"
 
 step "the same at the default batch of 256"
 deepcluster bench --dataset fashion-mnist --device cuda --k 100 \
-    --epochs 3 --rounds 1 --json "$OUT/bench-fmnist-b256.json"
+    --epochs 3 --rounds 1 --json-out "$OUT/bench-fmnist-b256.json"
 step "quality: the Fashion-MNIST suite's default configuration, seeds 0-2 (the section of docs/RESULTS.md)"
 deepcluster --runs-dir /tmp/quality-runs bench-quality --suite fashion-mnist --configs default \
-    --seeds 0,1,2 --out "$OUT/RESULTS.md" --json "$OUT/quality-fashion-mnist.json"
+    --seeds 0,1,2 --out "$OUT/RESULTS.md" --json-out "$OUT/quality-fashion-mnist.json"
 step "done"

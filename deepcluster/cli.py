@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = command("bench", help="time the flow (all artifacts written) against the plain library loop, per stage")
     _add_config_flags(bench)
     bench.add_argument("--rounds", type=int, default=2, help="alternating library/flow rounds (default 2)")
-    bench.add_argument("--json", type=Path, help="also write the summary to this JSON file")
+    bench.add_argument("--json-out", type=Path, help="also write the summary to this JSON file")
 
     quality = command(
         "bench-quality",
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--epochs", type=int, help="train every configuration this many epochs")
     quality.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"), help="results file to update")
     quality.add_argument(
-        "--json",
+        "--json-out",
         type=Path,
         help="raw results, merged with what the file already holds (default docs/bench/quality-SUITE.json)",
     )
@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="scikit-learn initialisations to time (random: the same scheme as ours; k-means++: its default)",
     )
     bench_kmeans.add_argument("--no-faiss", action="store_true", help="skip faiss")
-    bench_kmeans.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    bench_kmeans.add_argument("--json-out", type=Path, help="also write the results to this JSON file")
     return parser
 
 
@@ -324,7 +324,7 @@ def command_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--rounds must be at least 1, got {args.rounds}")
     config = config_from_args(args)
     pipeline.resolve_device(config.device)  # a clear error before any child process starts
-    bench(config, args.rounds, args.json)
+    bench(config, args.rounds, args.json_out)
     return 0
 
 
@@ -341,7 +341,7 @@ def command_bench_quality(args: argparse.Namespace) -> int:
     command += f" --configs {args.configs}" if args.configs else ""
     command += f" --datasets {args.datasets}" if args.datasets else ""
     command += f" --epochs {args.epochs}" if args.epochs is not None else ""
-    raw = args.json or Path(f"docs/bench/quality-{args.suite}.json")
+    raw = args.json_out or Path(f"docs/bench/quality-{args.suite}.json")
     results = quality.run_suite(args.suite, args.seeds, runs_dir, main, extra, names, datasets, command)
     results = quality.merge(quality.load_raw(raw), results)
     section = quality.suite_markdown(args.suite, results)
@@ -361,7 +361,7 @@ def command_bench_kmeans(args: argparse.Namespace) -> int:
         raise ConfigError(f"--k {args.k} is larger than --n {args.n}")
     inits = {"both": ("random", "k-means++"), "none": ()}.get(args.sklearn_init, (args.sklearn_init,))
     device = pipeline.resolve_device(args.device)
-    bench_kmeans(args.n, args.dim, args.k, args.iters, device, args.seed, inits, not args.no_faiss, args.json)
+    bench_kmeans(args.n, args.dim, args.k, args.iters, device, args.seed, inits, not args.no_faiss, args.json_out)
     return 0
 
 

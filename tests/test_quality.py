@@ -20,7 +20,7 @@ def test_suite_machinery_on_tiny_data(prefect_harness, tmp_path: Path, monkeypat
     monkeypatch.setitem(quality.SUITES, "toy", toy)
     out, raw = tmp_path / "RESULTS.md", tmp_path / "raw.json"
     args = ["--runs-dir", str(tmp_path / "runs"), "bench-quality", "--suite", "toy", "--out", str(out)]
-    args += ["--json", str(raw), "--configs", "default"]
+    args += ["--json-out", str(raw), "--configs", "default"]
     assert main([*args, "--seeds", "0,1"]) == 0
     run = json.loads((tmp_path / "runs" / "quality-toy-digits-100-default-seed1" / "run.json").read_text())
     assert (run["config"]["dataset"], run["config"]["limit"], run["config"]["seed"]) == ("digits", 100, 1)
