@@ -25,7 +25,7 @@ from deepcluster import artifacts
 from deepcluster.artifacts import RunLayout
 from deepcluster.errors import RunError
 from deepcluster.evaluate import final_scores
-from deepcluster.report import metric_rows
+from deepcluster.run_metrics import metric_rows
 
 # The straightforward DeepCluster of the paper: random top layer, PCA-whitening to 256, k-means from
 # random points, crops + flips only, one pass over the images an epoch; grouped by k-means.

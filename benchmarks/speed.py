@@ -59,7 +59,7 @@ def _run_library(config: Config, device: torch.device) -> list[dict[str, Any]]:
 
 
 def _run_flow(config: Config) -> list[dict[str, Any]]:
-    from deepcluster import report
+    from deepcluster import run_metrics
     from deepcluster.artifacts import RunLayout
     from flows import load_flow
 
@@ -69,7 +69,7 @@ def _run_flow(config: Config) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="deepcluster-bench-") as runs_dir:
         deepcluster_flow(config=config, run_id="bench", runs_dir=runs_dir, progress=False)
         layout = RunLayout(Path(runs_dir), "bench")
-        return [report.epoch_metrics(layout, epoch) for epoch in layout.completed_epochs()]
+        return [run_metrics.epoch_metrics(layout, epoch) for epoch in layout.completed_epochs()]
 
 
 def _child_main(argv: list[str]) -> int:

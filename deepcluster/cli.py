@@ -21,7 +21,7 @@ from deepcluster import artifacts, pipeline
 from deepcluster.artifacts import RunLayout, default_runs_dir, find_run, list_runs, validate_run_id
 from deepcluster.config import Config, build_config, load_config_file, recorded_config
 from deepcluster.errors import ConfigError, DeepClusterError, RunError
-from deepcluster.report import epoch_metrics, flat_metrics, format_table, metric_rows, resolve_epoch
+from deepcluster.run_metrics import epoch_metrics, flat_metrics, format_table, metric_rows, resolve_epoch
 from deepcluster.stopping import stop_cleanly
 
 NO_PCA = "none"  # --pca-dim none: L2 normalisation only (config pca_dim null)
@@ -294,7 +294,7 @@ def run_flow(
             print(f"\nnot evaluated: {config.dataset} has no labels")
             return 0
         print_evaluation(layout, None, config.device, as_json=False)
-        from deepcluster.run_report import write_report
+        from deepcluster.html_report import write_report
 
         print(f"report updated with the evaluation: {write_report(layout)}")
     return 0
@@ -441,7 +441,7 @@ def print_evaluation(layout: RunLayout, epoch: int | None, device: str, as_json:
 
 
 def command_report(args: argparse.Namespace) -> int:
-    from deepcluster.run_report import write_report
+    from deepcluster.html_report import write_report
 
     index = write_report(find_run(args.run_id, args.runs_dir), args.out, args.epoch)
     print(f"report written to {index}")
@@ -449,7 +449,7 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from deepcluster.run_report import differing_config, write_comparison
+    from deepcluster.html_report import differing_config, write_comparison
 
     if len(args.run_ids) < 2:
         raise RunError(f"compare needs at least two runs, got {len(args.run_ids)}")

@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
-from deepcluster import artifacts, metrics, pipeline, report
+from deepcluster import artifacts, metrics, pipeline, run_metrics
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import Config, GroupingMethod, recorded_config
 from deepcluster.data import load_dataset
@@ -144,7 +144,7 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
         if not done:
             raise RunError(f"run {layout.run_id!r} has no finished epoch to evaluate")
         epoch = done[-1]
-    epoch_metrics = report.epoch_metrics(layout, epoch)  # also: the epoch must be finished
+    epoch_metrics = run_metrics.epoch_metrics(layout, epoch)  # also: the epoch must be finished
     if not layout.labels.is_file():
         raise RunError(f"run {layout.run_id!r} has no labels ({config.dataset}): evaluate needs a labelled dataset")
 
@@ -254,7 +254,7 @@ def format_evaluation(evaluation: dict[str, Any], epoch: int) -> str:
     final = f"; the run's final grouping: {result['grouping']} on the conv features" if "grouping" in result else ""
     return "\n".join(
         [
-            report.format_table(rows, TABLE_COLUMNS),
+            run_metrics.format_table(rows, TABLE_COLUMNS),
             (
                 f"grouped into k = {evaluation['num_classes']} classes (k-means: best of {KMEANS_INITS} k-means++ "
                 f"starts; spectral: {GRAPH_NEIGHBOURS}-nearest-neighbour graph){final}; kNN (k = {KNN_NEIGHBOURS}, "

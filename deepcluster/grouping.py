@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans, SpectralClustering
 
-from deepcluster import artifacts, pipeline, report
+from deepcluster import artifacts, pipeline, run_metrics
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import GroupingMethod, recorded_config
 from deepcluster.errors import ConfigError
@@ -55,7 +55,7 @@ def group_epoch(
     (`index`, `group`, `label`). Returns the epoch and the groups (N,). Everything is checked before anything is written.
     """
     artifacts.check_run(layout)
-    epoch = report.resolve_epoch(layout, epoch)
+    epoch = run_metrics.resolve_epoch(layout, epoch)
     config = recorded_config(artifacts.read_run_record(layout)["config"])
     inputs = artifacts.load_array(layout.inputs)
     if not 2 <= num_groups <= len(inputs):

@@ -1,8 +1,12 @@
-"""Convnets for DeepCluster: a fixed Sobel front, a trunk producing features, and a k-way head.
+"""Convnets for DeepCluster: a fixed Sobel front, a trunk producing features, and a k-way top layer.
 
-The trunk ends in the classifier's penultimate linear layer *without* its ReLU: those are the
-features clustered each epoch (as in the reference implementation). The head applies the ReLU and
-the top linear layer, which is re-initialised every epoch (Caron et al. 2018, Sec. 3.1).
+The trunk ends in the classifier's penultimate linear layer *without* its ReLU. By default
+(config head=prototypes, DeepCluster-v2) a projection (ReLU + linear) follows, its L2-normalised
+output is what k-means clusters each epoch, and the top layer is `PrototypeHead`: the centroids
+themselves. With head=linear (the paper) the trunk's features are clustered, and the top layer is
+`ClusterHead`: ReLU + a linear layer re-initialised at random every epoch (Caron et al. 2018, Sec. 3.1).
+The convolutional representation (`DeepClusterNet.representation`) is what evaluation and the final
+grouping use.
 """
 
 from __future__ import annotations

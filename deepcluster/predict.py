@@ -26,7 +26,7 @@ from deepcluster.errors import DatasetError, RunError
 from deepcluster.features import extract_features
 from deepcluster.kmeans import assign
 from deepcluster.reduce import PCAWhitening, apply_reduction
-from deepcluster.report import resolve_epoch
+from deepcluster.run_metrics import resolve_epoch
 from deepcluster.sobel import prepare_inputs
 
 MODES = {1: "grayscale (1 channel)", 3: "RGB (3 channels)"}

@@ -31,7 +31,7 @@ class TrainResult:
     batches: int
 
 
-def random_resized_crop_flip(
+def augment_crops(
     images: torch.Tensor,
     generator: torch.Generator,
     scale: tuple[float, float],
@@ -147,7 +147,7 @@ def train_epoch(
         images = to_unit_range(inputs[batch])
         views = torch.cat(
             [
-                random_resized_crop_flip(images, generator, config.crop_scale, config.flip, config.rotation)
+                augment_crops(images, generator, config.crop_scale, config.flip, config.rotation)
                 for _ in range(config.views)
             ]
         )

@@ -28,7 +28,7 @@ from deepcluster.epoch import run_epoch
 from deepcluster.errors import DivergedError
 from deepcluster.pipeline import Session, configure_torch, resolve_device
 from deepcluster.progress import progress_bar
-from deepcluster.report import flat_metrics, format_table, metric_rows
+from deepcluster.run_metrics import flat_metrics, format_table, metric_rows
 from deepcluster.stopping import reclaim_signals
 
 DEFAULT_CONFIG = Config()

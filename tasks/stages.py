@@ -16,7 +16,7 @@ import torch
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-from deepcluster import grouping, pipeline, run_report
+from deepcluster import grouping, html_report, pipeline
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import Config, GroupingMethod
 from deepcluster.kmeans import Clustering
@@ -123,4 +123,4 @@ def write_groups(layout: RunLayout, num_groups: int, method: GroupingMethod, dev
 @stage
 def write_report(layout: RunLayout) -> Path:
     """The run's HTML report (RUN/report/index.html) from its artifacts."""
-    return run_report.write_report(layout)
+    return html_report.write_report(layout)

@@ -17,3 +17,24 @@ def test_library_modules_do_not_import_prefect():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert "cli" in modules and "kmeans" in modules
     assert result.stdout.strip() == "[]"
+
+
+ALGORITHM = {"sobel", "models", "features", "reduce", "kmeans", "neighbours", "sampling", "train", "metrics", "rng"}
+ALGORITHM |= {"progress", "errors", "config", "data"}  # the layers of docs/ARCHITECTURE.md
+
+
+def test_algorithm_modules_import_no_run_module():
+    """The algorithm layer (docs/ARCHITECTURE.md) imports nothing of the runs, the flows or the commands."""
+    import ast
+
+    for name in sorted(ALGORITHM):
+        tree = ast.parse((ROOT / "deepcluster" / f"{name}.py").read_text())
+        imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        imported |= {
+            f"deepcluster.{alias.name}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module == "deepcluster"
+            for alias in node.names
+        }
+        ours = {module.split(".")[1] for module in imported if module.startswith("deepcluster.")}
+        assert ours <= ALGORITHM, f"deepcluster/{name}.py imports {sorted(ours - ALGORITHM)}"

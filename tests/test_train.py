@@ -5,10 +5,10 @@ import torch
 from deepcluster.config import Config
 from deepcluster.models import ClusterHead, DeepClusterNet
 from deepcluster.train import (
+    augment_crops,
     instance_loss,
     learning_rate,
     make_optimizer,
-    random_resized_crop_flip,
     scheduled_learning_rate,
     train_epoch,
 )
@@ -19,9 +19,9 @@ def test_a_full_square_crop_is_the_image_and_flip_mirrors_it(monkeypatch):
 
     monkeypatch.setattr(train, "ASPECT_RATIO_RANGE", (1.0, 1.0))  # square crops: the whole image at scale 1
     images = torch.rand(64, 1, 12, 12, generator=torch.Generator().manual_seed(0))
-    same = random_resized_crop_flip(images, torch.Generator().manual_seed(0), scale=(1.0, 1.0), flip=False)
+    same = augment_crops(images, torch.Generator().manual_seed(0), scale=(1.0, 1.0), flip=False)
     assert torch.allclose(same, images, atol=1e-5)
-    out = random_resized_crop_flip(images, torch.Generator().manual_seed(0), scale=(1.0, 1.0), flip=True)
+    out = augment_crops(images, torch.Generator().manual_seed(0), scale=(1.0, 1.0), flip=True)
     mirrored = [not torch.allclose(o, i, atol=1e-5) for o, i in zip(out, images, strict=True)]
     assert 10 < sum(mirrored) < 54  # about half of them
     for o, i, flipped in zip(out, images, mirrored, strict=True):
@@ -30,8 +30,8 @@ def test_a_full_square_crop_is_the_image_and_flip_mirrors_it(monkeypatch):
 
 def test_flip_mirrors_and_crops_are_reproducible():
     images = torch.arange(16.0).view(1, 1, 4, 4).repeat(64, 1, 1, 1)
-    first = random_resized_crop_flip(images, torch.Generator().manual_seed(1), (0.3, 1.0), True)
-    again = random_resized_crop_flip(images, torch.Generator().manual_seed(1), (0.3, 1.0), True)
+    first = augment_crops(images, torch.Generator().manual_seed(1), (0.3, 1.0), True)
+    again = augment_crops(images, torch.Generator().manual_seed(1), (0.3, 1.0), True)
     assert torch.equal(first, again)
     assert not torch.equal(first[0], first[1])  # each image has its own crop
 
@@ -104,9 +104,9 @@ def test_rotation_is_drawn_after_the_crop_and_reproducible():
     images = torch.rand(32, 1, 12, 12)
 
     def augment(rotation: float) -> torch.Tensor:
-        return random_resized_crop_flip(images, torch.Generator().manual_seed(3), (0.5, 1.0), True, rotation)
+        return augment_crops(images, torch.Generator().manual_seed(3), (0.5, 1.0), True, rotation)
 
-    unrotated = random_resized_crop_flip(images, torch.Generator().manual_seed(3), (0.5, 1.0), True)
+    unrotated = augment_crops(images, torch.Generator().manual_seed(3), (0.5, 1.0), True)
     assert torch.equal(augment(0.0), unrotated)  # rotation 0 keeps the crops of runs without rotation
     assert torch.equal(augment(30.0), augment(30.0)) and not torch.allclose(augment(30.0), unrotated)
 

@@ -25,7 +25,7 @@ from deepcluster import artifacts
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import recorded_config
 from deepcluster.metrics import contingency, largest_over_fair_share
-from deepcluster.report import COLUMNS, epoch_metrics, flat_metrics, resolve_epoch
+from deepcluster.run_metrics import COLUMNS, epoch_metrics, flat_metrics, resolve_epoch
 
 LARGEST_CLUSTERS = 12  # rows of sample images
 SAMPLES_PER_CLUSTER = 12
