@@ -22,10 +22,11 @@ from typing import Any
 
 import torch
 
-from deepcluster import pipeline
+from deepcluster import runtime
 from deepcluster.config import Config
 from deepcluster.epoch import run_epoch
 from deepcluster.kmeans import assign, kmeans
+from deepcluster.runs import load_inputs, new_session
 
 STAGES = ("extract", "pca", "kmeans", "targets", "resample", "train", "evaluate")
 MODES = ("library", "flow")
@@ -37,8 +38,8 @@ NOISE = 1.0  # spread of the synthetic clusters relative to their centres: they 
 
 def measure(mode: str, config: Config) -> dict[str, Any]:
     """Run `config` as the flow or the library loop in this process; per-epoch stage seconds and peaks."""
-    pipeline.configure_torch(config)
-    device = pipeline.resolve_device(config.device)
+    runtime.configure_torch(config)
+    device = runtime.resolve_device(config.device)
     start = time.perf_counter()
     epochs = _run_flow(config) if mode == "flow" else _run_library(config, device)
     total = time.perf_counter() - start
@@ -54,7 +55,7 @@ def measure(mode: str, config: Config) -> dict[str, Any]:
 
 
 def _run_library(config: Config, device: torch.device) -> list[dict[str, Any]]:
-    session = pipeline.new_session(config, *pipeline.load_inputs(config), device)
+    session = new_session(config, *load_inputs(config), device)
     return [run_epoch(session, epoch, progress=False) for epoch in range(config.epochs)]
 
 

@@ -17,7 +17,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import numpy as np
 
-from deepcluster import artifacts, pipeline
+from deepcluster import artifacts, runtime
 from deepcluster.artifacts import RunLayout, default_runs_dir, find_run, list_runs, validate_run_id
 from deepcluster.config import Config, build_config, load_config_file, recorded_config
 from deepcluster.errors import ConfigError, DeepClusterError, RunError
@@ -323,7 +323,7 @@ def command_bench(args: argparse.Namespace) -> int:
     if args.rounds < 1:
         raise ConfigError(f"--rounds must be at least 1, got {args.rounds}")
     config = config_from_args(args)
-    pipeline.resolve_device(config.device)  # a clear error before any child process starts
+    runtime.resolve_device(config.device)  # a clear error before any child process starts
     bench(config, args.rounds, args.json_out)
     return 0
 
@@ -360,7 +360,7 @@ def command_bench_kmeans(args: argparse.Namespace) -> int:
     if args.k > args.n:
         raise ConfigError(f"--k {args.k} is larger than --n {args.n}")
     inits = {"both": ("random", "k-means++"), "none": ()}.get(args.sklearn_init, (args.sklearn_init,))
-    device = pipeline.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     bench_kmeans(args.n, args.dim, args.k, args.iters, device, args.seed, inits, not args.no_faiss, args.json_out)
     return 0
 

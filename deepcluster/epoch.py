@@ -15,10 +15,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from deepcluster import pipeline
+from deepcluster import runs, stages
 from deepcluster.kmeans import Clustering
-from deepcluster.pipeline import Session, require_finite, timed
 from deepcluster.reduce import PCAWhitening
+from deepcluster.runtime import timed
+from deepcluster.stages import Session, require_finite
 
 
 def call(function: Callable[..., Any], *args: Any) -> Any:
@@ -63,29 +64,29 @@ def run_epoch(
 
     if outputs:
         outputs.begin(epoch)
-    features = run("extract", pipeline.extract, session, progress)
+    features = run("extract", stages.extract, session, progress)
     require_finite(features, "features", epoch, config)
-    features, pca = run("pca", pipeline.reduce, features, config.pca_dim)
+    features, pca = run("pca", stages.reduce, features, config.pca_dim)
     require_finite(features, "reduced features (PCA-whitened)", epoch, config)
     if outputs:
         outputs.features(epoch, features.cpu().numpy())
-    clusterings = run("kmeans", pipeline.cluster, features, config, epoch, session.previous_assignments)
-    targets = run("targets", pipeline.training_targets, features, clusterings, config)
+    clusterings = run("kmeans", stages.cluster, features, config, epoch, session.previous_assignments)
+    targets = run("targets", stages.training_targets, features, clusterings, config)
     del features
     assignments = clusterings[0].assignments.cpu().numpy()
     if outputs:
         outputs.clusters(epoch, assignments, clusterings[0], pca)
-    sample = run("resample", pipeline.resample, clusterings[0].assignments, config, epoch)
-    trained = run("train", pipeline.retrain, session, clusterings, targets, sample, epoch, progress)
+    sample = run("resample", stages.resample, clusterings[0].assignments, config, epoch)
+    trained = run("train", stages.retrain, session, clusterings, targets, sample, epoch, progress)
     require_finite(trained.loss, "training losses", epoch, config)
     for name, weights in session.model.state_dict().items():
         require_finite(weights, f"trained weights ({name})", epoch, config)
     if outputs:
-        outputs.checkpoint(epoch, pipeline.checkpoint(session, epoch))
-    scores = run("evaluate", pipeline.score_clusters, session, assignments)
+        outputs.checkpoint(epoch, runs.checkpoint(session, epoch))
+    scores = run("evaluate", stages.score_clusters, session, assignments)
     session.previous_assignments = assignments
     seconds["epoch"] = round(time.perf_counter() - start, 4)
-    record = pipeline.epoch_record(session, epoch, clusterings[0], trained, scores, seconds)
+    record = stages.epoch_record(session, epoch, clusterings[0], trained, scores, seconds)
     if outputs:
         outputs.commit(epoch, record)
     return record

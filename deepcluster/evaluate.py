@@ -24,7 +24,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler
 
-from deepcluster import artifacts, metrics, pipeline, run_metrics
+from deepcluster import artifacts, metrics, run_metrics, runs, runtime, stages
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import Config, GroupingMethod, recorded_config
 from deepcluster.data import load_dataset
@@ -148,18 +148,18 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
     if not layout.labels.is_file():
         raise RunError(f"run {layout.run_id!r} has no labels ({config.dataset}): evaluate needs a labelled dataset")
 
-    torch_device = pipeline.resolve_device(device)
+    torch_device = runtime.resolve_device(device)
     labels = artifacts.load_array(layout.labels)
     inputs = artifacts.load_array(layout.inputs)
-    model, _ = pipeline.load_model(layout.model(epoch), config, torch_device)
-    bf16 = pipeline.use_bf16(config, torch_device)
+    model, _ = runs.load_model(layout.model(epoch), config, torch_device)
+    bf16 = runtime.use_bf16(config, torch_device)
 
     def conv_features(images: np.ndarray) -> np.ndarray:
         tensor = torch.from_numpy(images).to(torch_device)
         return representation_features(model, tensor, config.batch_size, bf16).cpu().numpy()
 
     projected = extract_features(model, torch.from_numpy(inputs).to(torch_device), config.batch_size, False, bf16)
-    clustered = pipeline.reduce(projected, config.pca_dim)[0].cpu().numpy()
+    clustered = stages.reduce(projected, config.pca_dim)[0].cpu().numpy()
     conv = conv_features(inputs)
     probe = ProbeSplit(config, record["dataset"]["input_size"], labels)
     probe_data = probe.sets(conv, conv_features)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from sklearn.cluster import KMeans, SpectralClustering
 
-from deepcluster import artifacts, pipeline, run_metrics
+from deepcluster import artifacts, run_metrics, runs, runtime
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import GroupingMethod, recorded_config
 from deepcluster.errors import ConfigError
@@ -60,9 +60,9 @@ def group_epoch(
     inputs = artifacts.load_array(layout.inputs)
     if not 2 <= num_groups <= len(inputs):
         raise ConfigError(f"groups must be between 2 and the run's {len(inputs)} images, got {num_groups}")
-    torch_device = pipeline.resolve_device(device)
-    model, _ = pipeline.load_model(layout.model(epoch), config, torch_device)
-    bf16 = pipeline.use_bf16(config, torch_device)
+    torch_device = runtime.resolve_device(device)
+    model, _ = runs.load_model(layout.model(epoch), config, torch_device)
+    bf16 = runtime.use_bf16(config, torch_device)
     features = representation_features(model, torch.from_numpy(inputs).to(torch_device), config.batch_size, bf16)
     groups = group(features.cpu().numpy(), num_groups, method)
     labels = artifacts.load_array(layout.labels) if layout.labels.is_file() else None

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from deepcluster import artifacts, pipeline
+from deepcluster import artifacts, runs, runtime
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import recorded_config
 from deepcluster.data import ImageSet
@@ -74,8 +74,8 @@ def predict(
             "kept their centroids, so its clusters cannot take new images; train the run again"
         )
     check_images(layout, record["dataset"]["image_shape"], image_set)
-    torch_device = pipeline.resolve_device(device)
-    model, _ = pipeline.load_model(layout.model_before(epoch), config, torch_device)
+    torch_device = runtime.resolve_device(device)
+    model, _ = runs.load_model(layout.model_before(epoch), config, torch_device)
     inputs = torch.from_numpy(prepare_inputs(image_set.images, record["dataset"]["input_size"])).to(torch_device)
     features = extract_features(model, inputs, config.batch_size, progress, record.get("precision") == "bf16")
     pca = None

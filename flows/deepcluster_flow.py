@@ -21,14 +21,15 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 import tasks
-from deepcluster import artifacts, pipeline
+from deepcluster import artifacts, runs
 from deepcluster.artifacts import ArtifactWriter, RunLayout, RunLock, default_runs_dir, device_lock
 from deepcluster.config import Config, build_config
 from deepcluster.epoch import run_epoch
 from deepcluster.errors import DivergedError
-from deepcluster.pipeline import Session, configure_torch, resolve_device
 from deepcluster.progress import progress_bar
 from deepcluster.run_metrics import flat_metrics, format_table, metric_rows
+from deepcluster.runtime import configure_torch, resolve_device
+from deepcluster.stages import Session
 from deepcluster.stopping import reclaim_signals
 
 DEFAULT_CONFIG = Config()
@@ -107,7 +108,7 @@ def deepcluster_flow(
         if first_epoch < config.epochs:
             session = tasks.load_session(layout, config, first_epoch, device)
             with ArtifactWriter() as writer:
-                outputs = pipeline.RunOutputs(layout, writer, session.labels)
+                outputs = runs.RunOutputs(layout, writer, session.labels)
                 for epoch in progress_bar(range(first_epoch, config.epochs), "epochs", "epoch", progress):
                     rows.append(flat_metrics(_run_epoch(layout, session, epoch, outputs, progress)))
                     logger.info("epoch %d computed (committed in the background): %s", epoch, _epoch_line(rows[-1]))
@@ -150,7 +151,7 @@ def deepcluster_flow_with_retries(
 
 
 def _run_epoch(
-    layout: RunLayout, session: Session, epoch: int, outputs: pipeline.RunOutputs, progress: bool | None
+    layout: RunLayout, session: Session, epoch: int, outputs: runs.RunOutputs, progress: bool | None
 ) -> dict[str, Any]:
     """The epoch loop with each stage as a Prefect task and its outputs written into the run (committed in the
     background); a divergence is reported with the run's id."""

@@ -16,12 +16,13 @@ import torch
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-from deepcluster import grouping, html_report, pipeline
+from deepcluster import grouping, html_report, runs, stages
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import Config, GroupingMethod
 from deepcluster.kmeans import Clustering
-from deepcluster.pipeline import DatasetInfo, Session
 from deepcluster.reduce import PCAWhitening
+from deepcluster.runs import DatasetInfo
+from deepcluster.stages import Session
 from deepcluster.train import TrainResult
 
 stage = task(cache_policy=NO_CACHE, persist_result=False)
@@ -30,31 +31,31 @@ stage = task(cache_policy=NO_CACHE, persist_result=False)
 @stage
 def ingest(config: Config, layout: RunLayout) -> DatasetInfo:
     """Load and validate the dataset; create the run or check it can be continued."""
-    return pipeline.ingest(config, layout)
+    return runs.ingest(config, layout)
 
 
 @stage
 def sobel_preprocess(layout: RunLayout, image_size: int) -> Path:
     """Grayscale and resize the images for the fixed Sobel front."""
-    return pipeline.sobel_preprocess(layout, image_size)
+    return runs.sobel_preprocess(layout, image_size)
 
 
 @stage
 def load_session(layout: RunLayout, config: Config, epoch: int, device: str) -> Session:
     """Inputs, model and optimizer as they enter `epoch`, from the run's files."""
-    return pipeline.open_session(layout, config, epoch, torch.device(device))
+    return runs.open_session(layout, config, epoch, torch.device(device))
 
 
 @stage
 def extract_features(session: Session, progress: bool | None) -> torch.Tensor:
     """Features of every image with the current convnet."""
-    return pipeline.extract(session, progress)
+    return stages.extract(session, progress)
 
 
 @stage
 def pca_reduce(features: torch.Tensor, pca_dim: int | None) -> tuple[torch.Tensor, PCAWhitening | None]:
     """PCA-whitening (unless pca_dim is None) + L2 normalisation of the features, and the fitted PCA."""
-    return pipeline.reduce(features, pca_dim)
+    return stages.reduce(features, pca_dim)
 
 
 @stage
@@ -62,19 +63,19 @@ def cluster_kmeans(
     points: torch.Tensor, config: Config, epoch: int, previous: np.ndarray | None = None
 ) -> list[Clustering]:
     """k-means with the empty-cluster fix, once per head (seeded from `previous` where configured)."""
-    return pipeline.cluster(points, config, epoch, previous)
+    return stages.cluster(points, config, epoch, previous)
 
 
 @stage
 def training_targets(points: torch.Tensor, clusterings: list[Clustering], config: Config) -> list[torch.Tensor]:
     """Each clustering's training targets: its cluster ids, or their share among each image's neighbours."""
-    return pipeline.training_targets(points, clusterings, config)
+    return stages.training_targets(points, clusterings, config)
 
 
 @stage
 def balanced_resample(assignments: torch.Tensor, config: Config, epoch: int) -> torch.Tensor:
     """Training indices sampled uniformly over clusters."""
-    return pipeline.resample(assignments, config, epoch)
+    return stages.resample(assignments, config, epoch)
 
 
 @stage
@@ -87,24 +88,24 @@ def retrain(
     progress: bool | None,
 ) -> TrainResult:
     """One epoch of training on the pseudo-labels (updates the session's model and optimizer)."""
-    return pipeline.retrain(session, clusterings, targets, sample, epoch, progress)
+    return stages.retrain(session, clusterings, targets, sample, epoch, progress)
 
 
 @stage
 def score_clusters(session: Session, assignments: np.ndarray) -> dict[str, Any]:
     """The clusters' sizes, NMI against the previous epoch and, where labels exist, NMI/ACC/ARI against them."""
-    return pipeline.score_clusters(session, assignments)
+    return stages.score_clusters(session, assignments)
 
 
 # The task of each epoch stage (epoch.run_epoch calls these functions)
 EPOCH_TASKS: dict[Callable[..., Any], Task[..., Any]] = {
-    pipeline.extract: extract_features,
-    pipeline.reduce: pca_reduce,
-    pipeline.cluster: cluster_kmeans,
-    pipeline.training_targets: training_targets,
-    pipeline.resample: balanced_resample,
-    pipeline.retrain: retrain,
-    pipeline.score_clusters: score_clusters,
+    stages.extract: extract_features,
+    stages.reduce: pca_reduce,
+    stages.cluster: cluster_kmeans,
+    stages.training_targets: training_targets,
+    stages.resample: balanced_resample,
+    stages.retrain: retrain,
+    stages.score_clusters: score_clusters,
 }
 
 

@@ -117,11 +117,11 @@ def test_task_functions_run_without_prefect(tmp_path: Path):
 
 def test_flow_and_library_loop_compute_the_same_epochs(finished_run: Path):
     """The library runs the flow's epoch loop without Prefect and without writing: the same epochs."""
-    from deepcluster import pipeline
+    from deepcluster import runs
     from deepcluster.epoch import run_epoch
 
     config = tiny_config()
-    session = pipeline.new_session(config, *pipeline.load_inputs(config), torch.device("cpu"))
+    session = runs.new_session(config, *runs.load_inputs(config), torch.device("cpu"))
     layout = RunLayout(finished_run, "tiny")
     for epoch in (0, 1):
         metrics = run_epoch(session, epoch, progress=False)
@@ -136,22 +136,22 @@ def test_flow_and_library_loop_compute_the_same_epochs(finished_run: Path):
 def test_a_failed_background_write_commits_nothing_and_the_run_resumes_exactly(
     prefect_harness, finished_run: Path, tmp_path: Path, monkeypatch
 ):
-    from deepcluster import pipeline
+    from deepcluster import runs
     from flows.deepcluster_flow import deepcluster_flow
 
-    original = pipeline.write_checkpoint
+    original = runs.write_checkpoint
 
     def failing_on_epoch_1(layout, epoch, state):
         if epoch == 1:
             raise OSError("No space left on device")
         original(layout, epoch, state)
 
-    monkeypatch.setattr(pipeline, "write_checkpoint", failing_on_epoch_1)
+    monkeypatch.setattr(runs, "write_checkpoint", failing_on_epoch_1)
     with pytest.raises(OSError, match="No space left on device"):
         deepcluster_flow(config=tiny_config(), run_id="tiny", runs_dir=str(tmp_path), progress=False)
     layout = RunLayout(tmp_path, "tiny")
     assert layout.completed_epochs() == [0]  # epoch 1 lacks its checkpoint: it was not committed
-    monkeypatch.setattr(pipeline, "write_checkpoint", original)
+    monkeypatch.setattr(runs, "write_checkpoint", original)
     deepcluster_flow(config=tiny_config(), run_id="tiny", runs_dir=str(tmp_path), progress=False)
     straight = RunLayout(finished_run, "tiny")
     assert layout.completed_epochs() == [0, 1] and not list(layout.staging.glob("*"))

@@ -16,10 +16,10 @@ def test_a_flow_run_retried_by_prefect_continues_its_own_run(
 ):
     from prefect import get_client
 
-    from deepcluster import pipeline
+    from deepcluster import runs
     from flows.deepcluster_flow import deepcluster_flow_with_retries
 
-    original, failures = pipeline.write_checkpoint, []
+    original, failures = runs.write_checkpoint, []
 
     def failing_once_on_epoch_1(layout, epoch, state):
         if epoch == 1 and not failures:
@@ -27,7 +27,7 @@ def test_a_flow_run_retried_by_prefect_continues_its_own_run(
             raise OSError("No space left on device")
         original(layout, epoch, state)
 
-    monkeypatch.setattr(pipeline, "write_checkpoint", failing_once_on_epoch_1)
+    monkeypatch.setattr(runs, "write_checkpoint", failing_once_on_epoch_1)
     retrying = deepcluster_flow_with_retries.with_options(retry_delay_seconds=0)  # the scheduled deployment's flow
     root = Path(retrying(config=tiny_config(), runs_dir=str(tmp_path), progress=False)["run_dir"])  # no run id given
     assert failures == [1]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from deepcluster import pipeline
+from deepcluster import runs, runtime, stages
 from deepcluster.artifacts import RunLayout
 from deepcluster.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC
 from deepcluster.epoch import run_epoch
@@ -27,18 +27,18 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path: Path):
         (tiny_config(arch="alexnet", image_size=32), "alexnet needs images of at least 63"),
     ]:
         with pytest.raises(ConfigError, match=message):
-            pipeline.ingest(config, layout)
+            runs.ingest(config, layout)
     with pytest.raises(FileNotFoundError, match="missing"):
-        pipeline.ingest(tiny_config(dataset="fashion-mnist", data_dir=tmp_path / "missing"), layout)
+        runs.ingest(tiny_config(dataset="fashion-mnist", data_dir=tmp_path / "missing"), layout)
     assert not layout.root.exists()
 
 
 def test_existing_run_refuses_a_changed_config_naming_the_keys(tmp_path: Path):
     layout = RunLayout(tmp_path, "r")
-    pipeline.ingest(tiny_config(), layout)
+    runs.ingest(tiny_config(), layout)
     with pytest.raises(RunError, match=r"different config \(num_clusters: 10 -> 12, seed: 7 -> 8\)"):
-        pipeline.ingest(tiny_config(num_clusters=12, seed=8), layout)
-    pipeline.ingest(tiny_config(epochs=5), layout)  # more epochs extend the run
+        runs.ingest(tiny_config(num_clusters=12, seed=8), layout)
+    runs.ingest(tiny_config(epochs=5), layout)  # more epochs extend the run
 
 
 def test_a_run_continues_from_where_its_data_now_lies(tmp_path: Path):
@@ -48,9 +48,9 @@ def test_a_run_continues_from_where_its_data_now_lies(tmp_path: Path):
     write_idx(old / "train-images-idx3-ubyte", rng.integers(0, 255, (40, 28, 28), dtype=np.uint8), IDX_IMAGES_MAGIC)
     write_idx(old / "train-labels-idx1-ubyte", np.arange(40, dtype=np.uint8) % 4, IDX_LABELS_MAGIC)
     layout = RunLayout(tmp_path / "runs", "moved")
-    pipeline.ingest(tiny_config(dataset="fashion-mnist", data_dir=old, limit=None, num_clusters=4), layout)
+    runs.ingest(tiny_config(dataset="fashion-mnist", data_dir=old, limit=None, num_clusters=4), layout)
     shutil.move(old, new)
-    pipeline.ingest(tiny_config(dataset="fashion-mnist", data_dir=new, limit=None, num_clusters=4), layout)
+    runs.ingest(tiny_config(dataset="fashion-mnist", data_dir=new, limit=None, num_clusters=4), layout)
     assert json.loads(layout.run_json.read_text())["config"]["data_dir"] == str(new)
 
 
@@ -61,19 +61,19 @@ def test_existing_run_refuses_changed_data(tmp_path: Path):
         Image.fromarray(np.full((10, 10), i * 20, np.uint8)).save(images / f"{i}.png")
     config = tiny_config(dataset=str(images), limit=None, num_clusters=3)
     layout = RunLayout(tmp_path / "runs", "folder")
-    pipeline.ingest(config, layout)
+    runs.ingest(config, layout)
     Image.fromarray(np.full((10, 10), 255, np.uint8)).save(images / "0.png")
     with pytest.raises(RunError, match="was trained on different data"):
-        pipeline.ingest(config, layout)
+        runs.ingest(config, layout)
 
 
 def test_one_epoch_of_the_library_loop(tmp_path: Path):
     layout = RunLayout(tmp_path, "stages")
     config = tiny_config()
-    info = pipeline.ingest(config, layout)
+    info = runs.ingest(config, layout)
     assert (info.num_images, info.image_size, info.has_labels) == (300, 28, True)
-    pipeline.sobel_preprocess(layout, info.image_size)
-    session = pipeline.open_session(layout, config, 0, pipeline.resolve_device("cpu"))
+    runs.sobel_preprocess(layout, info.image_size)
+    session = runs.open_session(layout, config, 0, runtime.resolve_device("cpu"))
     assert session.inputs.dtype == torch.uint8 and session.inputs.shape == (300, 1, 28, 28)
     metrics = run_epoch(session, 0, progress=False)
     assert metrics["train_loss"] > 0 and metrics["kmeans_loss"] > 0 and 1 <= metrics["kmeans_iterations"] <= 20
@@ -97,11 +97,11 @@ def test_one_epoch_of_the_library_loop(tmp_path: Path):
 def test_checkpoint_is_a_snapshot_that_later_training_does_not_change(tmp_path: Path):
     layout = RunLayout(tmp_path, "snap")
     config = tiny_config()
-    info = pipeline.ingest(config, layout)
-    pipeline.sobel_preprocess(layout, info.image_size)
-    session = pipeline.open_session(layout, config, 0, pipeline.resolve_device("cpu"))
+    info = runs.ingest(config, layout)
+    runs.sobel_preprocess(layout, info.image_size)
+    session = runs.open_session(layout, config, 0, runtime.resolve_device("cpu"))
     run_epoch(session, 0, progress=False)
-    state = pipeline.checkpoint(session, 0)
+    state = runs.checkpoint(session, 0)
     frozen = {key: value.clone() for key, value in state["model"].items()}
     run_epoch(session, 1, progress=False)
     assert all(torch.equal(frozen[key], state["model"][key]) for key in frozen)
@@ -110,14 +110,14 @@ def test_checkpoint_is_a_snapshot_that_later_training_does_not_change(tmp_path: 
 
 @pytest.mark.parametrize(("precision", "expected"), [("fp32", False), ("bf16", True)])
 def test_precision_is_as_configured(precision: str, expected: bool):
-    assert pipeline.use_bf16(tiny_config(precision=precision), torch.device("cpu")) is expected
+    assert runtime.use_bf16(tiny_config(precision=precision), torch.device("cpu")) is expected
 
 
 def test_cuda_requested_without_gpu(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     with pytest.raises(ConfigError, match="no CUDA GPU"):
-        pipeline.resolve_device("cuda")
-    assert str(pipeline.resolve_device("auto")) == "cpu"
+        runtime.resolve_device("cuda")
+    assert str(runtime.resolve_device("auto")) == "cpu"
 
 
 @pytest.mark.parametrize(
@@ -133,35 +133,35 @@ def test_epochs_with_several_heads_and_the_paper_head(overrides: dict[str, objec
     if overrides.get("kmeans_backend") == "faiss":
         pytest.importorskip("faiss", reason="faiss is an optional backend (pip install faiss-cpu)")
     config = tiny_config(**overrides)
-    inputs, labels = pipeline.load_inputs(config)
-    session = pipeline.new_session(config, inputs, labels, torch.device("cpu"))
+    inputs, labels = runs.load_inputs(config)
+    session = runs.new_session(config, inputs, labels, torch.device("cpu"))
     for epoch in range(2):
         metrics = run_epoch(session, epoch, progress=False)
         assert metrics["train_loss"] > 0 and metrics["cluster_sizes"]["empty"] == 0
-    features, _ = pipeline.reduce(pipeline.extract(session), config.pca_dim)
-    clusterings = pipeline.cluster(features, config, 2)
-    assert [len(clustering.centroids) for clustering in clusterings] == pipeline.head_clusters(config)
+    features, _ = stages.reduce(stages.extract(session), config.pca_dim)
+    clusterings = stages.cluster(features, config, 2)
+    assert [len(clustering.centroids) for clustering in clusterings] == stages.head_clusters(config)
     if config.num_heads > 1:  # each head draws its own k-means seeds
         assert not torch.equal(clusterings[0].assignments, clusterings[1].assignments)
-    targets = pipeline.training_targets(features, clusterings, config)
+    targets = stages.training_targets(features, clusterings, config)
     if config.neighbours:  # soft: each cluster's share among an image and its neighbours
         assert [tuple(target.shape) for target in targets] == [(300, 10), (300, 4), (300, 20)]
         assert torch.allclose(targets[1].sum(dim=1), torch.ones(300))
-    sample = pipeline.resample(clusterings[0].assignments, config, 2)
+    sample = stages.resample(clusterings[0].assignments, config, 2)
     assert len(sample) == max(300, config.min_epoch_samples)
 
 
 def test_previous_init_starts_k_means_from_last_epochs_clusters():
     config = tiny_config(kmeans_init="previous")
-    inputs, labels = pipeline.load_inputs(config)
-    session = pipeline.new_session(config, inputs, labels, torch.device("cpu"))
+    inputs, labels = runs.load_inputs(config)
+    session = runs.new_session(config, inputs, labels, torch.device("cpu"))
     run_epoch(session, 0, progress=False)
     previous = session.previous_assignments
     assert previous is not None
-    features, _ = pipeline.reduce(pipeline.extract(session), config.pca_dim)
+    features, _ = stages.reduce(stages.extract(session), config.pca_dim)
     start = centroid_means(features, torch.from_numpy(previous), config.num_clusters)
     expected = kmeans(features, config.num_clusters, stage_generator(config.seed, 1, "kmeans"), 20, start)
-    assert torch.equal(pipeline.cluster(features, config, 1, previous)[0].assignments, expected.assignments)
-    first_epoch = pipeline.cluster(features, config, 0)[0]  # no previous epoch: k-means++ from the epoch's seed
+    assert torch.equal(stages.cluster(features, config, 1, previous)[0].assignments, expected.assignments)
+    first_epoch = stages.cluster(features, config, 0)[0]  # no previous epoch: k-means++ from the epoch's seed
     plus_plus = kmeans(features, config.num_clusters, stage_generator(config.seed, 0, "kmeans"), 20, "k-means++")
     assert torch.equal(first_epoch.assignments, plus_plus.assignments)

@@ -1,60 +1,32 @@
-"""The stages of a DeepCluster run.
-
-Set-up stages (ingest, preprocess) work on the run directory. The epoch stages work in memory on a
-`Session` (inputs on the device, model, optimizer) that lives across epochs, so nothing is reloaded
-between stages; `epoch.run_epoch` chains them, and `RunOutputs` writes an epoch's outputs into its run on a
-background writer and commits the epoch once its files are written. `open_session` rebuilds the same state
-from a run's files, which is how a run resumes. The algorithm itself lives in the modules called here
-(features, reduce, kmeans, sampling, train, metrics).
-"""
+"""Runs: create a run (ingest the dataset, record run.json, the Sobel inputs, the initial model), check that a
+run can be continued as asked, open a session from a run's files (how a run resumes), and write an epoch's
+outputs into the run (`RunOutputs`, on the background writer) and commit it."""
 
 from __future__ import annotations
 
-import os
 import platform
 import shutil
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 
-from deepcluster import __version__, artifacts, metrics
+from deepcluster import __version__, artifacts
 from deepcluster.artifacts import ArtifactWriter, RunLayout
 from deepcluster.config import EXTENDABLE_KEYS, LOCATION_KEYS, Config, recorded_config
 from deepcluster.data import ImageSet, load_dataset
-from deepcluster.errors import ConfigError, DatasetError, DivergedError, RunError
-from deepcluster.features import extract_features
-from deepcluster.kmeans import Clustering, centroid_means, faiss_kmeans, kmeans
-from deepcluster.models import ARCHS, ClusterHead, DeepClusterNet, PrototypeHead
-from deepcluster.neighbours import nearest_neighbours, neighbour_targets
-from deepcluster.reduce import PCAWhitening, apply_reduction, pca_whiten_l2
-from deepcluster.rng import INIT_EPOCH, stage_generator, stage_seed
-from deepcluster.sampling import uniform_cluster_sample
+from deepcluster.errors import ConfigError, DatasetError, RunError
+from deepcluster.kmeans import Clustering
+from deepcluster.models import ARCHS, DeepClusterNet
+from deepcluster.reduce import PCAWhitening
+from deepcluster.rng import INIT_EPOCH, stage_generator
+from deepcluster.runtime import resolve_device, use_bf16
 from deepcluster.sobel import prepare_inputs
-from deepcluster.train import TrainResult, make_optimizer, train_epoch
-
-Result = TypeVar("Result")
-
-
-@dataclass
-class Session:
-    """What the epochs of one process work on, kept in memory from epoch to epoch: the inputs on the
-    device, the labels (evaluation only), the convnet and its optimizer, the last epoch's assignments."""
-
-    config: Config
-    device: torch.device
-    bf16: bool
-    inputs: torch.Tensor  # uint8 (N, 1, S, S) on `device`
-    labels: np.ndarray | None
-    model: DeepClusterNet
-    optimizer: torch.optim.SGD
-    previous_assignments: np.ndarray | None = None
+from deepcluster.stages import Session, head_clusters
+from deepcluster.train import make_optimizer
 
 
 @dataclass(frozen=True)
@@ -65,26 +37,6 @@ class DatasetInfo:
     image_size: int
     has_labels: bool
     fingerprint: str
-
-
-# ---------------------------------------------------------------- set-up
-
-
-def resolve_device(requested: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is an error."""
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was requested but no CUDA GPU is available: set device to 'cpu' or 'auto'")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def configure_torch(config: Config) -> None:
-    """Deterministic kernels when asked (exact resume on CPU); intra-op threads = cores."""
-    if config.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
 
 
 def effective_image_size(config: Config, native_size: int) -> int:
@@ -133,27 +85,6 @@ def load_model(path: Path, config: Config, device: torch.device) -> tuple[DeepCl
     model = build_model(config, torch.Generator()).to(device).to(memory_format=torch.channels_last)
     model.load_state_dict(checkpoint["model"])
     return model, checkpoint
-
-
-def use_bf16(config: Config, device: torch.device) -> bool:
-    """Whether the convnet runs under bf16 autocast: as configured, or (auto) where bf16 is fast."""
-    if config.precision != "auto":
-        return config.precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return "amx_bf16" in _cpu_flags()  # CPUs with AMX tiles run bf16 convolutions several times faster
-
-
-@cache
-def _cpu_flags() -> frozenset[str]:
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    return frozenset(word for line in cpuinfo.splitlines() if line.startswith("flags") for word in line.split())
-
-
-# ---------------------------------------------------------------- stages
 
 
 def ingest(config: Config, layout: RunLayout) -> DatasetInfo:
@@ -298,171 +229,6 @@ def new_session(config: Config, inputs: np.ndarray, labels: np.ndarray | None, d
     model = initial_model(config).to(device).to(memory_format=torch.channels_last)
     tensor = torch.from_numpy(inputs).to(device)
     return Session(config, device, use_bf16(config, device), tensor, labels, model, make_optimizer(model, config))
-
-
-def extract(session: Session, progress: bool | None = None) -> torch.Tensor:
-    """Features (N, D) of every image with the current convnet, float32 on the device."""
-    config = session.config
-    return extract_features(session.model, session.inputs, config.batch_size, progress, session.bf16)
-
-
-def reduce(features: torch.Tensor, pca_dim: int | None) -> tuple[torch.Tensor, PCAWhitening | None]:
-    """PCA-whitening to `pca_dim` dimensions + L2 normalisation, and the fitted PCA; L2 normalisation only
-    (and no PCA) when pca_dim is None."""
-    if pca_dim is None:
-        return apply_reduction(features, None), None
-    return pca_whiten_l2(features, pca_dim)
-
-
-def cluster(points: torch.Tensor, config: Config, epoch: int, previous: np.ndarray | None = None) -> list[Clustering]:
-    """One k-means with the empty-cluster fix per head, each seeded per (run, epoch, head).
-
-    previous: the previous epoch's assignments (head 0), for kmeans_init='previous'.
-    """
-    clusterings = []
-    for head, num_clusters in enumerate(head_clusters(config)):
-        name = _per_head("kmeans", head)
-        init: str | torch.Tensor = config.kmeans_init
-        if init == "previous":
-            init = "k-means++"
-            if head == 0 and previous is not None:
-                init = centroid_means(points, torch.from_numpy(previous).to(points.device), num_clusters)
-        if config.kmeans_backend == "faiss":
-            seed = stage_seed(config.seed, epoch, name)
-            clusterings.append(faiss_kmeans(points, num_clusters, seed, config.kmeans_iters, init))
-        else:
-            generator = stage_generator(config.seed, epoch, name)
-            clusterings.append(kmeans(points, num_clusters, generator, config.kmeans_iters, init))
-    return clusterings
-
-
-def head_clusters(config: Config) -> list[int]:
-    """k of every clustering trained on: num_heads of num_clusters, then one per extra_clusters."""
-    return [config.num_clusters] * config.num_heads + list(config.extra_clusters)
-
-
-def training_targets(points: torch.Tensor, clusterings: list[Clustering], config: Config) -> list[torch.Tensor]:
-    """Each clustering's training targets: its cluster ids, or (config.neighbours > 0) soft targets, the
-    share of each cluster among an image and its nearest neighbours in `points`."""
-    if config.neighbours == 0:
-        return [clustering.assignments for clustering in clusterings]
-    neighbours = nearest_neighbours(points, config.neighbours)
-    return [
-        neighbour_targets(clustering.assignments, neighbours, len(clustering.centroids)) for clustering in clusterings
-    ]
-
-
-def _per_head(stage: str, head: int) -> str:
-    """The random stream of `stage` for head `head` (head 0 keeps the stage's own name)."""
-    return stage if head == 0 else f"{stage}-{head}"
-
-
-def resample(assignments: torch.Tensor, config: Config, epoch: int) -> torch.Tensor:
-    """Indices of the epoch's training images, uniform over clusters, shuffled."""
-    generator = stage_generator(config.seed, epoch, "sample")
-    num_samples = max(len(assignments), config.min_epoch_samples)
-    return uniform_cluster_sample(assignments.cpu(), config.num_clusters, generator, num_samples)
-
-
-def retrain(
-    session: Session,
-    clusterings: list[Clustering],
-    targets: list[torch.Tensor],
-    sample: torch.Tensor,
-    epoch: int,
-    progress: bool | None = None,
-) -> TrainResult:
-    """New top layers (one per clustering), then train convnet + top layers one epoch on the pseudo-labels
-    (in place). head=linear: re-initialised at random; head=prototypes: the clustering's centroids."""
-    config, device = session.config, session.device
-    heads: list[torch.nn.Module] = []
-    for index, clustering in enumerate(clusterings):
-        if config.head == "prototypes":
-            heads.append(PrototypeHead(clustering.centroids, config.temperature).to(device))
-        else:
-            head = ClusterHead(session.model.feature_dim, len(clustering.centroids))
-            head.reset_parameters(stage_generator(config.seed, epoch, _per_head("head", index)))
-            heads.append(head.to(device))
-    augment_generator = stage_generator(config.seed, epoch, "augment", device)
-    # Dropout draws from torch's global generator: fork it, seeded per (run, epoch), so the
-    # global state outside is untouched and a re-run epoch draws the same masks.
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(stage_seed(config.seed, epoch, "dropout"))
-        return train_epoch(
-            session.model,
-            heads,
-            session.optimizer,
-            session.inputs,
-            targets,
-            sample,
-            config,
-            epoch,
-            augment_generator,
-            progress,
-            session.bf16,
-        )
-
-
-def score_clusters(session: Session, assignments: np.ndarray) -> dict[str, Any]:
-    """The epoch's clusters scored: their sizes, NMI against the previous epoch's assignments, and NMI/ACC/ARI
-    against the labels where there are labels (evaluation only: nothing in training reads them)."""
-    result: dict[str, Any] = {"cluster_sizes": metrics.cluster_size_stats(assignments, session.config.num_clusters)}
-    previous = session.previous_assignments
-    result["nmi_previous"] = None if previous is None else metrics.nmi(assignments, previous)
-    if session.labels is not None:
-        result["labels"] = {
-            "nmi": metrics.nmi(session.labels, assignments),
-            "acc": metrics.accuracy(session.labels, assignments),
-            "ari": metrics.ari(session.labels, assignments),
-        }
-    return result
-
-
-def epoch_record(
-    session: Session,
-    epoch: int,
-    clustering: Clustering,
-    trained: TrainResult,
-    evaluation: dict[str, Any],
-    seconds: dict[str, float],
-) -> dict[str, Any]:
-    """The contents of an epoch's metrics.json."""
-    return {
-        "epoch": epoch,
-        "num_images": len(session.inputs),
-        "num_clusters": session.config.num_clusters,
-        "train_loss": trained.loss,
-        "kmeans_loss": clustering.loss,
-        "kmeans_iterations": clustering.iterations,
-        **evaluation,
-        "stage_seconds": seconds,
-    }
-
-
-def require_finite(values: torch.Tensor | float, what: str, epoch: int, config: Config) -> None:
-    """Stop with a DivergedError naming the epoch, what is not finite and what to do, if any value is NaN or infinite."""
-    if bool(torch.isfinite(torch.as_tensor(values)).all()):
-        return
-    raise DivergedError(
-        f"epoch {epoch} diverged: its {what} are not finite (NaN or infinite), so nothing of epoch {epoch} is kept. "
-        f"The learning rate ({config.lr:g}) is the usual cause: continue with a lower one, "
-        f"`deepcluster resume RUN_ID --lr {config.lr / 10:g}`"
-    )
-
-
-def timed(
-    seconds: dict[str, float], name: str, device: torch.device, call: Callable[..., Result], *args: Any
-) -> Result:
-    """call(*args), its wall time (the device's queued work included) recorded as seconds[name]."""
-    start = time.perf_counter()
-    result = call(*args)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds[name] = round(time.perf_counter() - start, 4)
-    return result
-
-
-# ---------------------------------------------------------------- persistence
 
 
 def checkpoint(session: Session, epoch: int) -> dict[str, Any]:
