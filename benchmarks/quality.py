@@ -9,8 +9,6 @@ directory: an interrupted benchmark continues where it stopped (finished runs ar
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shlex
 import statistics
 from collections.abc import Callable, Sequence
@@ -19,13 +17,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from deepcluster import artifacts
 from deepcluster.artifacts import RunLayout
 from deepcluster.errors import RunError
 from deepcluster.evaluate import final_scores
 from deepcluster.run_metrics import metric_rows
+from deepcluster.runtime import machine_description
 
 # The straightforward DeepCluster of the paper: random top layer, PCA-whitening to 256, k-means from
 # random points, crops + flips only, one pass over the images an epoch; grouped by k-means.
@@ -125,7 +122,7 @@ def run_suite(
             ]
             result = {
                 "command": ["deepcluster", "run", *command],
-                "produced_by": f"`{produced_by}` ({datetime.now(UTC):%Y-%m-%d}, {machine()})",
+                "produced_by": f"`{produced_by}` ({datetime.now(UTC):%Y-%m-%d}, {machine_description()})",
                 "runs": runs,
             }
             results.setdefault(dataset, {})[name] = result
@@ -150,18 +147,6 @@ def _run_seed(
         "baselines": evaluation["baselines"],
         "seconds": sum(row["seconds"] for row in metric_rows(layout)),
     }
-
-
-def machine() -> str:
-    """The CPU model, its cores and the GPU if any, and the torch version, in words."""
-    cpu = platform.machine()
-    try:
-        models = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
-        cpu = models[0].split(":", 1)[1].strip() if models else cpu
-    except OSError:
-        pass
-    gpu = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {len(os.sched_getaffinity(0))} cores, {gpu}; torch {torch.__version__}"
 
 
 def _grouped(features: str, method: str) -> Callable[[dict[str, Any]], float]:

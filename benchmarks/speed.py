@@ -111,7 +111,7 @@ def summarize(config: Config, results: dict[str, list[dict[str, Any]]]) -> dict[
     summary: dict[str, Any] = {
         "config": config.to_json_dict(),
         "host": os.uname().nodename,
-        "cpus": len(os.sched_getaffinity(0)),
+        "cpus": runtime.cpu_count(),
         "torch_threads": results["library"][0].get("torch_threads"),
         "date": time.strftime("%Y-%m-%d"),
         "rounds": len(results["library"]),
@@ -232,7 +232,7 @@ def bench_kmeans(
         "k": k,
         "max_iterations": iterations,
         "device": str(device),
-        "cpus": len(os.sched_getaffinity(0)),
+        "cpus": runtime.cpu_count(),
         "host": os.uname().nodename,
         "date": time.strftime("%Y-%m-%d"),
         "results": rows,

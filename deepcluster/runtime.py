@@ -4,6 +4,7 @@ kernels, and timing a stage (the device's queued work included)."""
 from __future__ import annotations
 
 import os
+import platform
 import time
 from collections.abc import Callable
 from functools import cache
@@ -32,7 +33,7 @@ def configure_torch(config: Config) -> None:
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(cpu_count())
 
 
 def use_bf16(config: Config, device: torch.device) -> bool:
@@ -42,6 +43,23 @@ def use_bf16(config: Config, device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return "amx_bf16" in _cpu_flags()  # CPUs with AMX tiles run bf16 convolutions several times faster
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0))
+
+
+def machine_description() -> str:
+    """The CPU model, its cores and the GPU if any, and the torch version, in words (what benchmarks record)."""
+    cpu = platform.machine()
+    try:
+        models = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        cpu = models[0].split(":", 1)[1].strip() if models else cpu
+    except OSError:
+        pass
+    gpu = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {cpu_count()} cores, {gpu}; torch {torch.__version__}"
 
 
 @cache
