@@ -178,12 +178,12 @@ def _record_flow_run(layout: RunLayout) -> None:
     from prefect.runtime import flow_run
 
     record = artifacts.read_run_record(layout)
-    known = dict(record)
-    if flow_run.id and flow_run.id not in record.setdefault("flow_runs", []):
-        record["flow_runs"].append(flow_run.id)
-    record["runs_dir"] = str(layout.runs_dir.resolve())
-    if record != known:
-        artifacts.write_json(layout.run_json, record)
+    flow_runs = record.get("flow_runs", [])
+    if flow_run.id and flow_run.id not in flow_runs:
+        flow_runs = [*flow_runs, flow_run.id]
+    updated = {**record, "flow_runs": flow_runs, "runs_dir": str(layout.runs_dir.resolve())}
+    if updated != record:
+        artifacts.write_json(layout.run_json, updated)
 
 
 def _device_name(device: torch.device) -> str:

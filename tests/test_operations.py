@@ -77,3 +77,13 @@ def test_runs_take_turns_on_a_device(prefect_harness, tmp_path: Path):
     assert [result["epochs"] for result in results] == [2, 2]
     spans = sorted(training_span(tmp_path, run_id) for run_id in ("first", "second"))
     assert spans[0][1] <= spans[1][0]  # the later run started after the earlier one had written its report
+
+
+def test_run_json_lists_every_flow_run_that_worked_on_the_run(prefect_harness, tmp_path: Path):
+    from flows.deepcluster_flow import deepcluster_flow
+
+    for epochs in (1, 2):  # a second flow run extends the run
+        deepcluster_flow(config=tiny_config(epochs=epochs), run_id="twice", runs_dir=str(tmp_path), progress=False)
+    record = artifacts.read_run_record(RunLayout(tmp_path, "twice"))
+    assert len(record["flow_runs"]) == len(set(record["flow_runs"])) == 2
+    assert record["runs_dir"] == str(tmp_path.resolve())
