@@ -13,6 +13,7 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +45,20 @@ def flow_run_run_id() -> str:
     """The run id of a flow run started without one, from the flow run itself, so that a retry of the flow run
     (Prefect keeps its id) continues the same run directory: the time the flow run was created and the last 8
     digits of its id, e.g. 20261126-153000-1a2b3c4d. Outside a flow run: new_run_id."""
-    from prefect import get_client
     from prefect.runtime import flow_run
 
-    if not flow_run.id:
-        return new_run_id()
+    return _run_id_of_flow_run(flow_run.id) if flow_run.id else new_run_id()
+
+
+@cache
+def _run_id_of_flow_run(flow_run_id: str) -> str:
+    """flow_run_run_id of one flow run, asked of the server once per process (the name and the flow need it)."""
+    from prefect import get_client
+
     with get_client(sync_client=True) as client:
-        created = client.read_flow_run(flow_run.id).created
+        created = client.read_flow_run(uuid.UUID(flow_run_id)).created
     when = f"{created.astimezone(UTC):%Y%m%d-%H%M%S}" if created else "flowrun"
-    return f"{when}-{uuid.UUID(flow_run.id).hex[-8:]}"
+    return f"{when}-{uuid.UUID(flow_run_id).hex[-8:]}"
 
 
 def flow_run_name() -> str:
@@ -216,7 +222,8 @@ def _publish_summary(layout: RunLayout, config: Config, rows: list[dict[str, Any
         f"- artifacts: `{layout.root.resolve()}`",
         report_line,
         f"- dataset: `{config.dataset}`, k = {config.num_clusters}, arch `{config.arch}`, epochs {len(rows)}",
-        f"- last epoch: NMI vs labels {_rounded(last.get('nmi'))}, NMI vs previous {_rounded(last.get('nmi_previous'))}",
+        f"- last epoch: NMI vs labels {_rounded(last.get('nmi'))}, "
+        f"NMI vs previous {_rounded(last.get('nmi_previous'))}",
         "",
         "```",
         format_table(rows),
