@@ -73,9 +73,9 @@ class Config(BaseModel):
     head: Literal["linear", "prototypes"] = Field(
         "prototypes",
         description="linear: the paper's top layer, re-initialised at random each epoch; prototypes: "
-        "DeepCluster-v2, a projection head whose L2-normalised output is clustered, the top layer set to the centroids",
+        "DeepCluster-v2, a projection whose L2-normalised output is clustered, the top layer set to the centroids",
     )
-    proj_dim: int = Field(128, ge=2, description="output dimension of the projection head (head=prototypes)")
+    proj_dim: int = Field(128, ge=2, description="output dimension of the projection (head=prototypes)")
     temperature: float = Field(0.1, gt=0, description="softmax temperature of the prototype logits (head=prototypes)")
     pca_dim: int | None = Field(
         None,

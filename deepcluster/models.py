@@ -110,7 +110,7 @@ _BUILDERS = {"small": _small_trunk, "alexnet": _alexnet_trunk, "vgg16": _vgg16_t
 class DeepClusterNet(nn.Module):
     """Sobel front + convolutional trunk + classifier body: grayscale (N, 1, H, W) -> features (N, D).
 
-    With `proj_dim`, a projection head (ReLU + linear) follows and the features are its L2-normalised
+    With `proj_dim`, a projection (ReLU + linear) follows and the features are its L2-normalised
     output, of dimension proj_dim (DeepCluster-v2); `trunk` still gives the classifier body's output.
     """
 
@@ -146,7 +146,7 @@ class DeepClusterNet(nn.Module):
         return F.adaptive_avg_pool2d(self.convs(self.sobel(grayscale)), REPRESENTATION_GRID).flatten(1)
 
     def trunk(self, grayscale: torch.Tensor) -> torch.Tensor:
-        """The classifier body's output (N, trunk_dim), before any projection head."""
+        """The classifier body's output (N, trunk_dim), before any projection."""
         return self.classifier(self.convs(self.sobel(grayscale)))
 
     def forward(self, grayscale: torch.Tensor) -> torch.Tensor:

@@ -70,7 +70,7 @@ def validate_for_dataset(config: Config, image_set: ImageSet) -> int:
 
 
 def build_model(config: Config, generator: torch.Generator) -> DeepClusterNet:
-    """The run's convnet (with the projection head where head=prototypes), initialised from `generator`."""
+    """The run's convnet (with the projection where head=prototypes), initialised from `generator`."""
     return DeepClusterNet(config.arch, generator, config.proj_dim if config.head == "prototypes" else None)
 
 
