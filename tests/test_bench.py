@@ -61,7 +61,7 @@ def test_bench_runs_flow_and_library_and_writes_json(prefect_harness, tmp_path: 
     from prefect.settings import PREFECT_API_URL
 
     monkeypatch.setenv("PREFECT_API_URL", PREFECT_API_URL.value())  # the children use the test server
-    args = ["bench", "--limit", "300", "--epochs", "2", "--k", "10", "--batch-size", "64"]
+    args = ["bench", "--limit", "300", "--epochs", "2", "--k", "10", "--batch-size", "64", "--min-epoch-samples", "0"]
     assert main([*args, "--device", "cpu", "--rounds", "1", "--json-out", str(tmp_path / "bench.json")]) == 0
     output = capsys.readouterr().out
     assert "flow / library epoch time" in output and "same train losses in every run: yes" in output
