@@ -60,6 +60,8 @@ SUITES: dict[str, Suite] = {
             "neighbours-10": ["--neighbours", "10"],
             "extra-k-10": ["--extra-k", "10"],
             "instance": ["--instance-weight", "0.5"],
+            "cosine": ["--lr-schedule", "cosine"],  # learning rate decayed to 0 over the run
+            "epochs-15": ["--epochs", "15"],
             # only change something where images are smaller than 28 pixels or fewer than 5,000 (digits)
             "native-size": ["--image-size", "8"],
             "one-pass": ["--min-epoch-samples", "0"],
