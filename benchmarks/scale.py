@@ -11,12 +11,15 @@ and twice it.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +95,20 @@ def _epochs(folder: Path, size: int, runs_dir: Path) -> dict[str, Any]:
     return results
 
 
+@contextmanager
+def _store_dir(path: Path) -> Iterator[None]:
+    """Runs ingest into `path` meanwhile, not into the user's input store."""
+    before = os.environ.get("DEEPCLUSTER_STORE_DIR")
+    os.environ["DEEPCLUSTER_STORE_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["DEEPCLUSTER_STORE_DIR"]
+        else:
+            os.environ["DEEPCLUSTER_STORE_DIR"] = before
+
+
 def bench_scale(
     images: int, size: int, workers: int, folder: Path | None, epochs: bool, json_path: Path | None
 ) -> dict[str, Any]:
@@ -110,7 +127,8 @@ def bench_scale(
             "ingest": rows,
         }
         if epochs:
-            summary["epochs"] = _epochs(folder, size, scratch / "runs")
+            with _store_dir(scratch / "store"):
+                summary["epochs"] = _epochs(folder, size, scratch / "runs")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(format_scale(summary))

@@ -2,8 +2,8 @@
 
 A folder of photos can be far larger than memory (1.28 M images at 224 pixels are 64 GB as grayscale
 uint8), so ingest never holds it: worker processes decode the files a chunk at a time (grayscale, the
-shorter side resized to the input size, then a centre crop) into one memory-mapped uint8 array
-(N, 1, S, S), which the runs read. Memory stays bounded by a few chunks whatever the number of images.
+shorter side resized to the input size, then a centre crop) into one uint8 array on disk (N, 1, S, S),
+written a chunk at a time, which the runs memory-map. Memory stays bounded by a few chunks whatever the number of images.
 
     <store_dir>/<key>/
         inputs.npy       uint8 (N, 1, S, S): the readable images, in the order of files.parquet
@@ -15,8 +15,8 @@ shorter side resized to the input size, then a centre crop) into one memory-mapp
 
 The key is a hash of the folder's listing (every file's relative path, size and modification time) and of
 the preprocessing, so runs on the same folder at the same size share one store, and a changed folder gets a
-new one. A killed ingest continues where it stopped: a chunk counts as decoded once its rows are flushed and
-its marker written. One process ingests a store at a time (a lock next to it); the others wait and reuse it.
+new one. A killed ingest continues where it stopped: a chunk counts as decoded once its rows are on the storage and
+its marker is written. One process ingests a store at a time (a lock next to it); the others wait and reuse it.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import os
 import shutil
+import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -44,6 +46,7 @@ import torch.nn.functional as F
 from deepcluster import artifacts
 from deepcluster.data import ImageSet, read_image
 from deepcluster.errors import ConfigError, DatasetError
+from deepcluster.runtime import cpu_count
 from deepcluster.sobel import LUMA_WEIGHTS
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ logger = logging.getLogger(__name__)
 STORE_VERSION = 1  # part of every key: a change to the preprocessing below makes new stores
 CHUNK_FILES = 256  # files decoded per task: bounds the memory of each worker and of the writer
 HASH_ROWS = 4096  # rows hashed (and copied) at a time when the store is finished
+PROGRESS_SECONDS = 30  # at most one progress line this often
 
 
 def default_store_dir() -> Path:
@@ -170,7 +174,7 @@ def ingest_folder(
     busy = f"ingest of {directory}"
     with artifacts.FileLock(root.with_name(root.name + ".lock"), busy, on_wait=_log_waiting):
         if not (root / "meta.json").is_file():  # another process may have finished it while this one waited
-            _build(listing, root, image_size, min_size, workers or os.cpu_count() or 1)
+            _build(listing, root, image_size, min_size, workers or cpu_count())
     return StoredImages(root, artifacts.read_json(root / "meta.json"))
 
 
@@ -188,33 +192,77 @@ def _build(listing: Listing, root: Path, image_size: int | None, min_size: int, 
         size = image_size or max(_native_size(listing, chunks, workers), min_size)
         partial.mkdir(parents=True, exist_ok=True)
         artifacts.write_json(settings, {"image_size": size})
-    shape = (len(listing.files), 1, size, size)
-    rows = _open_rows(partial, shape)
-    todo = [index for index in range(len(chunks)) if not _marker(partial, index).is_file()]
-    if len(todo) < len(chunks):
-        logger.info("input store %s: %d of %d chunks already decoded", root.name, len(chunks) - len(todo), len(chunks))
-    for index, (images, unreadable) in _decoded(listing.directory, chunks, todo, size, workers):
-        start = index * CHUNK_FILES
-        rows[start : start + len(images)] = images
-        rows.flush()
-        artifacts.write_json(_marker(partial, index), {"unreadable": unreadable})
-    del rows
-    _finish(listing, root, partial, size, len(chunks))
-
-
-def _open_rows(partial: Path, shape: tuple[int, ...]) -> np.memmap:
-    """partial/inputs.npy for writing: the one a killed ingest left, else a new one (and no chunk marked done)."""
-    path = partial / "inputs.npy"
-    if path.is_file():
-        try:
-            rows = np.lib.format.open_memmap(path, mode="r+")
-            if rows.shape == shape and rows.dtype == np.uint8:
-                return rows
-        except ValueError:  # killed while it was being created
-            pass
+    rows = _RowFile.open(partial / "inputs.npy", (len(listing.files), 1, size, size))
+    if rows is None:  # none yet, or the one a kill left while it was being created
         for marker in partial.glob("[0-9]*.json"):
             marker.unlink()
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        rows = _RowFile.create(partial / "inputs.npy", (len(listing.files), 1, size, size))
+    todo = [index for index in range(len(chunks)) if not _marker(partial, index).is_file()]
+    logger.info(
+        "decoding %d files of %s into the input store %s at %d pixels, %d workers (%d of %d chunks already done)",
+        len(listing.files),
+        listing.directory,
+        root,
+        size,
+        workers,
+        len(chunks) - len(todo),
+        len(chunks),
+    )
+    reported = time.monotonic()
+    for done, (index, (images, unreadable)) in enumerate(_decoded(listing.directory, chunks, todo, size, workers), 1):
+        rows.write(index * CHUNK_FILES, images)
+        artifacts.write_json(_marker(partial, index), {"unreadable": unreadable})
+        if time.monotonic() - reported > PROGRESS_SECONDS:
+            logger.info("input store %s: %d of %d chunks decoded", root.name, done, len(todo))
+            reported = time.monotonic()
+    _finish(listing, root, rows, len(chunks))
+
+
+@dataclass(frozen=True)
+class _RowFile:
+    """A uint8 .npy file read and written a block of rows at a time with plain file I/O at row offsets, not
+    memory-mapped: the process holds the rows in hand and nothing else, whatever the file's size."""
+
+    path: Path
+    shape: tuple[int, ...]
+    offset: int  # of row 0: the length of the .npy header
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.shape[1:])
+
+    @classmethod
+    def create(cls, path: Path, shape: tuple[int, ...]) -> _RowFile:
+        """A new file of zeros (sparse where the file system allows)."""
+        created = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        offset = created.offset
+        del created
+        return cls(path, shape, offset)
+
+    @classmethod
+    def open(cls, path: Path, shape: tuple[int, ...]) -> _RowFile | None:
+        """The existing file of that shape, or None where there is none or it is not whole."""
+        try:
+            existing = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if existing.shape != shape or existing.dtype != np.uint8:
+            return None
+        return cls(path, shape, existing.offset)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        """Rows from `start` on, on the storage when this returns."""
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.pwrite(descriptor, np.ascontiguousarray(rows).data, self.offset + start * self.row_bytes)
+            os.fdatasync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        count = min(count, self.shape[0] - start)
+        data = np.fromfile(self.path, np.uint8, count * self.row_bytes, offset=self.offset + start * self.row_bytes)
+        return data.reshape(count, *self.shape[1:])
 
 
 def _marker(partial: Path, index: int) -> Path:
@@ -310,34 +358,34 @@ def fit_image(array: np.ndarray, size: int) -> np.ndarray:
     return image[0].round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def _finish(listing: Listing, root: Path, partial: Path, size: int, num_chunks: int) -> None:
+def _finish(listing: Listing, root: Path, rows: _RowFile, num_chunks: int) -> None:
     """Keep the readable rows (in file order), hash them, write labels, file list and report, then meta.json."""
+    partial = rows.path.parent
     unreadable = [
         entry for index in range(num_chunks) for entry in artifacts.read_json(_marker(partial, index))["unreadable"]
     ]
     bad = {entry["path"] for entry in unreadable}
-    keep = np.array([index for index, name in enumerate(listing.files) if name not in bad], dtype=np.int64)
+    readable = np.array([name not in bad for name in listing.files])
+    keep = np.flatnonzero(readable)
     if len(keep) == 0:
         raise DatasetError(f"image folder {listing.directory} has no readable images ({len(bad)} unreadable files)")
-    rows = artifacts.load_array(partial / "inputs.npy", mmap=True)
-    shape = (len(keep), 1, size, size)
+    shape = (len(keep), *rows.shape[1:])
     digest = hashlib.sha256(repr(shape).encode())
-    if bad:
+    target = root / "inputs.npy"
+    if bad:  # the readable rows, copied block by block
         temporary = root / ".inputs.npy.tmp"
-        kept = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=shape)
-        for start in range(0, len(keep), HASH_ROWS):
-            block = rows[keep[start : start + HASH_ROWS]]
-            kept[start : start + len(block)] = block
-            digest.update(np.ascontiguousarray(block).data)
-        kept.flush()
-        del kept
-        os.replace(temporary, root / "inputs.npy")
+        kept, written = _RowFile.create(temporary, shape), 0
+        for start in range(0, rows.shape[0], HASH_ROWS):
+            block = rows.read(start, HASH_ROWS)[readable[start : start + HASH_ROWS]]
+            kept.write(written, block)
+            digest.update(block.data)
+            written += len(block)
+        os.replace(temporary, target)
     else:  # the decoded rows are the store's: linked, so that partial/ stays whole until meta.json is written
-        for start in range(0, len(keep), HASH_ROWS):
-            digest.update(np.ascontiguousarray(rows[start : start + HASH_ROWS]).data)
-        (root / "inputs.npy").unlink(missing_ok=True)
-        os.link(partial / "inputs.npy", root / "inputs.npy")
-    del rows
+        for start in range(0, rows.shape[0], HASH_ROWS):
+            digest.update(rows.read(start, HASH_ROWS).data)
+        target.unlink(missing_ok=True)
+        os.link(rows.path, target)
     labels, names = listing.labels()
     files = [listing.files[index] for index in keep]
     if labels is not None:
@@ -365,7 +413,7 @@ def _finish(listing: Listing, root: Path, partial: Path, size: int, num_chunks: 
         "version": STORE_VERSION,
         "directory": str(listing.directory),
         "listing": listing.digest,
-        "image_size": size,
+        "image_size": rows.shape[-1],
         "num_files": len(listing.files),
         "num_images": len(keep),
         "num_unreadable": len(unreadable),
