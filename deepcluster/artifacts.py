@@ -2,7 +2,8 @@
 
     <runs_dir>/<run_id>/
         run.json                 config, dataset name and fingerprint, versions, device, created time
-        data/                    images.npy, labels.npy, inputs.npy, initial_model.pt, manifest.json
+        data/                    images.npy (or, for a folder, files.parquet), labels.npy, inputs.npy,
+                                 initial_model.pt, manifest.json
         epochs/<NNNN>/           features.parquet, assignments.parquet, centroids.npy, metrics.json, model.pt,
                                  manifest.json; with PCA also pca_mean.npy, pca_projection.npy
         staging/<NNNN>/          an epoch being written; renamed to epochs/<NNNN> as its last step, so that
@@ -94,6 +95,17 @@ class RunLayout:
     @property
     def inputs(self) -> Path:
         return self.data_dir / "inputs.npy"
+
+    @property
+    def files(self) -> Path:
+        """The file of every image (index, path, label), for runs of a folder read through the input store."""
+        return self.data_dir / "files.parquet"
+
+    @property
+    def ingested_images(self) -> Path:
+        """The images as the run ingested them: data/images.npy, or data/inputs.npy (grayscale, resized) for a
+        folder read through the input store, which keeps no other copy."""
+        return self.images if self.images.is_file() else self.inputs
 
     @property
     def initial_model(self) -> Path:
@@ -450,6 +462,46 @@ def save_array(path: Path, array: np.ndarray) -> None:
 
 def load_array(path: Path, mmap: bool = False) -> np.ndarray:
     return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+def map_array(path: Path) -> np.ndarray:
+    """The array memory-mapped copy-on-write: read lazily, never written back, and writable as torch wants."""
+    return np.load(path, mmap_mode="c", allow_pickle=False)
+
+
+ROWS_AT_ONCE = 4096  # rows copied at a time by save_rows: bounds its memory whatever the array's size
+
+
+def save_rows(path: Path, array: np.ndarray, keep: np.ndarray) -> None:
+    """Save array[keep] (an .npy file, atomically) without holding it in memory: `array` may be memory-mapped."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        rows = np.lib.format.open_memmap(temporary, mode="w+", dtype=array.dtype, shape=(len(keep), *array.shape[1:]))
+        for start in range(0, len(keep), ROWS_AT_ONCE):
+            rows[start : start + ROWS_AT_ONCE] = array[keep[start : start + ROWS_AT_ONCE]]
+        rows.flush()
+        del rows
+        fsync_path(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """`target` becomes a hard link to `source` (no second copy on disk), or a copy where the file system cannot
+    link them (another device); atomically either way."""
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copyfile(source, temporary)
+        fsync_path(temporary)
+    os.replace(temporary, target)
+    fsync_path(target.parent)
 
 
 def write_features(path: Path, features: np.ndarray) -> None:

@@ -1,5 +1,5 @@
 """The `deepcluster` command: run, resume, runs, inspect, verify, evaluate, report, compare, predict, group,
-bench, bench-quality and bench-kmeans (`deepcluster --help`).
+bench, bench-quality, bench-kmeans and bench-scale (`deepcluster --help`).
 
 Only `run`, `resume`, `bench` and `bench-quality` import Prefect (the flow), inside the command, so the other
 commands start fast and the library stays free of Prefect.
@@ -19,7 +19,7 @@ import numpy as np
 
 from deepcluster import artifacts, runtime
 from deepcluster.artifacts import RunLayout, default_runs_dir, find_run, list_runs, validate_run_id
-from deepcluster.config import Config, build_config, load_config_file, recorded_config
+from deepcluster.config import DATASET_NAMES, Config, build_config, load_config_file, recorded_config
 from deepcluster.errors import ConfigError, DeepClusterError, RunError
 from deepcluster.run_metrics import epoch_metrics, flat_metrics, format_table, metric_rows, resolve_epoch
 from deepcluster.stopping import stop_cleanly
@@ -175,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="raw results, merged with what the file already holds (default docs/bench/quality-SUITE.json)",
     )
+
+    scale = command("bench-scale", help="time the ingest of an image folder into the input store, and streamed epochs")
+    scale.add_argument("--folder", type=Path, help="a folder of images (default: a synthetic one is written)")
+    scale.add_argument("--images", type=int, default=2000, help="images of the synthetic folder (default 2000)")
+    scale.add_argument("--image-size", type=int, default=64, help="input size the images are stored at (default 64)")
+    scale.add_argument("--workers", type=int, default=runtime.cpu_count(), help="decoding processes (default: cores)")
+    scale.add_argument("--epochs", action="store_true", help="also time an epoch held in memory against one streamed")
+    scale.add_argument("--json-out", type=Path, help="also write the results to this JSON file")
 
     bench_kmeans = command(
         "bench-kmeans", device, help="time the project's k-means against faiss and scikit-learn on synthetic points"
@@ -351,6 +359,18 @@ def command_bench_quality(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_bench_scale(args: argparse.Namespace) -> int:
+    from benchmarks.scale import bench_scale
+
+    for name in ("images", "workers"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.image_size < 8:
+        raise ConfigError(f"--image-size must be at least 8, got {args.image_size}")
+    bench_scale(args.images, args.image_size, args.workers, args.folder, args.epochs, args.json_out)
+    return 0
+
+
 def command_bench_kmeans(args: argparse.Namespace) -> int:
     from benchmarks.speed import bench_kmeans
 
@@ -470,7 +490,8 @@ def command_compare(args: argparse.Namespace) -> int:
 
 
 def command_predict(args: argparse.Namespace) -> int:
-    from deepcluster.data import load_dataset
+    from deepcluster import store
+    from deepcluster.data import load_dataset, select
     from deepcluster.metrics import nmi
     from deepcluster.predict import predict, write_predictions
 
@@ -480,7 +501,15 @@ def command_predict(args: argparse.Namespace) -> int:
     check_output_file(out, args.overwrite)
     values = {"dataset": args.images, "data_dir": args.data_dir, "split": args.split}
     values |= {"classes": args.classes, "limit": args.limit}
-    image_set = load_dataset(build_config({key: value for key, value in values.items() if value is not None}))
+    config = build_config({key: value for key, value in values.items() if value is not None})
+    trained_on = artifacts.read_run_record(layout)["dataset"]
+    if "store" in trained_on and config.dataset not in DATASET_NAMES:  # a folder, read as the run read its own
+        size = trained_on["input_size"]
+        image_set = select(
+            store.ingest_folder(Path(config.dataset), size, size).image_set(), config.classes, config.limit
+        )
+    else:
+        image_set = load_dataset(config)
     prediction = predict(layout, image_set, epoch, args.device, args.progress)
     write_predictions(out, image_set, prediction)
     sizes = np.bincount(prediction.clusters, minlength=prediction.num_clusters)
@@ -538,6 +567,7 @@ COMMANDS = {
     "bench": command_bench,
     "bench-quality": command_bench_quality,
     "bench-kmeans": command_bench_kmeans,
+    "bench-scale": command_bench_scale,
 }
 
 

@@ -34,10 +34,11 @@ DATASET_NAMES = ("fashion-mnist-sample", "fashion-mnist", "mnist", "cifar10", "d
 GroupingMethod = Literal["kmeans", "spectral"]
 
 # Keys that may change when an existing run is continued, because they do not change what it has trained:
-# asking for more epochs extends the run, and the final grouping is computed from what was trained. The
+# asking for more epochs extends the run, the final grouping is computed from what was trained, and where the
+# inputs are held changes no result. The
 # learning rate may change for the epochs to come (how a run goes on after it diverged); run.json records
 # each such change with the epoch it applies from.
-EXTENDABLE_KEYS = frozenset({"epochs", "grouping", "groups", "lr"})
+EXTENDABLE_KEYS = frozenset({"epochs", "grouping", "groups", "lr", "device_budget_gb"})
 # Keys that say where the dataset's files are, not what the data is (the dataset fingerprint checks
 # that): a run continued from elsewhere records the new values.
 LOCATION_KEYS = frozenset({"data_dir", "download"})
@@ -130,6 +131,12 @@ class Config(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda where available, else cpu")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="bf16 autocast for the convnet; auto: bf16 where the device has fast bf16 units"
+    )
+    device_budget_gb: float = Field(
+        8.0,
+        ge=0,
+        description="inputs up to this size (GiB) are held in the device's memory; larger ones are read from the "
+        "run's input file a batch at a time (same results)",
     )
     seed: int = Field(0, ge=0, description="the run's seed: every random draw derives from it")
     deterministic: bool = Field(True, description="torch deterministic algorithms (exact resume on CPU)")

@@ -197,20 +197,27 @@ def load_cifar10(config: Config) -> ImageSet:
 # ---------------------------------------------------------------- folders of images
 
 
-def load_image_folder(directory: Path) -> ImageSet:
-    """Every readable image below `directory`; labels from first-level sub-folder names where all have one."""
-    from PIL import Image, UnidentifiedImageError
+def read_image(path: Path) -> np.ndarray:
+    """One image file as uint8 (H, W) where it is grayscale, else (H, W, 3); OSError or ValueError where it
+    cannot be decoded."""
+    from PIL import Image
 
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB") if image.mode != "L" else image)
+
+
+def load_image_folder(directory: Path) -> ImageSet:
+    """Every readable image below `directory`, in memory (a run reads large folders through the input store,
+    `deepcluster.store`); labels from first-level sub-folder names where all have one."""
     files = sorted(path for path in directory.rglob("*") if path.is_file() and not path.name.startswith("."))
     if not files:
         raise DatasetError(f"image folder {directory} is empty")
     arrays, kept, unreadable = [], [], []
     for path in files:
         try:
-            with Image.open(path) as image:
-                arrays.append(np.asarray(image.convert("RGB") if image.mode != "L" else image))
-                kept.append(path)
-        except (UnidentifiedImageError, OSError, ValueError) as error:
+            arrays.append(read_image(path))
+            kept.append(path)
+        except (OSError, ValueError) as error:
             unreadable.append(f"{path.relative_to(directory)} ({error.__class__.__name__})")
     if unreadable:
         logger.warning("skipped %d unreadable files in %s: %s", len(unreadable), directory, ", ".join(unreadable[:10]))
@@ -277,20 +284,28 @@ def load_dataset(config: Config) -> ImageSet:
 
 def select(image_set: ImageSet, classes: tuple[int, ...] | None, limit: int | None) -> ImageSet:
     """Keep the images of `classes` (in dataset order), then the first `limit` of them."""
-    keep = np.arange(len(image_set))
-    if classes is not None:
-        if image_set.labels is None:
-            raise DatasetError(f"classes needs labels, but {image_set.source} has none")
-        present = set(np.unique(image_set.labels).tolist())
-        missing = [label for label in classes if label not in present]
-        if missing:
-            raise DatasetError(f"classes {missing} do not occur in {image_set.source} (labels: {sorted(present)})")
-        keep = keep[np.isin(image_set.labels, classes)]
-    if limit is not None:
-        keep = keep[:limit]
+    keep = selection(len(image_set), image_set.labels, classes, limit, image_set.source)
     return ImageSet(
         images=np.ascontiguousarray(image_set.images[keep]),
         labels=None if image_set.labels is None else image_set.labels[keep],
         source=image_set.source,
         paths=None if image_set.paths is None else tuple(image_set.paths[i] for i in keep),
     )
+
+
+def selection(
+    count: int, labels: np.ndarray | None, classes: tuple[int, ...] | None, limit: int | None, source: str
+) -> np.ndarray:
+    """Indices of the `count` images to keep: those of `classes` (in dataset order), then the first `limit`."""
+    keep = np.arange(count)
+    if classes is not None:
+        if labels is None:
+            raise DatasetError(f"classes needs labels, but {source} has none")
+        present = set(np.unique(labels).tolist())
+        missing = [label for label in classes if label not in present]
+        if missing:
+            raise DatasetError(f"classes {missing} do not occur in {source} (labels: {sorted(present)})")
+        keep = keep[np.isin(labels, classes)]
+    if limit is not None:
+        keep = keep[:limit]
+    return keep

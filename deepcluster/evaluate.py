@@ -213,7 +213,7 @@ def _merge(
             read_evaluation(layout) if path.is_file() else {"run_id": layout.run_id, "epochs": {}}
         )
         if "groupings" not in evaluation.get("baselines", {}).get("pixels", {}):
-            evaluation["baselines"] = baselines(artifacts.load_array(layout.images), inputs, probe)
+            evaluation["baselines"] = baselines(artifacts.load_array(layout.ingested_images), inputs, probe)
         evaluation["dataset"] = record["dataset"]["source"]
         evaluation["num_classes"] = int(len(np.unique(probe.labels)))
         evaluation["epochs"][str(result["epoch"])] = result

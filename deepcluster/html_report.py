@@ -53,7 +53,7 @@ def write_report(layout: RunLayout, out_dir: Path | None = None, epoch: int | No
     metrics = all_metrics[layout.completed_epochs().index(epoch)]
     clusters = artifacts.read_clusters(layout.assignments(epoch))
     labels = artifacts.load_array(layout.labels) if layout.labels.is_file() else None
-    images = artifacts.load_array(layout.images, mmap=True)
+    images = artifacts.load_array(layout.ingested_images, mmap=True)
     num_clusters = metrics["num_clusters"]
     sizes = np.bincount(clusters, minlength=num_clusters)
 

@@ -4,6 +4,7 @@ outputs into the run (`RunOutputs`, on the background writer) and commit it."""
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import shutil
 from dataclasses import dataclass
@@ -12,14 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
-from deepcluster import __version__, artifacts
+from deepcluster import __version__, artifacts, store
 from deepcluster.artifacts import ArtifactWriter, RunLayout
-from deepcluster.config import EXTENDABLE_KEYS, LOCATION_KEYS, Config, recorded_config
-from deepcluster.data import ImageSet, load_dataset
+from deepcluster.config import DATASET_NAMES, EXTENDABLE_KEYS, LOCATION_KEYS, Config, recorded_config
+from deepcluster.data import ImageSet, load_dataset, selection
 from deepcluster.errors import ConfigError, DatasetError, RunError
 from deepcluster.kmeans import Clustering
+from deepcluster.loader import place_inputs
 from deepcluster.models import ARCHS, DeepClusterNet
 from deepcluster.reduce import PCAWhitening
 from deepcluster.rng import INIT_EPOCH, stage_generator
@@ -44,12 +48,12 @@ def effective_image_size(config: Config, native_size: int) -> int:
     return config.image_size or max(native_size, ARCHS[config.arch].default_input_size)
 
 
-def validate_for_dataset(config: Config, image_set: ImageSet) -> int:
-    """Check the config against the data; returns the image side the network will see."""
-    num_images = len(image_set)
-    height, width = image_set.images.shape[-2:]
+def validate_for_dataset(config: Config, num_images: int, image_shape: tuple[int, ...], source: str) -> int:
+    """Check the config against the data (its number of images, their height and width); returns the image side
+    the network will see."""
+    height, width = image_shape
     if num_images == 0:
-        raise ConfigError(f"dataset {image_set.source} has no images after the class filter and limit")
+        raise ConfigError(f"dataset {source} has no images after the class filter and limit")
     largest_k = max(head_clusters(config))
     if largest_k > num_images:
         raise ConfigError(f"k={largest_k} is larger than the number of images ({num_images})")
@@ -94,13 +98,15 @@ def ingest(config: Config, layout: RunLayout) -> DatasetInfo:
     EXTENDABLE_KEYS) and the same data, checked by fingerprint where the dataset's source is still there; where
     it has moved or gone, the run goes on with its own copy of the images.
     """
+    if config.dataset not in DATASET_NAMES and not layout.images.is_file():  # runs from before the store kept images
+        return _ingest_folder(config, layout)
     try:
         image_set = load_dataset(config)
     except (DatasetError, FileNotFoundError):
         if not (layout.exists() and layout.images.is_file()):
             raise
         image_set = stored_images(layout)  # the source has moved or gone: go on with the run's own copy
-    image_size = validate_for_dataset(config, image_set)
+    image_size = validate_for_dataset(config, len(image_set), image_set.images.shape[-2:], image_set.source)
     info = DatasetInfo(len(image_set), image_size, image_set.labels is not None, image_set.fingerprint())
     if layout.exists():
         check_resumable(layout, config, info.fingerprint)
@@ -115,12 +121,66 @@ def ingest(config: Config, layout: RunLayout) -> DatasetInfo:
         initial = {"model": initial_model(config).state_dict(), "epoch": INIT_EPOCH}
         artifacts.save_checkpoint(layout.initial_model, initial)
         if not layout.exists():
-            artifacts.write_json(layout.run_json, run_record(layout.run_id, config, image_set, info))
+            record = run_record(layout.run_id, config, image_set.source, image_set.images.shape[1:], info)
+            artifacts.write_json(layout.run_json, record)
     except BaseException:
         if fresh:  # a run that failed to start (a full disk, say) leaves no directory behind
             shutil.rmtree(layout.root, ignore_errors=True)
         raise
     return info
+
+
+def _ingest_folder(config: Config, layout: RunLayout) -> DatasetInfo:
+    """`ingest` for a folder of images, through the input store (`deepcluster.store`): the run's inputs.npy is
+    the store's (a hard link where the file system allows, else a copy) or the selection `classes`/`limit` of it.
+    Nothing of the run is written before every check has passed."""
+    try:
+        stored = store.ingest_folder(Path(config.dataset), config.image_size, ARCHS[config.arch].default_input_size)
+    except DatasetError:
+        if not (layout.exists() and layout.inputs.is_file()):
+            raise
+        record = artifacts.read_run_record(layout)["dataset"]  # the folder has moved or gone: the run's own inputs
+        info = DatasetInfo(record["num_images"], record["input_size"], record["has_labels"], record["fingerprint"])
+        check_resumable(layout, config, info.fingerprint)
+        return info
+    labels = stored.load_labels()
+    source = stored.source()
+    keep = selection(stored.num_images, labels, config.classes, config.limit, source)
+    size = validate_for_dataset(config, len(keep), (stored.image_size, stored.image_size), source)
+    everything = len(keep) == stored.num_images
+    fingerprint = stored.fingerprint if everything else _digest(f"{stored.fingerprint} {config.classes} {config.limit}")
+    info = DatasetInfo(len(keep), size, labels is not None, fingerprint)
+    if layout.exists():
+        check_resumable(layout, config, info.fingerprint)
+        if layout.inputs.is_file():
+            return info
+    fresh = not layout.root.exists()
+    try:
+        layout.data_dir.mkdir(parents=True, exist_ok=True)
+        if everything:
+            artifacts.link_or_copy(stored.inputs, layout.inputs)
+        else:
+            artifacts.save_rows(layout.inputs, stored.load_inputs(), keep)
+        if labels is not None:
+            artifacts.save_array(layout.labels, labels[keep])
+        files = pq.read_table(stored.files).take(pa.array(keep)).set_column(0, "index", pa.array(np.arange(len(keep))))
+        with artifacts.atomic_open(layout.files) as handle:
+            pq.write_table(files, handle)
+        initial = {"model": initial_model(config).state_dict(), "epoch": INIT_EPOCH}
+        artifacts.save_checkpoint(layout.initial_model, initial)
+        if not layout.exists():
+            record = run_record(layout.run_id, config, source, (1, size, size), info)
+            record["dataset"]["store"] = str(stored.root)
+            artifacts.write_json(layout.run_json, record)
+    except BaseException:
+        if fresh:
+            shutil.rmtree(layout.root, ignore_errors=True)
+        raise
+    return info
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 TRAINING_CHANGES = frozenset({"lr"})  # extendable keys whose changes run.json records under `changes`
@@ -165,7 +225,9 @@ def check_resumable(layout: RunLayout, config: Config, fingerprint: str) -> None
         artifacts.write_json(layout.run_json, record)
 
 
-def run_record(run_id: str, config: Config, image_set: ImageSet, info: DatasetInfo) -> dict[str, Any]:
+def run_record(
+    run_id: str, config: Config, source: str, image_shape: tuple[int, ...], info: DatasetInfo
+) -> dict[str, Any]:
     """The contents of run.json: config, dataset, library versions, device, creation time."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -181,10 +243,10 @@ def run_record(run_id: str, config: Config, image_set: ImageSet, info: DatasetIn
         "config": config.to_json_dict(),
         "dataset": {
             "name": config.dataset,
-            "source": image_set.source,
+            "source": source,
             "fingerprint": info.fingerprint,
             "num_images": info.num_images,
-            "image_shape": list(image_set.images.shape[1:]),
+            "image_shape": list(image_shape),
             "input_size": info.image_size,
             "has_labels": info.has_labels,
         },
@@ -209,7 +271,8 @@ def sobel_preprocess(layout: RunLayout, image_size: int) -> Path:
 def load_inputs(config: Config) -> tuple[np.ndarray, np.ndarray | None]:
     """The network's inputs (uint8 N x 1 x S x S) and the labels, straight from the dataset (no run directory)."""
     image_set = load_dataset(config)
-    return prepare_inputs(image_set.images, validate_for_dataset(config, image_set)), image_set.labels
+    size = validate_for_dataset(config, len(image_set), image_set.images.shape[-2:], image_set.source)
+    return prepare_inputs(image_set.images, size), image_set.labels
 
 
 def open_session(layout: RunLayout, config: Config, epoch: int, device: torch.device) -> Session:
@@ -220,14 +283,14 @@ def open_session(layout: RunLayout, config: Config, epoch: int, device: torch.de
         optimizer.load_state_dict(checkpoint["optimizer"])
     labels = artifacts.load_array(layout.labels) if layout.labels.is_file() else None
     previous = artifacts.read_clusters(layout.assignments(epoch - 1)) if epoch > 0 else None
-    inputs = torch.from_numpy(artifacts.load_array(layout.inputs)).to(device)
+    inputs = place_inputs(artifacts.map_array(layout.inputs), device, config.device_budget_gb)
     return Session(config, device, use_bf16(config, device), inputs, labels, model, optimizer, previous)
 
 
 def new_session(config: Config, inputs: np.ndarray, labels: np.ndarray | None, device: torch.device) -> Session:
     """The state before epoch 0, with no run directory (the plain library loop)."""
     model = initial_model(config).to(device).to(memory_format=torch.channels_last)
-    tensor = torch.from_numpy(inputs).to(device)
+    tensor = place_inputs(inputs, device, config.device_budget_gb)
     return Session(config, device, use_bf16(config, device), tensor, labels, model, make_optimizer(model, config))
 
 

@@ -27,13 +27,14 @@ from deepcluster.train import TrainResult, train_epoch
 
 @dataclass
 class Session:
-    """What the epochs of one process work on, kept in memory from epoch to epoch: the inputs on the
-    device, the labels (evaluation only), the convnet and its optimizer, the last epoch's assignments."""
+    """What the epochs of one process work on, kept in memory from epoch to epoch: the inputs (on the device, or
+    memory-mapped on the host beyond `device_budget_gb`), the labels (evaluation only), the convnet and its
+    optimizer, the last epoch's assignments."""
 
     config: Config
     device: torch.device
     bf16: bool
-    inputs: torch.Tensor  # uint8 (N, 1, S, S) on `device`
+    inputs: torch.Tensor  # uint8 (N, 1, S, S) on `device` or memory-mapped on the host (`loader.place_inputs`)
     labels: np.ndarray | None
     model: DeepClusterNet
     optimizer: torch.optim.SGD

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepcluster.config import Config
+from deepcluster.loader import gather, prefetched
 from deepcluster.models import DeepClusterNet, to_unit_range
 from deepcluster.progress import progress_bar
 
@@ -127,13 +128,13 @@ def train_epoch(
 ) -> TrainResult:
     """Train convnet + the epoch's heads (one per clustering) for one pass over `sample`.
 
-    inputs: uint8 (N, 1, H, W) on the model's device; pseudo_labels: per head, int64 (N,) cluster ids or float (N, k) soft targets;
+    inputs: uint8 (N, 1, H, W) on the model's device or on the host (`loader`); pseudo_labels: per head, int64 (N,) cluster ids or float (N, k) soft targets;
     sample: int64 (M,) indices (already shuffled). The loss is the mean over heads of the cross-entropy.
     Nothing in the batch loop waits for the device. Heads with parameters get their own SGD without
     momentum, as in the reference code. A final batch of one image is skipped (batch norm needs two).
     bf16: autocast the forward pass. The learning rate of step s is scheduled_learning_rate(epoch + s / steps).
     """
-    device = inputs.device
+    device = next(model.parameters()).device
     model.train()
     head_parameters = [parameter for head in heads for parameter in head.parameters()]
     optimizers = [optimizer]
@@ -142,9 +143,12 @@ def train_epoch(
     pseudo_labels = [labels.to(device) for labels in pseudo_labels]
     total_loss = torch.zeros((), device=device)
     batches = [batch for batch in sample.to(device).split(config.batch_size) if len(batch) > 1]
-    for step, batch in enumerate(progress_bar(batches, "train", "batch", progress, leave=False)):
+    streamed = inputs.device != device
+    where = [batch for batch in sample.to(inputs.device).split(config.batch_size) if len(batch) > 1]
+    gathered = prefetched(where, lambda batch: gather(inputs, batch, device), ahead=streamed)
+    for step, (batch, rows) in enumerate(zip(progress_bar(batches, "train", "batch", progress, leave=False), gathered)):
         rate = scheduled_learning_rate(config, epoch + step / len(batches))
-        images = to_unit_range(inputs[batch])
+        images = to_unit_range(rows)
         views = torch.cat(
             [
                 augment_crops(images, generator, config.crop_scale, config.flip, config.rotation)

@@ -13,6 +13,8 @@ from tests.helpers import tiny_config
 
 # The runs of the tests take turns on the device among themselves, not with runs outside the tests.
 os.environ["DEEPCLUSTER_LOCKS_DIR"] = tempfile.mkdtemp(prefix="deepcluster-test-locks-")
+# Folders read through the input store store it here, not in the user's cache.
+os.environ["DEEPCLUSTER_STORE_DIR"] = tempfile.mkdtemp(prefix="deepcluster-test-store-")
 
 
 @pytest.fixture(scope="session")

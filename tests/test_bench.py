@@ -92,3 +92,14 @@ def test_bench_kmeans_compares_on_the_same_points(tmp_path: Path):
 def test_bench_kmeans_rejects_bad_sizes(args, message, capsys):
     assert main(["bench-kmeans", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_scale_ingests_in_child_processes_and_reports_memory(tmp_path: Path, capsys):
+    out = tmp_path / "scale.json"
+    assert main(["bench-scale", "--images", "8", "--image-size", "16", "--workers", "1", "--json-out", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    whole, quarter = summary["ingest"]
+    assert (whole["images"], whole["workers"], quarter["images"]) == (8, 1, 2)
+    assert whole["store_bytes"] > quarter["store_bytes"] and whole["peak_rss_mb"] > 50
+    assert "images/s" in capsys.readouterr().out
+    assert main(["bench-scale", "--workers", "0"]) == 2

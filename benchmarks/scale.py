@@ -1,0 +1,163 @@
+"""`deepcluster bench-scale`: ingest of an image folder into the input store, and epochs that stream.
+
+Ingest: the same folder decoded into a fresh store once per worker count, each in a child process of its own
+so that its peak memory (its own and its workers') is measured apart; then once more with a quarter of the
+images, to show the memory does not grow with their number. Epochs: one library epoch on the stored folder
+with its inputs held in memory and one with them read from their memory-mapped file, side by side.
+Without a folder, a synthetic one is written first: colour JPEGs of random sizes between the input size
+and twice it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepcluster import runtime, store
+from deepcluster.config import Config
+
+
+def synthetic_folder(folder: Path, count: int, size: int, seed: int = 0) -> None:
+    """`count` colour JPEGs, sides drawn between `size` and 2 * `size`, in 10 sub-folders (classes)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for index in range(count):
+        height, width = rng.integers(size, 2 * size + 1, size=2)
+        ramp = np.linspace(0, 255, width, dtype=np.float32)[None, :, None] * rng.random(3, dtype=np.float32)
+        noise = rng.normal(0, 20, (height, width, 3)).astype(np.float32)
+        pixels = np.clip(ramp + noise + 40 * (index % 10) / 10, 0, 255).astype(np.uint8)
+        directory = folder / f"class{index % 10}"
+        directory.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(directory / f"{index:07d}.jpg", quality=90)
+
+
+def _ingest_child(folder: Path, size: int, workers: int, store_dir: Path, limit: int | None) -> dict[str, Any]:
+    """Ingest in this process (a child of the benchmark): seconds and peak memory with the workers'."""
+    listing = store.list_folder(folder)
+    if limit is not None:
+        listing = store.Listing(listing.directory, listing.files[:limit], f"{listing.digest}-{limit}")
+    start = time.perf_counter()
+    stored = store.ingest_folder(folder, size, size, store_dir, workers, listing)
+    seconds = time.perf_counter() - start
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {
+        "images": stored.num_images,
+        "workers": workers,
+        "seconds": round(seconds, 3),
+        "images_per_second": round(stored.num_images / seconds, 1),
+        "peak_rss_mb": round(own, 1),
+        "peak_worker_rss_mb": round(workers_peak, 1),
+        "store_bytes": stored.inputs.stat().st_size,
+    }
+
+
+def _ingest(folder: Path, size: int, workers: int, limit: int | None = None) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="deepcluster-bench-store-") as store_dir:
+        arguments = [str(folder), str(size), str(workers), store_dir, str(limit or 0)]
+        command = [sys.executable, "-m", "benchmarks.scale", *arguments]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def _epochs(folder: Path, size: int, runs_dir: Path) -> dict[str, Any]:
+    """One library epoch with the inputs held in memory, one with them memory-mapped: seconds, same losses."""
+    from deepcluster import runs
+    from deepcluster.artifacts import RunLayout
+    from deepcluster.epoch import run_epoch
+
+    results = {}
+    for name, budget in (("held", 1e6), ("streamed", 0.0)):
+        config = Config(dataset=str(folder), image_size=size, epochs=1, device="cpu", device_budget_gb=budget)
+        runtime.configure_torch(config)
+        layout = RunLayout(runs_dir, name)
+        info = runs.ingest(config, layout)
+        runs.sobel_preprocess(layout, info.image_size)
+        start = time.perf_counter()
+        session = runs.open_session(layout, config, 0, runtime.resolve_device("cpu"))
+        metrics = run_epoch(session, 0, progress=False)
+        results[name] = {"seconds": round(time.perf_counter() - start, 3), "train_loss": metrics["train_loss"]}
+    results["streamed_over_held"] = round(results["streamed"]["seconds"] / results["held"]["seconds"], 3)
+    results["same_loss"] = results["streamed"]["train_loss"] == results["held"]["train_loss"]
+    return results
+
+
+@contextmanager
+def _store_dir(path: Path) -> Iterator[None]:
+    """Runs ingest into `path` meanwhile, not into the user's input store."""
+    before = os.environ.get("DEEPCLUSTER_STORE_DIR")
+    os.environ["DEEPCLUSTER_STORE_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["DEEPCLUSTER_STORE_DIR"]
+        else:
+            os.environ["DEEPCLUSTER_STORE_DIR"] = before
+
+
+def bench_scale(
+    images: int, size: int, workers: int, folder: Path | None, epochs: bool, json_path: Path | None
+) -> dict[str, Any]:
+    """Time ingest with 1 and `workers` processes (and a quarter of the images), and optionally the epochs."""
+    scratch = Path(tempfile.mkdtemp(prefix="deepcluster-bench-scale-"))
+    try:
+        if folder is None:
+            folder = scratch / "images"
+            synthetic_folder(folder, images, size)
+        rows = [_ingest(folder, size, count) for count in sorted({1, workers})]
+        rows.append(_ingest(folder, size, workers, limit=max(1, len(store.list_folder(folder).files) // 4)))
+        summary: dict[str, Any] = {
+            "folder": str(folder),
+            "image_size": size,
+            "machine": runtime.machine_description(),
+            "ingest": rows,
+        }
+        if epochs:
+            with _store_dir(scratch / "store"):
+                summary["epochs"] = _epochs(folder, size, scratch / "runs")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(format_scale(summary))
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def format_scale(summary: dict[str, Any]) -> str:
+    lines = [
+        f"ingest of {summary['folder']} at {summary['image_size']} pixels, {summary['machine']}",
+        f"{'images':>8}{'workers':>9}{'seconds':>9}{'images/s':>10}{'peak MB':>9}{'worker MB':>11}{'store MB':>10}",
+    ]
+    for row in summary["ingest"]:
+        lines.append(
+            f"{row['images']:>8}{row['workers']:>9}{row['seconds']:>9.2f}{row['images_per_second']:>10.1f}"
+            f"{row['peak_rss_mb']:>9.0f}{row['peak_worker_rss_mb']:>11.0f}{row['store_bytes'] / 2**20:>10.1f}"
+        )
+    if "epochs" in summary:
+        epochs = summary["epochs"]
+        lines.append(
+            f"one epoch: inputs held {epochs['held']['seconds']:.2f} s, streamed {epochs['streamed']['seconds']:.2f} s "
+            f"(ratio {epochs['streamed_over_held']:.3f}); same train loss: {'yes' if epochs['same_loss'] else 'NO'}"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    folder_arg, size_arg, workers_arg, store_arg, limit_arg = sys.argv[1:6]
+    result = _ingest_child(Path(folder_arg), int(size_arg), int(workers_arg), Path(store_arg), int(limit_arg) or None)
+    print(json.dumps(result))
