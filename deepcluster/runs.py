@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,23 +109,41 @@ def ingest(config: Config, layout: RunLayout) -> DatasetInfo:
         image_set = stored_images(layout)  # the source has moved or gone: go on with the run's own copy
     image_size = validate_for_dataset(config, len(image_set), image_set.images.shape[-2:], image_set.source)
     info = DatasetInfo(len(image_set), image_size, image_set.labels is not None, image_set.fingerprint())
+
+    def write_data() -> None:
+        artifacts.save_array(layout.images, image_set.images)
+        if image_set.labels is not None:
+            artifacts.save_array(layout.labels, image_set.labels)
+
+    record = {"source": image_set.source, "image_shape": list(image_set.images.shape[1:])}
+    return _start_or_check(layout, config, info, layout.images, write_data, record)
+
+
+def _start_or_check(
+    layout: RunLayout,
+    config: Config,
+    info: DatasetInfo,
+    data_file: Path,
+    write_data: Callable[[], None],
+    dataset_record: dict[str, Any],
+) -> DatasetInfo:
+    """Check an existing run against its config and data, or start it: its data (`write_data`, of which
+    `data_file` is written first), the initial model, then run.json with `dataset_record` in its dataset entry.
+    A run that fails to start (a full disk, say) leaves no directory behind."""
     if layout.exists():
         check_resumable(layout, config, info.fingerprint)
-        if layout.images.is_file():
+        if data_file.is_file():
             return info
     fresh = not layout.root.exists()
     try:
         layout.data_dir.mkdir(parents=True, exist_ok=True)
-        artifacts.save_array(layout.images, image_set.images)
-        if image_set.labels is not None:
-            artifacts.save_array(layout.labels, image_set.labels)
+        write_data()
         initial = {"model": initial_model(config).state_dict(), "epoch": INIT_EPOCH}
         artifacts.save_checkpoint(layout.initial_model, initial)
         if not layout.exists():
-            record = run_record(layout.run_id, config, image_set.source, image_set.images.shape[1:], info)
-            artifacts.write_json(layout.run_json, record)
+            artifacts.write_json(layout.run_json, run_record(layout.run_id, config, dataset_record, info))
     except BaseException:
-        if fresh:  # a run that failed to start (a full disk, say) leaves no directory behind
+        if fresh:
             shutil.rmtree(layout.root, ignore_errors=True)
         raise
     return info
@@ -150,13 +169,8 @@ def _ingest_folder(config: Config, layout: RunLayout) -> DatasetInfo:
     everything = len(keep) == stored.num_images
     fingerprint = stored.fingerprint if everything else _digest(f"{stored.fingerprint} {config.classes} {config.limit}")
     info = DatasetInfo(len(keep), size, labels is not None, fingerprint)
-    if layout.exists():
-        check_resumable(layout, config, info.fingerprint)
-        if layout.inputs.is_file():
-            return info
-    fresh = not layout.root.exists()
-    try:
-        layout.data_dir.mkdir(parents=True, exist_ok=True)
+
+    def write_data() -> None:
         if everything:
             artifacts.link_or_copy(stored.inputs, layout.inputs)
         else:
@@ -166,17 +180,9 @@ def _ingest_folder(config: Config, layout: RunLayout) -> DatasetInfo:
         files = pq.read_table(stored.files).take(pa.array(keep)).set_column(0, "index", pa.array(np.arange(len(keep))))
         with artifacts.atomic_open(layout.files) as handle:
             pq.write_table(files, handle)
-        initial = {"model": initial_model(config).state_dict(), "epoch": INIT_EPOCH}
-        artifacts.save_checkpoint(layout.initial_model, initial)
-        if not layout.exists():
-            record = run_record(layout.run_id, config, source, (1, size, size), info)
-            record["dataset"]["store"] = str(stored.root)
-            artifacts.write_json(layout.run_json, record)
-    except BaseException:
-        if fresh:
-            shutil.rmtree(layout.root, ignore_errors=True)
-        raise
-    return info
+
+    record = {"source": source, "image_shape": [1, size, size], "store": str(stored.root)}
+    return _start_or_check(layout, config, info, layout.inputs, write_data, record)
 
 
 def _digest(text: str) -> str:
@@ -225,9 +231,7 @@ def check_resumable(layout: RunLayout, config: Config, fingerprint: str) -> None
         artifacts.write_json(layout.run_json, record)
 
 
-def run_record(
-    run_id: str, config: Config, source: str, image_shape: tuple[int, ...], info: DatasetInfo
-) -> dict[str, Any]:
+def run_record(run_id: str, config: Config, dataset_record: dict[str, Any], info: DatasetInfo) -> dict[str, Any]:
     """The contents of run.json: config, dataset, library versions, device, creation time."""
     from importlib.metadata import PackageNotFoundError, version
 
@@ -243,12 +247,11 @@ def run_record(
         "config": config.to_json_dict(),
         "dataset": {
             "name": config.dataset,
-            "source": source,
             "fingerprint": info.fingerprint,
             "num_images": info.num_images,
-            "image_shape": list(image_shape),
             "input_size": info.image_size,
             "has_labels": info.has_labels,
+            **dataset_record,
         },
         "versions": versions,
         "device": str(device),
