@@ -32,14 +32,18 @@ def prepare_inputs(images: np.ndarray, image_size: int | None) -> np.ndarray:
         raise InputError(f"expected uint8 images of shape (N, 1|3, H, W), got {images.dtype} {images.shape}")
     outputs = []
     for part in chunks(images):
-        chunk = torch.from_numpy(np.array(part)).float()
-        if chunk.shape[1] == 3:
-            weights = torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)
-            chunk = (chunk * weights).sum(dim=1, keepdim=True)
+        chunk = grayscale(torch.from_numpy(np.array(part)).float())
         if image_size is not None and chunk.shape[-2:] != (image_size, image_size):
             chunk = F.interpolate(chunk, size=(image_size, image_size), mode="bilinear", antialias=True)
         outputs.append(chunk.round().clamp(0, 255).to(torch.uint8).numpy())
     return np.concatenate(outputs)
+
+
+def grayscale(images: torch.Tensor) -> torch.Tensor:
+    """float (N, C, H, W) with C in {1, 3} -> (N, 1, H, W): the luma of colour images, grayscale ones as they are."""
+    if images.shape[1] == 1:
+        return images
+    return (images * torch.tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(dim=1, keepdim=True)
 
 
 def chunks(images: np.ndarray, size: int = CHUNK) -> Iterator[np.ndarray]:

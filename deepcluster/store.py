@@ -47,7 +47,7 @@ from deepcluster import artifacts
 from deepcluster.data import ImageSet, read_image
 from deepcluster.errors import ConfigError, DatasetError
 from deepcluster.runtime import cpu_count
-from deepcluster.sobel import LUMA_WEIGHTS
+from deepcluster.sobel import grayscale
 
 logger = logging.getLogger(__name__)
 
@@ -344,10 +344,8 @@ def decode_chunk(directory: Path, files: list[str], size: int) -> tuple[np.ndarr
 def fit_image(array: np.ndarray, size: int) -> np.ndarray:
     """One decoded image, uint8 (H, W) or (H, W, 3), as the network's grayscale input (1, size, size): the
     shorter side resized to `size` (bilinear, antialiased), then the centre `size` x `size` crop."""
-    image = torch.tensor(array, dtype=torch.float32)
-    if image.ndim == 3:
-        image = (image[:, :, :3] * torch.tensor(LUMA_WEIGHTS)).sum(dim=2)
-    image = image[None, None]
+    pixels = torch.tensor(array, dtype=torch.float32)
+    image = grayscale(pixels[None, None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)[None])
     height, width = image.shape[-2:]
     if (height, width) != (size, size):
         scale = size / min(height, width)
