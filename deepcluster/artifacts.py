@@ -18,6 +18,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
@@ -469,20 +470,65 @@ def map_array(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="c", allow_pickle=False)
 
 
+@dataclass(frozen=True)
+class RowFile:
+    """A uint8 .npy file read and written a block of rows at a time with plain file I/O at row offsets, not
+    memory-mapped: the process holds the rows in hand and nothing else, whatever the file's size."""
+
+    path: Path
+    shape: tuple[int, ...]
+    offset: int  # of row 0: the length of the .npy header
+
+    @property
+    def row_bytes(self) -> int:
+        return math.prod(self.shape[1:])
+
+    @classmethod
+    def create(cls, path: Path, shape: tuple[int, ...]) -> RowFile:
+        """A new file of zeros (sparse where the file system allows)."""
+        created = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        offset = created.offset
+        del created
+        return cls(path, shape, offset)
+
+    @classmethod
+    def open(cls, path: Path, shape: tuple[int, ...]) -> RowFile | None:
+        """The existing file of that shape, or None where there is none or it is not whole."""
+        try:
+            existing = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if existing.shape != shape or existing.dtype != np.uint8:
+            return None
+        return cls(path, shape, existing.offset)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        """Rows from `start` on, on the storage when this returns."""
+        descriptor = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.pwrite(descriptor, np.ascontiguousarray(rows).data, self.offset + start * self.row_bytes)
+            os.fdatasync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        count = min(count, self.shape[0] - start)
+        data = np.fromfile(self.path, np.uint8, count * self.row_bytes, offset=self.offset + start * self.row_bytes)
+        return data.reshape(count, *self.shape[1:])
+
+
 ROWS_AT_ONCE = 4096  # rows copied at a time by save_rows: bounds its memory whatever the array's size
 
 
 def save_rows(path: Path, array: np.ndarray, keep: np.ndarray) -> None:
-    """Save array[keep] (an .npy file, atomically) without holding it in memory: `array` may be memory-mapped."""
+    """Save array[keep] (uint8 rows, an .npy file, atomically) without holding it in memory: `array` may be
+    memory-mapped, and the file is written with plain file I/O (`RowFile`)."""
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.unlink(missing_ok=True)
     try:
-        rows = np.lib.format.open_memmap(temporary, mode="w+", dtype=array.dtype, shape=(len(keep), *array.shape[1:]))
+        rows = RowFile.create(temporary, (len(keep), *array.shape[1:]))
         for start in range(0, len(keep), ROWS_AT_ONCE):
-            rows[start : start + ROWS_AT_ONCE] = array[keep[start : start + ROWS_AT_ONCE]]
-        rows.flush()
-        del rows
-        fsync_path(temporary)
+            rows.write(start, array[keep[start : start + ROWS_AT_ONCE]])
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import multiprocessing
 import os
 import shutil
@@ -192,11 +191,11 @@ def _build(listing: Listing, root: Path, image_size: int | None, min_size: int, 
         size = image_size or max(_native_size(listing, chunks, workers), min_size)
         partial.mkdir(parents=True, exist_ok=True)
         artifacts.write_json(settings, {"image_size": size})
-    rows = _RowFile.open(partial / "inputs.npy", (len(listing.files), 1, size, size))
+    rows = artifacts.RowFile.open(partial / "inputs.npy", (len(listing.files), 1, size, size))
     if rows is None:  # none yet, or the one a kill left while it was being created
         for marker in partial.glob("[0-9]*.json"):
             marker.unlink()
-        rows = _RowFile.create(partial / "inputs.npy", (len(listing.files), 1, size, size))
+        rows = artifacts.RowFile.create(partial / "inputs.npy", (len(listing.files), 1, size, size))
     todo = [index for index in range(len(chunks)) if not _marker(partial, index).is_file()]
     logger.info(
         "decoding %d files of %s into the input store %s at %d pixels, %d workers (%d of %d chunks already done)",
@@ -216,53 +215,6 @@ def _build(listing: Listing, root: Path, image_size: int | None, min_size: int, 
             logger.info("input store %s: %d of %d chunks decoded", root.name, done, len(todo))
             reported = time.monotonic()
     _finish(listing, root, rows, len(chunks))
-
-
-@dataclass(frozen=True)
-class _RowFile:
-    """A uint8 .npy file read and written a block of rows at a time with plain file I/O at row offsets, not
-    memory-mapped: the process holds the rows in hand and nothing else, whatever the file's size."""
-
-    path: Path
-    shape: tuple[int, ...]
-    offset: int  # of row 0: the length of the .npy header
-
-    @property
-    def row_bytes(self) -> int:
-        return math.prod(self.shape[1:])
-
-    @classmethod
-    def create(cls, path: Path, shape: tuple[int, ...]) -> _RowFile:
-        """A new file of zeros (sparse where the file system allows)."""
-        created = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
-        offset = created.offset
-        del created
-        return cls(path, shape, offset)
-
-    @classmethod
-    def open(cls, path: Path, shape: tuple[int, ...]) -> _RowFile | None:
-        """The existing file of that shape, or None where there is none or it is not whole."""
-        try:
-            existing = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError):
-            return None
-        if existing.shape != shape or existing.dtype != np.uint8:
-            return None
-        return cls(path, shape, existing.offset)
-
-    def write(self, start: int, rows: np.ndarray) -> None:
-        """Rows from `start` on, on the storage when this returns."""
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            os.pwrite(descriptor, np.ascontiguousarray(rows).data, self.offset + start * self.row_bytes)
-            os.fdatasync(descriptor)
-        finally:
-            os.close(descriptor)
-
-    def read(self, start: int, count: int) -> np.ndarray:
-        count = min(count, self.shape[0] - start)
-        data = np.fromfile(self.path, np.uint8, count * self.row_bytes, offset=self.offset + start * self.row_bytes)
-        return data.reshape(count, *self.shape[1:])
 
 
 def _marker(partial: Path, index: int) -> Path:
@@ -356,7 +308,7 @@ def fit_image(array: np.ndarray, size: int) -> np.ndarray:
     return image[0].round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def _finish(listing: Listing, root: Path, rows: _RowFile, num_chunks: int) -> None:
+def _finish(listing: Listing, root: Path, rows: artifacts.RowFile, num_chunks: int) -> None:
     """Keep the readable rows (in file order), hash them, write labels, file list and report, then meta.json."""
     partial = rows.path.parent
     unreadable = [
@@ -372,7 +324,7 @@ def _finish(listing: Listing, root: Path, rows: _RowFile, num_chunks: int) -> No
     target = root / "inputs.npy"
     if bad:  # the readable rows, copied block by block
         temporary = root / ".inputs.npy.tmp"
-        kept, written = _RowFile.create(temporary, shape), 0
+        kept, written = artifacts.RowFile.create(temporary, shape), 0
         for start in range(0, rows.shape[0], HASH_ROWS):
             block = rows.read(start, HASH_ROWS)[readable[start : start + HASH_ROWS]]
             kept.write(written, block)
