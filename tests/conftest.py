@@ -3,7 +3,9 @@ are marked slow (`pytest -m "not slow"` is the fast unit run)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -11,10 +13,18 @@ import pytest
 
 from tests.helpers import tiny_config
 
+
+def _temporary_dir(prefix: str) -> str:
+    """A directory for this test session, removed when the session's process exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 # The runs of the tests take turns on the device among themselves, not with runs outside the tests.
-os.environ["DEEPCLUSTER_LOCKS_DIR"] = tempfile.mkdtemp(prefix="deepcluster-test-locks-")
+os.environ["DEEPCLUSTER_LOCKS_DIR"] = _temporary_dir("deepcluster-test-locks-")
 # Folders read through the input store store it here, not in the user's cache.
-os.environ["DEEPCLUSTER_STORE_DIR"] = tempfile.mkdtemp(prefix="deepcluster-test-store-")
+os.environ["DEEPCLUSTER_STORE_DIR"] = _temporary_dir("deepcluster-test-store-")
 
 
 @pytest.fixture(scope="session")
