@@ -57,6 +57,7 @@ SUITES: dict[str, Suite] = {
             # each changes one choice of the default (the measured ablations of docs/RESULTS.md)
             "one-view": ["--views", "1"],
             "crops-30": ["--crop-scale", "0.3,1"],  # crops of 30-100% of the area
+            "crops-80": ["--crop-scale", "0.8,1"],  # crops of 80-100% of the area
             "neighbours-10": ["--neighbours", "10"],
             "extra-k-10": ["--extra-k", "10"],
             "instance": ["--instance-weight", "0.5"],
