@@ -19,7 +19,7 @@ import numpy as np
 
 from deepcluster import artifacts, runtime
 from deepcluster.artifacts import RunLayout, default_runs_dir, find_run, list_runs, validate_run_id
-from deepcluster.config import DATASET_NAMES, Config, build_config, load_config_file, recorded_config
+from deepcluster.config import DATASET_NAMES, RANK_KEYS, Config, build_config, load_config_file, recorded_config
 from deepcluster.errors import ConfigError, DeepClusterError, RunError
 from deepcluster.run_metrics import epoch_metrics, flat_metrics, format_table, metric_rows, resolve_epoch
 from deepcluster.stopping import stop_cleanly
@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_id")
     resume.add_argument("--epochs", type=int, help="extend the run to this many epochs")
     resume.add_argument("--lr", type=float, help="a new learning rate from the next epoch on (recorded in run.json)")
+    for key in sorted(RANK_KEYS):
+        field = Config.model_fields[key]
+        resume.add_argument("--" + key.replace("_", "-"), type=field.annotation, help=field.description)
+
+    join = command("join", help="on another machine: start its ranks of a run that trains on several (nnodes > 1)")
+    join.add_argument("run_id")
+    join.add_argument("--node-rank", type=int, required=True, help="this machine's index, 1..nnodes-1")
 
     command("runs", help="list runs with epochs done and last metrics")
 
@@ -317,10 +324,16 @@ def command_run(args: argparse.Namespace) -> int:
 def command_resume(args: argparse.Namespace) -> int:
     layout = find_run(args.run_id, args.runs_dir)
     values = recorded_config(artifacts.read_run_record(layout)["config"]).to_json_dict()
-    for key in ("epochs", "lr"):
+    for key in ("epochs", "lr", *sorted(RANK_KEYS)):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     return run_flow(build_config(values, recorded=True), args.run_id, layout.runs_dir, args.progress)
+
+
+def command_join(args: argparse.Namespace) -> int:
+    from deepcluster.ranks import join
+
+    return join(find_run(args.run_id, args.runs_dir), args.node_rank)
 
 
 def command_bench(args: argparse.Namespace) -> int:
@@ -556,6 +569,7 @@ def command_group(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": command_run,
     "resume": command_resume,
+    "join": command_join,
     "runs": command_runs,
     "inspect": command_inspect,
     "verify": command_verify,
