@@ -93,7 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--lr", type=float, help="a new learning rate from the next epoch on (recorded in run.json)")
     for key in sorted(RANK_KEYS):
         field = Config.model_fields[key]
-        resume.add_argument("--" + key.replace("_", "-"), type=field.annotation, help=field.description)
+        if field.annotation is bool:
+            flag = argparse.BooleanOptionalAction
+            resume.add_argument("--" + key.replace("_", "-"), action=flag, default=None, help=field.description)
+        else:
+            kind = int if field.annotation is int else str
+            resume.add_argument("--" + key.replace("_", "-"), type=kind, help=field.description)
 
     join = command("join", help="on another machine: start its ranks of a run that trains on several (nnodes > 1)")
     join.add_argument("run_id")
@@ -189,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--image-size", type=int, default=64, help="input size the images are stored at (default 64)")
     scale.add_argument("--workers", type=int, default=runtime.cpu_count(), help="decoding processes (default: cores)")
     scale.add_argument("--epochs", action="store_true", help="also time an epoch held in memory against one streamed")
+    scale.add_argument(
+        "--ranks", type=int, default=1, help="also train the sample on 1 rank and on this many (CPU processes)"
+    )
+    scale.add_argument("--rank-epochs", type=int, default=3, help="epochs of each of those runs (default 3)")
+    scale.add_argument(
+        "--rank-images",
+        type=int,
+        help="a quick check: those runs on the sample's first N images, one pass an epoch",
+    )
     scale.add_argument("--json-out", type=Path, help="also write the results to this JSON file")
 
     bench_kmeans = command(
@@ -375,12 +389,21 @@ def command_bench_quality(args: argparse.Namespace) -> int:
 def command_bench_scale(args: argparse.Namespace) -> int:
     from benchmarks.scale import bench_scale
 
-    for name in ("images", "workers"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("images", "workers", "ranks", "rank_epochs", "rank_images"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.image_size < 8:
         raise ConfigError(f"--image-size must be at least 8, got {args.image_size}")
-    bench_scale(args.images, args.image_size, args.workers, args.folder, args.epochs, args.json_out)
+    bench_scale(
+        args.images,
+        args.image_size,
+        args.workers,
+        args.folder,
+        args.epochs,
+        args.json_out,
+        args.ranks,
+        args.rank_epochs,
+    )
     return 0
 
 

@@ -38,7 +38,7 @@ GroupingMethod = Literal["kmeans", "spectral"]
 # inputs are held changes no result, and the epochs to come may be trained by any number of processes. The
 # learning rate may change for the epochs to come (how a run goes on after it diverged); run.json records
 # each such change with the epoch it applies from.
-RANK_KEYS = frozenset({"nproc_per_node", "nnodes", "master_addr", "master_port"})
+RANK_KEYS = frozenset({"nproc_per_node", "nnodes", "master_addr", "master_port", "sync_batch_norm"})
 EXTENDABLE_KEYS = frozenset({"epochs", "grouping", "groups", "lr", "device_budget_gb"}) | RANK_KEYS
 # Keys that say where the dataset's files are, not what the data is (the dataset fingerprint checks
 # that): a run continued from elsewhere records the new values.
@@ -146,6 +146,11 @@ class Config(BaseModel):
         "one per GPU on cuda; 1: the run trains in the flow's own process",
     )
     nnodes: int = Field(1, ge=1, description="machines training the run together, nproc_per_node ranks each")
+    sync_batch_norm: bool = Field(
+        False,
+        description="with several ranks, batch norm takes its statistics over the whole batch of all ranks (as "
+        "SyncBatchNorm; slower on the CPU) instead of over each rank's part",
+    )
     master_addr: str = Field(
         "127.0.0.1", min_length=1, description="address of this machine as the others reach it (nnodes > 1)"
     )

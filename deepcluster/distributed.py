@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -45,11 +46,16 @@ def start(device: torch.device) -> None:
         raise ConfigError(f"a distributed run is started by torchrun, which sets {', '.join(missing)}: not set here")
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_SECONDS), device_id=_device_id(device))
+    _groups["batch_norm"] = dist.new_group()  # its own, so its collectives never interleave with the gradients'
+
+
+_groups: dict[str, Any] = {}  # process groups by use
 
 
 def stop() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+    _groups.clear()
 
 
 def _device_id(device: torch.device) -> torch.device | None:
@@ -132,10 +138,79 @@ def broadcast_from_writer(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def synchronized(module: nn.Module) -> nn.Module:
-    """`module` whose gradients are averaged over the ranks in backward (DistributedDataParallel), or the module
-    itself in a single process."""
+def synchronized(module: nn.Module, batch_norm: bool = False) -> nn.Module:
+    """`module` trained as one over the ranks, or the module itself in a single process: its gradients are
+    averaged over the ranks in backward (DistributedDataParallel), and with `batch_norm` its batch norms take the
+    statistics of the whole batch (`RankBatchNorm`, in place) instead of those of each rank's part."""
     if world_size() == 1:
         return module
+    for parent in list(module.modules()) if batch_norm else []:
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, RankBatchNorm):
+                setattr(parent, name, RankBatchNorm.replacing(child))
     device = next(module.parameters()).device
     return nn.parallel.DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
+
+class RankBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose training statistics are those of the whole batch, all ranks' parts of it together (as
+    SyncBatchNorm, which needs GPUs, but on any device): each rank's per-channel mean and variance, combined
+    over the ranks in float64 by one differentiable all-reduce. Evaluation uses the running statistics, as batch
+    norm does. Its parameters and buffers are those of the batch norm it replaces, so the state dict and the
+    optimizer are unchanged."""
+
+    @classmethod
+    def replacing(cls, norm: nn.modules.batchnorm._BatchNorm) -> RankBatchNorm:
+        rank_norm = cls(norm.num_features, norm.eps, norm.momentum, norm.affine, norm.track_running_stats)
+        rank_norm.weight, rank_norm.bias = norm.weight, norm.bias
+        for name, buffer in norm.named_buffers(recurse=False):
+            setattr(rank_norm, name, buffer)
+        return rank_norm.train(norm.training)
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"batch norm expects (N, C, ...) inputs, got {input.dim()} dimensions")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not self.training or world_size() == 1:
+            return super().forward(input)
+        values = input.float()
+        dims = [0, *range(2, values.dim())]
+        shape = [1, -1] + [1] * (values.dim() - 2)
+        local_variance, local_mean = torch.var_mean(values, dims, correction=0)
+        local_count = values.numel() // values.shape[1]
+        moments = torch.stack([local_mean, local_variance + local_mean * local_mean]).double() * local_count
+        count = values.new_tensor([[local_count]], dtype=torch.float64).expand(1, self.num_features)
+        totals = _SumOverRanks.apply(torch.cat([moments, count]))  # one collective a call: sums of x, x², counts
+        count = totals[2]
+        mean = totals[0] / count
+        variance = (totals[1] / count - mean * mean).clamp(min=0)
+        tracked = self.num_batches_tracked
+        if self.running_mean is not None and self.running_var is not None and tracked is not None:
+            with torch.no_grad():
+                tracked.add_(1)
+                factor = self.momentum if self.momentum is not None else 1 / float(tracked)  # None: a plain average
+                self.running_mean.lerp_(mean.float(), factor)
+                self.running_var.lerp_((variance * count / (count - 1)).float(), factor)
+        scale = torch.rsqrt(variance + self.eps).float()
+        if self.affine:
+            scale = scale * self.weight
+        shift = -mean.float() * scale + (self.bias if self.affine else 0)
+        return torch.addcmul(shift.view(shape), values, scale.view(shape)).to(input.dtype)
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """The sum over ranks of a tensor, differentiable: the gradient of each rank's input is the sum over ranks of
+    the gradients of the output. In the batch norms' own process group."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total, group=_groups["batch_norm"])
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, gradient: torch.Tensor) -> torch.Tensor:
+        total = gradient.clone()
+        dist.all_reduce(total, group=_groups["batch_norm"])
+        return total

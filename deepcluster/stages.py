@@ -132,7 +132,7 @@ def retrain(
             head = ClusterHead(session.model.feature_dim, len(clustering.centroids))
             head.reset_parameters(stage_generator(config.seed, epoch, _per_head("head", index)))
             heads.append(head.to(device))
-    augment_generator = stage_generator(config.seed, epoch, distributed.per_rank("augment"), device)
+    augment_generator = stage_generator(config.seed, epoch, "augment", device)  # ranks draw for whole batches
     # Dropout draws from torch's global generator: fork it, seeded per (run, epoch, rank), so the
     # global state outside is untouched and a re-run epoch draws the same masks.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

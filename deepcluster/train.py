@@ -41,16 +41,25 @@ def augment_crops(
     scale: tuple[float, float],
     flip: bool,
     rotation: float = 0.0,
+    among: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Augment float images (N, C, H, W): crop a random area fraction in `scale` with aspect ratio
     in [3/4, 4/3], rotate it by up to +-`rotation` degrees, resize back to (H, W), and mirror half
     of them. generator: on the images' device. Pixels from outside the image are reflections.
+
+    among: (offset, total) when the images are rows offset..offset+N of a batch of `total`: the random draws
+    are made for the whole batch and these rows take theirs, so ranks that split a batch augment it as one
+    process does.
     """
     num_images = len(images)
     device = images.device
+    offset, total = among if among is not None else (0, num_images)
+
+    def draw() -> torch.Tensor:
+        return torch.rand(total, generator=generator, device=device)[offset : offset + num_images]
 
     def uniform(low: float, high: float) -> torch.Tensor:
-        return torch.rand(num_images, generator=generator, device=device) * (high - low) + low
+        return draw() * (high - low) + low
 
     area = uniform(*scale)
     log_ratio = uniform(math.log(ASPECT_RATIO_RANGE[0]), math.log(ASPECT_RATIO_RANGE[1]))
@@ -58,7 +67,7 @@ def augment_crops(
     height = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
     center_x = uniform(-1.0, 1.0) * (1 - width)
     center_y = uniform(-1.0, 1.0) * (1 - height)
-    mirror = torch.rand(num_images, generator=generator, device=device) < 0.5
+    mirror = draw() < 0.5
     sign = torch.where(mirror, -1.0, 1.0) if flip else torch.ones(num_images, device=device)
     angle = uniform(-math.radians(rotation), math.radians(rotation))
     cos, sin = angle.cos(), angle.sin()
@@ -130,12 +139,18 @@ class Trainee(nn.Module):
         return features, [head(features) for head in self.heads]
 
 
-def rank_batches(sample: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """This rank's part of each batch of `sample`. A batch too small to give every rank two images is skipped by
-    all ranks (batch norm needs two), so every rank runs the same steps."""
+def rank_batches(sample: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, int, int]]:
+    """This rank's part of each batch of `sample`, with where it lies in the batch: (indices, offset, batch size).
+    A batch too small to give every rank two images is skipped by all ranks (batch norm needs two), so every rank
+    runs the same steps."""
     size = distributed.world_size()
-    batches = [batch for batch in sample.split(batch_size) if len(batch) >= 2 * size]
-    return [batch.tensor_split(size)[distributed.rank()] for batch in batches]
+    parts = []
+    for batch in sample.split(batch_size):
+        if len(batch) >= 2 * size:
+            bounds = [len(batch) * index // size for index in range(size + 1)]
+            start, stop = bounds[distributed.rank()], bounds[distributed.rank() + 1]
+            parts.append((batch[start:stop], start, len(batch)))
+    return parts
 
 
 def train_epoch(
@@ -161,7 +176,7 @@ def train_epoch(
     """
     device = next(model.parameters()).device
     model.train()
-    trainee = distributed.synchronized(Trainee(model, heads, bf16))
+    trainee = distributed.synchronized(Trainee(model, heads, bf16), config.sync_batch_norm)
     head_parameters = [parameter for head in heads for parameter in head.parameters()]
     optimizers = [optimizer]
     if head_parameters:
@@ -169,16 +184,17 @@ def train_epoch(
     pseudo_labels = [labels.to(device) for labels in pseudo_labels]
     total_loss = torch.zeros((), device=device)
     mine = rank_batches(sample, config.batch_size)
-    batches = [batch.to(device) for batch in mine]
+    batches = [batch.to(device) for batch, _, _ in mine]
     streamed = inputs.device != device
-    where = [batch.to(inputs.device) for batch in mine]
+    where = [batch.to(inputs.device) for batch, _, _ in mine]
     gathered = prefetched(where, lambda batch: gather(inputs, batch, device), ahead=streamed)
-    for step, (batch, rows) in enumerate(zip(progress_bar(batches, "train", "batch", progress, leave=False), gathered)):
+    steps = progress_bar(batches, "train", "batch", progress, leave=False)
+    for step, (batch, rows, (_, offset, total)) in enumerate(zip(steps, gathered, mine)):
         rate = scheduled_learning_rate(config, epoch + step / len(batches))
         images = to_unit_range(rows)
         views = torch.cat(
             [
-                augment_crops(images, generator, config.crop_scale, config.flip, config.rotation)
+                augment_crops(images, generator, config.crop_scale, config.flip, config.rotation, (offset, total))
                 for _ in range(config.views)
             ]
         )

@@ -100,3 +100,35 @@ def test_a_single_process_is_a_world_of_one() -> None:
     assert distributed.shard(10) == slice(0, 10)
     assert distributed.all_gather_rows(rows) is rows
     assert distributed.per_rank("augment") == "augment"
+
+
+def _batch_norm_step(batch_norm: bool) -> dict[str, torch.Tensor]:
+    """One training step of a conv + batch norm on this rank's part of a batch of 9 (parts of 4 and 5)."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3))
+    images = torch.randn(9, 2, 6, 6, generator=torch.Generator().manual_seed(1))[distributed.shard(9)]
+    trained = distributed.synchronized(module, batch_norm)
+    output = trained(images)
+    (output * torch.arange(output.numel()).view(output.shape)).sum().backward()
+    norm = module[1]
+    return {
+        "output": distributed.all_gather_rows(output.detach()),
+        "weight_grad": module[0].weight.grad.clone(),
+        "running_var": norm.running_var.clone(),
+    }
+
+
+def _save_batch_norm_steps(path: Path) -> None:
+    results = {flag: _batch_norm_step(flag) for flag in (True, False)}
+    if distributed.is_writer():
+        torch.save(results, path)
+
+
+def test_ranks_normalise_by_the_whole_batch_with_sync_batch_norm(tmp_path: Path) -> None:
+    on_ranks(_save_batch_norm_steps, 2, tmp_path / "steps.pt")
+    ranked = torch.load(tmp_path / "steps.pt")
+    alone = _batch_norm_step(False)
+    # the gradient of a step is the mean over ranks of each one's: scaled by the parts' sizes it is the sum
+    for key in ("output", "running_var"):
+        torch.testing.assert_close(ranked[True][key], alone[key], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(ranked[False]["output"], alone["output"], atol=1e-3)  # each part by its own

@@ -30,7 +30,7 @@ def _start(layout: RunLayout, config: Config) -> None:
 
 def test_two_ranks_train_a_run_that_one_process_continues(tmp_path: Path) -> None:
     layout = RunLayout(tmp_path, "ranked")
-    config = tiny_config(epochs=2, nproc_per_node=2)
+    config = tiny_config(epochs=2, nproc_per_node=2, sync_batch_norm=True)
     _start(layout, config)
     seen: list[dict[str, Any]] = []
     train_on_ranks(layout, config, seen.append)
@@ -59,7 +59,11 @@ def _rank_pids(run_dir: Path, rank: int) -> list[int]:
             environment = (entry / "environ").read_bytes().split(b"\0")
         except (OSError, ValueError):
             continue
-        if b"deepcluster.ranks" in command and str(run_dir).encode() in command and f"RANK={rank}".encode() in environment:
+        if (
+            b"deepcluster.ranks" in command
+            and str(run_dir).encode() in command
+            and f"RANK={rank}".encode() in environment
+        ):
             found.append(int(entry.name))
     return found
 
