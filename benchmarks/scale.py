@@ -6,6 +6,10 @@ images, to show the memory does not grow with their number. Epochs: one library 
 with its inputs held in memory and one with them read from their memory-mapped file, side by side.
 Without a folder, a synthetic one is written first: colour JPEGs of random sizes between the input size
 and twice it.
+
+Ranks (`--ranks N`): the embedded sample trained for a few epochs by 1 rank with all the cores' threads and by
+N ranks with a share each (torchrun, gloo), epoch times side by side; the two runs' final assignments compared
+(NMI) and both evaluated; and k-means of one epoch's features on N ranks against one process.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ def _ingest_child(folder: Path, size: int, workers: int, store_dir: Path, limit:
 def _ingest(folder: Path, size: int, workers: int, limit: int | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="deepcluster-bench-store-") as store_dir:
         arguments = [str(folder), str(size), str(workers), store_dir, str(limit or 0)]
-        command = [sys.executable, "-m", "benchmarks.scale", *arguments]
+        command = [sys.executable, "-m", "benchmarks.scale", "ingest", *arguments]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -95,6 +99,92 @@ def _epochs(folder: Path, size: int, runs_dir: Path) -> dict[str, Any]:
     return results
 
 
+def _ranks(ranks: int, epochs: int, limit: int | None, runs_dir: Path) -> dict[str, Any]:
+    """The sample trained by 1 rank and by `ranks` ranks: epoch seconds, quality, and k-means on the same features
+    by one process and by the ranks. limit: a quick check on the sample's first images, one pass an epoch."""
+    from deepcluster import artifacts, metrics, runs
+    from deepcluster.artifacts import RunLayout
+    from deepcluster.evaluate import evaluate_run, final_scores
+    from deepcluster.ranks import train_on_ranks
+
+    results: dict[str, Any] = {"epochs": epochs, "limit": limit}
+    for count in (1, ranks):
+        quick = {} if limit is None else {"limit": limit, "min_epoch_samples": 0}  # one pass over them an epoch
+        config = Config(epochs=epochs, device="cpu", nproc_per_node=count, **quick)
+        layout = RunLayout(runs_dir, f"ranks-{count}")
+        info = runs.ingest(config, layout)
+        runs.sobel_preprocess(layout, info.image_size)
+        start = time.perf_counter()
+        seen: list[dict[str, Any]] = []
+        train_on_ranks(layout, config, seen.append)
+        last, evaluation = evaluate_run(layout, None, "cpu")
+        results[str(count)] = {
+            "seconds": round(time.perf_counter() - start, 2),
+            "epoch_seconds": [metrics_["stage_seconds"]["epoch"] for metrics_ in seen],
+            "nmi_labels_clustered": seen[-1]["labels"]["nmi"],
+            "nmi_labels_final": round(final_scores(evaluation["epochs"][str(last)])["nmi"], 4),
+        }
+    one, many = (RunLayout(runs_dir, f"ranks-{count}") for count in (1, ranks))
+    last = epochs - 1
+    alone = artifacts.read_clusters(one.assignments(last))
+    results["nmi_between_runs"] = round(metrics.nmi(alone, artifacts.read_clusters(many.assignments(last))), 4)
+    # How far floating-point rounding alone moves a run: the same run in one process on 1 thread.
+    results["nmi_one_thread"] = round(metrics.nmi(alone, _one_thread_assignments(one, config)), 4)
+    results["epoch_ratio"] = round(sum(results[str(ranks)]["epoch_seconds"]) / sum(results["1"]["epoch_seconds"]), 3)
+    results["kmeans"] = _kmeans_on_ranks(one.features(last), ranks, runs_dir / "kmeans.json")
+    return results
+
+
+def _one_thread_assignments(layout: Any, config: Config) -> Any:
+    """The last epoch's assignments of the run's config trained again in this process on one thread."""
+    import torch
+
+    from deepcluster import runs
+    from deepcluster.epoch import run_epoch
+
+    threads = torch.get_num_threads()
+    runtime.configure_torch(config)
+    torch.set_num_threads(1)
+    try:
+        session = runs.open_session(layout, config.model_copy(update={"nproc_per_node": 1}), 0, torch.device("cpu"))
+        for epoch in range(config.epochs):
+            run_epoch(session, epoch, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return session.previous_assignments
+
+
+def _kmeans_on_ranks(features_path: Path, ranks: int, out: Path) -> dict[str, Any]:
+    """k-means (k=30, k-means++) of one epoch's features by one process and by `ranks` ranks: agreement, objective."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+    command += ["-m", "benchmarks.scale", "kmeans", str(features_path), str(out)]
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    ranked = json.loads(out.read_text())
+    alone = _kmeans_child(features_path)
+    same = float(np.mean(np.asarray(alone["assignments"]) == np.asarray(ranked["assignments"])))
+    return {
+        "ranks": ranks,
+        "identical_assignments": round(same, 5),
+        "objective_one": alone["loss"],
+        "objective_ranks": ranked["loss"],
+        "objective_relative_difference": abs(ranked["loss"] - alone["loss"]) / alone["loss"],
+    }
+
+
+def _kmeans_child(features_path: Path) -> dict[str, Any]:
+    """k-means of the features on this rank's shard (in a process group: every rank's together)."""
+    import torch
+
+    from deepcluster import artifacts, distributed
+    from deepcluster.kmeans import kmeans
+
+    features = torch.from_numpy(artifacts.read_features(features_path))
+    mine = features[distributed.shard(len(features))]
+    clustering = kmeans(mine, 30, torch.Generator().manual_seed(0), 20, "k-means++")
+    assignments = distributed.all_gather_rows(clustering.assignments)
+    return {"assignments": assignments.tolist(), "loss": clustering.loss}
+
+
 @contextmanager
 def _store_dir(path: Path) -> Iterator[None]:
     """Runs ingest into `path` meanwhile, not into the user's input store."""
@@ -110,9 +200,18 @@ def _store_dir(path: Path) -> Iterator[None]:
 
 
 def bench_scale(
-    images: int, size: int, workers: int, folder: Path | None, epochs: bool, json_path: Path | None
+    images: int,
+    size: int,
+    workers: int,
+    folder: Path | None,
+    epochs: bool,
+    json_path: Path | None,
+    ranks: int = 1,
+    rank_epochs: int = 3,
+    rank_images: int | None = None,
 ) -> dict[str, Any]:
-    """Time ingest with 1 and `workers` processes (and a quarter of the images), and optionally the epochs."""
+    """Time ingest with 1 and `workers` processes (and a quarter of the images), and optionally the epochs and
+    1 rank against `ranks`."""
     scratch = Path(tempfile.mkdtemp(prefix="deepcluster-bench-scale-"))
     try:
         if folder is None:
@@ -129,6 +228,8 @@ def bench_scale(
         if epochs:
             with _store_dir(scratch / "store"):
                 summary["epochs"] = _epochs(folder, size, scratch / "runs")
+        if ranks > 1:
+            summary["ranks"] = _ranks(ranks, rank_epochs, rank_images, scratch / "rank-runs")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(format_scale(summary))
@@ -154,10 +255,37 @@ def format_scale(summary: dict[str, Any]) -> str:
             f"one epoch: inputs held {epochs['held']['seconds']:.2f} s, streamed {epochs['streamed']['seconds']:.2f} s "
             f"(ratio {epochs['streamed_over_held']:.3f}); same train loss: {'yes' if epochs['same_loss'] else 'NO'}"
         )
+    if "ranks" in summary:
+        ranked = summary["ranks"]
+        count = ranked["kmeans"]["ranks"]
+        one, many = ranked["1"], ranked[str(count)]
+        lines.append(
+            f"the sample, {ranked['epochs']} epochs: 1 rank {sum(one['epoch_seconds']):.1f} s of epochs, {count} ranks "
+            f"{sum(many['epoch_seconds']):.1f} s (ratio {ranked['epoch_ratio']:.3f}); NMI between their final "
+            f"assignments {ranked['nmi_between_runs']:.3f} (1 rank against itself on 1 thread: "
+            f"{ranked['nmi_one_thread']:.3f}); final NMI vs labels {one['nmi_labels_final']:.3f} / "
+            f"{many['nmi_labels_final']:.3f}"
+        )
+        kmeans = ranked["kmeans"]
+        lines.append(
+            f"k-means of the same features, 1 process vs {count} ranks: {kmeans['identical_assignments']:.2%} "
+            f"identical assignments, objective difference {kmeans['objective_relative_difference']:.2e} (relative)"
+        )
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    folder_arg, size_arg, workers_arg, store_arg, limit_arg = sys.argv[1:6]
-    result = _ingest_child(Path(folder_arg), int(size_arg), int(workers_arg), Path(store_arg), int(limit_arg) or None)
-    print(json.dumps(result))
+    if sys.argv[1] == "kmeans":  # a rank of _kmeans_on_ranks, started by torchrun
+        from deepcluster import distributed
+
+        distributed.start(__import__("torch").device("cpu"))
+        result = _kmeans_child(Path(sys.argv[2]))
+        if distributed.is_writer():
+            Path(sys.argv[3]).write_text(json.dumps(result))
+        distributed.stop()
+    else:
+        folder_arg, size_arg, workers_arg, store_arg, limit_arg = sys.argv[2:7]
+        result = _ingest_child(
+            Path(folder_arg), int(size_arg), int(workers_arg), Path(store_arg), int(limit_arg) or None
+        )
+        print(json.dumps(result))

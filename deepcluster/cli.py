@@ -19,7 +19,7 @@ import numpy as np
 
 from deepcluster import artifacts, runtime
 from deepcluster.artifacts import RunLayout, default_runs_dir, find_run, list_runs, validate_run_id
-from deepcluster.config import DATASET_NAMES, Config, build_config, load_config_file, recorded_config
+from deepcluster.config import DATASET_NAMES, RANK_KEYS, Config, build_config, load_config_file, recorded_config
 from deepcluster.errors import ConfigError, DeepClusterError, RunError
 from deepcluster.run_metrics import epoch_metrics, flat_metrics, format_table, metric_rows, resolve_epoch
 from deepcluster.stopping import stop_cleanly
@@ -91,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_id")
     resume.add_argument("--epochs", type=int, help="extend the run to this many epochs")
     resume.add_argument("--lr", type=float, help="a new learning rate from the next epoch on (recorded in run.json)")
+    for key in sorted(RANK_KEYS):
+        field = Config.model_fields[key]
+        if field.annotation is bool:
+            flag = argparse.BooleanOptionalAction
+            resume.add_argument("--" + key.replace("_", "-"), action=flag, default=None, help=field.description)
+        else:
+            kind = int if field.annotation is int else str
+            resume.add_argument("--" + key.replace("_", "-"), type=kind, help=field.description)
+
+    join = command("join", help="on another machine: start its ranks of a run that trains on several (nnodes > 1)")
+    join.add_argument("run_id")
+    join.add_argument("--node-rank", type=int, required=True, help="this machine's index, 1..nnodes-1")
 
     command("runs", help="list runs with epochs done and last metrics")
 
@@ -182,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--image-size", type=int, default=64, help="input size the images are stored at (default 64)")
     scale.add_argument("--workers", type=int, default=runtime.cpu_count(), help="decoding processes (default: cores)")
     scale.add_argument("--epochs", action="store_true", help="also time an epoch held in memory against one streamed")
+    scale.add_argument(
+        "--ranks", type=int, default=1, help="also train the sample on 1 rank and on this many (CPU processes)"
+    )
+    scale.add_argument("--rank-epochs", type=int, default=3, help="epochs of each of those runs (default 3)")
+    scale.add_argument(
+        "--rank-images",
+        type=int,
+        help="a quick check: those runs on the sample's first N images, one pass an epoch",
+    )
     scale.add_argument("--json-out", type=Path, help="also write the results to this JSON file")
 
     bench_kmeans = command(
@@ -317,10 +338,16 @@ def command_run(args: argparse.Namespace) -> int:
 def command_resume(args: argparse.Namespace) -> int:
     layout = find_run(args.run_id, args.runs_dir)
     values = recorded_config(artifacts.read_run_record(layout)["config"]).to_json_dict()
-    for key in ("epochs", "lr"):
+    for key in ("epochs", "lr", *sorted(RANK_KEYS)):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     return run_flow(build_config(values, recorded=True), args.run_id, layout.runs_dir, args.progress)
+
+
+def command_join(args: argparse.Namespace) -> int:
+    from deepcluster.ranks import join
+
+    return join(find_run(args.run_id, args.runs_dir), args.node_rank)
 
 
 def command_bench(args: argparse.Namespace) -> int:
@@ -362,12 +389,21 @@ def command_bench_quality(args: argparse.Namespace) -> int:
 def command_bench_scale(args: argparse.Namespace) -> int:
     from benchmarks.scale import bench_scale
 
-    for name in ("images", "workers"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    for name in ("images", "workers", "ranks", "rank_epochs", "rank_images"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.image_size < 8:
         raise ConfigError(f"--image-size must be at least 8, got {args.image_size}")
-    bench_scale(args.images, args.image_size, args.workers, args.folder, args.epochs, args.json_out)
+    bench_scale(
+        args.images,
+        args.image_size,
+        args.workers,
+        args.folder,
+        args.epochs,
+        args.json_out,
+        args.ranks,
+        args.rank_epochs,
+    )
     return 0
 
 
@@ -556,6 +592,7 @@ def command_group(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": command_run,
     "resume": command_resume,
+    "join": command_join,
     "runs": command_runs,
     "inspect": command_inspect,
     "verify": command_verify,

@@ -34,11 +34,12 @@ DATASET_NAMES = ("fashion-mnist-sample", "fashion-mnist", "mnist", "cifar10", "d
 GroupingMethod = Literal["kmeans", "spectral"]
 
 # Keys that may change when an existing run is continued, because they do not change what it has trained:
-# asking for more epochs extends the run, the final grouping is computed from what was trained, and where the
-# inputs are held changes no result. The
+# asking for more epochs extends the run, the final grouping is computed from what was trained, where the
+# inputs are held changes no result, and the epochs to come may be trained by any number of processes. The
 # learning rate may change for the epochs to come (how a run goes on after it diverged); run.json records
 # each such change with the epoch it applies from.
-EXTENDABLE_KEYS = frozenset({"epochs", "grouping", "groups", "lr", "device_budget_gb"})
+RANK_KEYS = frozenset({"nproc_per_node", "nnodes", "master_addr", "master_port", "sync_batch_norm"})
+EXTENDABLE_KEYS = frozenset({"epochs", "grouping", "groups", "lr", "device_budget_gb"}) | RANK_KEYS
 # Keys that say where the dataset's files are, not what the data is (the dataset fingerprint checks
 # that): a run continued from elsewhere records the new values.
 LOCATION_KEYS = frozenset({"data_dir", "download"})
@@ -138,6 +139,22 @@ class Config(BaseModel):
         description="inputs up to this size (GiB) are held in the device's memory; larger ones are read from the "
         "run's input file a batch at a time (same results)",
     )
+    nproc_per_node: int = Field(
+        1,
+        ge=1,
+        description="processes training the run on this machine (torch.distributed ranks, started by torchrun): "
+        "one per GPU on cuda; 1: the run trains in the flow's own process",
+    )
+    nnodes: int = Field(1, ge=1, description="machines training the run together, nproc_per_node ranks each")
+    sync_batch_norm: bool = Field(
+        False,
+        description="with several ranks, batch norm takes its statistics over the whole batch of all ranks (as "
+        "SyncBatchNorm; slower on the CPU) instead of over each rank's part",
+    )
+    master_addr: str = Field(
+        "127.0.0.1", min_length=1, description="address of this machine as the others reach it (nnodes > 1)"
+    )
+    master_port: int = Field(29500, ge=1, le=65535, description="port on master_addr where the ranks meet (nnodes > 1)")
     seed: int = Field(0, ge=0, description="the run's seed: every random draw derives from it")
     deterministic: bool = Field(True, description="torch deterministic algorithms (exact resume on CPU)")
 
@@ -197,6 +214,11 @@ class Config(BaseModel):
                 f"instance_weight > 0 compares two views of each image, so views must be >= 2, got {self.views}"
             )
         return self
+
+    @property
+    def ranks(self) -> int:
+        """The number of processes training the run: nproc_per_node on each of nnodes machines."""
+        return self.nproc_per_node * self.nnodes
 
     def differing_keys(self, other: Config) -> list[str]:
         """Keys whose values differ between two configs, ignoring extendable and location ones."""

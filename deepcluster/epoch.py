@@ -4,7 +4,8 @@
 
 The library runs it as it is (`run_epoch(session, epoch)`, nothing written). The flow runs the same loop with
 each stage as a Prefect task (`stage`) and the epoch's outputs handed to a background writer into its run
-(`outputs`) as soon as they exist, then the epoch's commit.
+(`outputs`) as soon as they exist, then the epoch's commit. Across ranks (`distributed`) every rank runs it,
+and only the writer has `outputs`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from deepcluster import runs, stages
+from deepcluster import distributed, runs, stages
 from deepcluster.kmeans import Clustering
 from deepcluster.reduce import PCAWhitening
 from deepcluster.runtime import timed
@@ -68,8 +69,10 @@ def run_epoch(
     require_finite(features, "features", epoch, config)
     features, pca = run("pca", stages.reduce, features, config.pca_dim)
     require_finite(features, "reduced features (PCA-whitened)", epoch, config)
+    everywhere = distributed.all_gather_rows(features)  # of all ranks (every rank takes part; one process: as is)
     if outputs:
-        outputs.features(epoch, features.cpu().numpy())
+        outputs.features(epoch, everywhere.cpu().numpy())
+    del everywhere
     clusterings = run("kmeans", stages.cluster, features, config, epoch, session.previous_assignments)
     targets = run("targets", stages.training_targets, features, clusterings, config)
     del features

@@ -14,6 +14,12 @@ features do.
 
 Distances are computed in chunks of rows, never as a full N x k matrix. Lloyd's iterations stop
 early once the assignments no longer change: from there every further iteration is the identity.
+
+Across ranks (`distributed`, as DeepCluster-v2 does): `points` is each rank's shard. Each rank assigns its own
+points; the centroids' sums and counts, the changed assignments, the seeding's distances and the empty-cluster
+fix's splits are summed over the ranks, and every random draw is made identically on every rank from the same
+generator over global indices. So the ranks agree on every centroid, and the result is the single-process
+clustering of all the points but for the order of floating-point sums.
 """
 
 from __future__ import annotations
@@ -23,6 +29,14 @@ from dataclasses import dataclass
 
 import torch
 
+from deepcluster.distributed import (
+    all_gather_rows,
+    all_reduce_sum,
+    broadcast_from_writer,
+    is_writer,
+    row_offset,
+    rows_at,
+)
 from deepcluster.errors import InputError, MissingPackageError
 
 PERTURBATION = 1e-4
@@ -38,7 +52,7 @@ class Clustering:
     Once k-means has converged the two sets of centroids are the same.
     """
 
-    assignments: torch.Tensor
+    assignments: torch.Tensor  # of this rank's points (`distributed`); of all points in a single process
     centroids: torch.Tensor
     loss: float
     iterations: int
@@ -70,11 +84,20 @@ def assign(
 
 
 def centroid_means(points: torch.Tensor, assignments: torch.Tensor, num_clusters: int) -> torch.Tensor:
-    """The mean of each cluster's points (k, d); a cluster with no point gets the origin."""
-    sums = torch.zeros((num_clusters, points.shape[1]), dtype=points.dtype, device=points.device)
-    sums.index_add_(0, assignments, points)
-    counts = torch.bincount(assignments, minlength=num_clusters).clamp_(min=1)
-    return sums / counts.unsqueeze(1).to(points.dtype)
+    """The mean of each cluster's points (k, d) over all ranks; a cluster with no point gets the origin."""
+    sums, counts = cluster_totals(points, assignments, num_clusters)
+    return sums / counts.clamp(min=1).unsqueeze(1)
+
+
+def cluster_totals(
+    points: torch.Tensor, assignments: torch.Tensor, num_clusters: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sum of each cluster's points (k, d) and their number (k,), in the points' dtype, over all ranks."""
+    totals = torch.zeros((num_clusters, points.shape[1] + 1), dtype=points.dtype, device=points.device)
+    totals[:, :-1].index_add_(0, assignments, points)
+    totals[:, -1] = torch.bincount(assignments, minlength=num_clusters).to(points.dtype)
+    all_reduce_sum(totals)
+    return totals[:, :-1], totals[:, -1]
 
 
 def fill_empty_clusters(
@@ -82,10 +105,10 @@ def fill_empty_clusters(
 ) -> int:
     """Split non-empty clusters until none is empty. Modifies assignments and centroids in place.
 
-    Returns the number of clusters that were empty. Needs N >= k.
+    Returns the number of clusters that were empty. Needs N >= k (N: the points of all ranks).
     """
     num_clusters = len(centroids)
-    counts = torch.bincount(assignments, minlength=num_clusters)
+    counts = all_reduce_sum(torch.bincount(assignments, minlength=num_clusters))
     empty_clusters = (counts == 0).nonzero().flatten().tolist()
     for empty in empty_clusters:
         # Only clusters with >= 2 points can give some away; one exists while a cluster is empty and N >= k.
@@ -97,14 +120,18 @@ def fill_empty_clusters(
         centroids[donor] = centroid * (1 - PERTURBATION)
         member_points = points[members]
         to_empty = ((member_points - centroids[empty]) ** 2).sum(1) < ((member_points - centroids[donor]) ** 2).sum(1)
-        if to_empty.all() or not to_empty.any():
-            order = torch.randperm(len(members), generator=generator).to(members.device)
-            to_empty = torch.zeros(len(members), dtype=torch.bool, device=members.device)
-            to_empty[order[: len(members) // 2]] = True
+        moving = all_reduce_sum(torch.stack([to_empty.sum(), torch.tensor(len(members), device=to_empty.device)]))
+        if moving[0] == moving[1] or moving[0] == 0:
+            # The split cannot separate them: half of the donor's points (of all ranks), chosen at random, move.
+            offset, total = row_offset(len(members), members.device)
+            order = torch.randperm(total, generator=generator)
+            moved = torch.zeros(total, dtype=torch.bool)
+            moved[order[: total // 2]] = True
+            to_empty = moved[offset : offset + len(members)].to(members.device)
         assignments[members[to_empty]] = empty
-        centroids[empty] = member_points[to_empty].mean(dim=0)
-        centroids[donor] = member_points[~to_empty].mean(dim=0)
-        counts[empty] = int(to_empty.sum())
+        sums, sizes = cluster_totals(member_points, to_empty.long(), 2)
+        centroids[empty], centroids[donor] = sums[1] / sizes[1], sums[0] / sizes[0]
+        counts[empty] = int(sizes[1])
         counts[donor] -= counts[empty]
     return len(empty_clusters)
 
@@ -112,24 +139,26 @@ def fill_empty_clusters(
 def kmeans_plus_plus(
     points: torch.Tensor, num_clusters: int, generator: torch.Generator, point_norms: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Greedy k-means++ seeding: (k, d) initial centroids, rows of `points`. generator: a CPU generator."""
+    """Greedy k-means++ seeding: (k, d) initial centroids, points of any rank. generator: a CPU generator."""
     if point_norms is None:
         point_norms = (points * points).sum(dim=1)
+    offset, total = row_offset(len(points), points.device)
     trials = 2 + int(math.log(num_clusters))
-    first = int(torch.randint(len(points), (1,), generator=generator))
+    first = int(torch.randint(total, (1,), generator=generator))
     chosen = [first]
-    nearest = _squared_distances(points, points[first : first + 1], point_norms)[:, 0]
+    nearest = _squared_distances(points, rows_at(points, torch.tensor([first]), offset), point_norms)[:, 0]
     for _ in range(1, num_clusters):
-        weights = nearest.double().cpu()
+        weights = all_gather_rows(nearest).double().cpu()
         if weights.sum() <= 0:  # every point sits on a centroid already: any unused point will do
             weights = torch.ones_like(weights)
             weights[chosen] = 0
-        candidates = torch.multinomial(weights, trials, replacement=True, generator=generator).to(points.device)
-        distances = torch.minimum(nearest.unsqueeze(1), _squared_distances(points, points[candidates], point_norms))
-        best = int(distances.sum(dim=0).argmin())
+        candidates = torch.multinomial(weights, trials, replacement=True, generator=generator)
+        others = rows_at(points, candidates, offset)
+        distances = torch.minimum(nearest.unsqueeze(1), _squared_distances(points, others, point_norms))
+        best = int(all_reduce_sum(distances.sum(dim=0)).argmin())
         chosen.append(int(candidates[best]))
         nearest = distances[:, best]
-    return points[torch.tensor(chosen, device=points.device)].clone()
+    return rows_at(points, torch.tensor(chosen), offset).clone()
 
 
 def _squared_distances(points: torch.Tensor, others: torch.Tensor, point_norms: torch.Tensor) -> torch.Tensor:
@@ -150,7 +179,7 @@ def kmeans(
 
     generator: a CPU torch.Generator; every random draw (initialisation, empty-cluster fixes) uses it.
     """
-    num_points = len(points)
+    offset, num_points = row_offset(len(points), points.device)
     if num_clusters < 2:
         raise InputError(f"k-means needs k >= 2, got {num_clusters}")
     if num_clusters > num_points:
@@ -165,8 +194,8 @@ def kmeans(
     elif init == "k-means++":
         centroids = kmeans_plus_plus(points, num_clusters, generator, point_norms)
     elif init == "random":
-        initial = torch.randperm(num_points, generator=generator)[:num_clusters].to(points.device)
-        centroids = points[initial].clone()
+        initial = torch.randperm(num_points, generator=generator)[:num_clusters]
+        centroids = rows_at(points, initial, offset).clone()
     else:
         raise InputError(f"unknown k-means initialisation {init!r}: expected 'random' or 'k-means++'")
     previous = None
@@ -176,39 +205,57 @@ def kmeans(
         assignments, _ = assign(points, centroids, point_norms)
         refilled = fill_empty_clusters(points, assignments, centroids, generator)
         assigned_to = centroids
-        if not refilled and previous is not None and torch.equal(assignments, previous):
+        if not refilled and previous is not None and not _changed(assignments, previous):
             break  # converged: the centroids below would equal the current ones
         centroids = centroid_means(points, assignments, num_clusters)
         previous = assignments
     return Clustering(assignments, centroids, _loss(points, assignments, centroids), done, assigned_to)
 
 
+def _changed(assignments: torch.Tensor, previous: torch.Tensor) -> bool:
+    """Whether any point of any rank changed cluster."""
+    changed = torch.tensor(int(not torch.equal(assignments, previous)), device=assignments.device)
+    return bool(all_reduce_sum(changed))
+
+
 def _loss(points: torch.Tensor, assignments: torch.Tensor, centroids: torch.Tensor) -> float:
-    """Mean squared distance of each point to the centroid it is assigned to."""
-    return float(((points - centroids[assignments]) ** 2).sum(dim=1).mean())
+    """Mean squared distance of each point (of all ranks) to the centroid it is assigned to."""
+    totals = torch.stack(
+        [((points - centroids[assignments]) ** 2).sum(), torch.tensor(len(points), device=points.device)]
+    ).double()
+    all_reduce_sum(totals)
+    return float(totals[0] / totals[1])
 
 
 def faiss_kmeans(
     points: torch.Tensor, num_clusters: int, seed: int, iterations: int = 20, init: str | torch.Tensor = "random"
 ) -> Clustering:
     """The same clustering with faiss (optional backend), then the empty-cluster fix for safety.
-    init: 'random' (faiss's own), 'k-means++' (this module's seeding) or (k, d) initial centroids."""
+    init: 'random' (faiss's own), 'k-means++' (this module's seeding) or (k, d) initial centroids.
+    Across ranks, faiss clusters the points of all ranks on the writer, and the ranks assign their own."""
     try:
         import faiss
     except ImportError:
         raise MissingPackageError("kmeans_backend='faiss' needs the faiss package: pip install faiss-cpu") from None
-    data = points.detach().float().cpu().contiguous().numpy()
-    model = faiss.Kmeans(data.shape[1], num_clusters, niter=iterations, seed=seed % 2**31, verbose=False)
     generator = torch.Generator().manual_seed(seed)
     if isinstance(init, str) and init == "k-means++":
         init = kmeans_plus_plus(points, num_clusters, generator)
-    if isinstance(init, torch.Tensor):
-        model.train(data, init_centroids=init.float().cpu().contiguous().numpy())
-    else:
-        model.train(data)
-    centroids = torch.from_numpy(model.centroids).to(points.device)
+    everything = all_gather_rows(points)
+    centroids = torch.zeros((num_clusters, points.shape[1]), dtype=torch.float32)
+    ran = torch.tensor([iterations])
+    if is_writer():
+        data = everything.detach().float().cpu().contiguous().numpy()
+        model = faiss.Kmeans(data.shape[1], num_clusters, niter=iterations, seed=seed % 2**31, verbose=False)
+        if isinstance(init, torch.Tensor):
+            model.train(data, init_centroids=init.float().cpu().contiguous().numpy())
+        else:
+            model.train(data)
+        centroids = torch.from_numpy(model.centroids)
+        ran[0] = iterations if model.obj is None else len(model.obj)  # faiss stops early when converged
+    del everything
+    centroids = broadcast_from_writer(centroids.to(points.device)).to(points.dtype)
+    ran = broadcast_from_writer(ran.to(points.device))
     assignments, _ = assign(points, centroids)
     fill_empty_clusters(points, assignments, centroids, generator)
     means = centroid_means(points, assignments, num_clusters)
-    ran = iterations if model.obj is None else len(model.obj)  # faiss stops early when converged
-    return Clustering(assignments, means, _loss(points, assignments, means), ran, centroids)
+    return Clustering(assignments, means, _loss(points, assignments, means), int(ran), centroids)

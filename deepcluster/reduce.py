@@ -2,6 +2,8 @@
 
 Computed in torch on the features' device. The covariance (D x D) is accumulated in float64 for
 a stable eigendecomposition; the features themselves stay float32 and are never copied centred.
+Across ranks (`distributed`), each holding a shard of the features, the sums are summed over the ranks, so
+every rank fits the same PCA, that of all the features.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from deepcluster.distributed import all_reduce_sum
 from deepcluster.errors import InputError
 
 EIGENVALUE_FLOOR = 1e-8  # relative to the largest eigenvalue: keeps whitening finite on rank-deficient data
@@ -35,13 +38,16 @@ def apply_reduction(features: torch.Tensor, pca: PCAWhitening | None) -> torch.T
 
 def fit_pca_whitening(features: torch.Tensor, dim: int) -> PCAWhitening:
     """Fit a whitening PCA to `dim` dimensions on features (N, D)."""
-    num_points, feature_dim = features.shape
+    feature_dim = features.shape[1]
+    sums = torch.cat([features.sum(dim=0), torch.tensor([len(features)], device=features.device)]).double()
+    all_reduce_sum(sums)
+    num_points = int(sums[-1])
     if not 0 < dim <= feature_dim:
         raise InputError(f"PCA dimension {dim} must be in 1..{feature_dim} (the feature dimension)")
     if num_points < 2:
         raise InputError(f"PCA needs at least 2 points, got {num_points}")
-    mean = features.mean(dim=0)
-    gram = (features.T @ features).double()
+    mean = (sums[:-1] / num_points).to(features.dtype)
+    gram = all_reduce_sum((features.T @ features).double())
     covariance = (gram - num_points * torch.outer(mean.double(), mean.double())) / (num_points - 1)
     eigenvalues, eigenvectors = torch.linalg.eigh(covariance)  # ascending
     eigenvalues, eigenvectors = eigenvalues.flip(0)[:dim], eigenvectors.flip(1)[:, :dim]

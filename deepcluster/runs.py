@@ -189,7 +189,8 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-TRAINING_CHANGES = frozenset({"lr"})  # extendable keys whose changes run.json records under `changes`
+# extendable keys whose changes run.json records under `changes`
+TRAINING_CHANGES = frozenset({"lr", "nproc_per_node", "nnodes", "sync_batch_norm"})
 
 
 def stored_images(layout: RunLayout) -> ImageSet:

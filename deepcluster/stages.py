@@ -2,17 +2,21 @@
 optimizer, the previous epoch's assignments) or on tensors: extract, reduce, cluster, training targets,
 resample, retrain, score. `epoch.run_epoch` chains them. The algorithm itself lives in the modules called
 here (features, reduce, kmeans, neighbours, sampling, train, metrics).
+
+Across ranks (`distributed`), extract, reduce and cluster work on this rank's shard of the images, and
+cluster returns the cluster ids of all images; from there every rank has the same targets and the same
+resample, and retrain trains on this rank's part of every batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 
-from deepcluster import metrics
+from deepcluster import distributed, metrics
 from deepcluster.config import Config
 from deepcluster.errors import DivergedError
 from deepcluster.features import extract_features
@@ -42,9 +46,9 @@ class Session:
 
 
 def extract(session: Session, progress: bool | None = None) -> torch.Tensor:
-    """Features (N, D) of every image with the current convnet, float32 on the device."""
-    config = session.config
-    return extract_features(session.model, session.inputs, config.batch_size, progress, session.bf16)
+    """Features (N, D) of every image of this rank's shard with the current convnet, float32 on the device."""
+    inputs = session.inputs[distributed.shard(len(session.inputs))]
+    return extract_features(session.model, inputs, session.config.batch_size, progress, session.bf16)
 
 
 def reduce(features: torch.Tensor, pca_dim: int | None) -> tuple[torch.Tensor, PCAWhitening | None]:
@@ -56,10 +60,14 @@ def reduce(features: torch.Tensor, pca_dim: int | None) -> tuple[torch.Tensor, P
 
 
 def cluster(points: torch.Tensor, config: Config, epoch: int, previous: np.ndarray | None = None) -> list[Clustering]:
-    """One k-means with the empty-cluster fix per head, each seeded per (run, epoch, head).
+    """One k-means with the empty-cluster fix per head, each seeded per (run, epoch, head), of the points of all
+    ranks; each clustering's assignments are those of all points.
 
-    previous: the previous epoch's assignments (head 0), for kmeans_init='previous'.
+    points: this rank's shard. previous: the previous epoch's assignments (head 0, all images), for
+    kmeans_init='previous'.
     """
+    if previous is not None:
+        previous = previous[distributed.shard(len(previous))]
     clusterings = []
     for head, num_clusters in enumerate(head_clusters(config)):
         name = _per_head("kmeans", head)
@@ -74,7 +82,7 @@ def cluster(points: torch.Tensor, config: Config, epoch: int, previous: np.ndarr
         else:
             generator = stage_generator(config.seed, epoch, name)
             clusterings.append(kmeans(points, num_clusters, generator, config.kmeans_iters, init))
-    return clusterings
+    return [replace(each, assignments=distributed.all_gather_rows(each.assignments)) for each in clusterings]
 
 
 def head_clusters(config: Config) -> list[int]:
@@ -84,10 +92,10 @@ def head_clusters(config: Config) -> list[int]:
 
 def training_targets(points: torch.Tensor, clusterings: list[Clustering], config: Config) -> list[torch.Tensor]:
     """Each clustering's training targets: its cluster ids, or (config.neighbours > 0) soft targets, the
-    share of each cluster among an image and its nearest neighbours in `points`."""
+    share of each cluster among an image and its nearest neighbours in `points` (of all ranks)."""
     if config.neighbours == 0:
         return [clustering.assignments for clustering in clusterings]
-    neighbours = nearest_neighbours(points, config.neighbours)
+    neighbours = nearest_neighbours(distributed.all_gather_rows(points), config.neighbours)
     return [
         neighbour_targets(clustering.assignments, neighbours, len(clustering.centroids)) for clustering in clusterings
     ]
@@ -124,11 +132,11 @@ def retrain(
             head = ClusterHead(session.model.feature_dim, len(clustering.centroids))
             head.reset_parameters(stage_generator(config.seed, epoch, _per_head("head", index)))
             heads.append(head.to(device))
-    augment_generator = stage_generator(config.seed, epoch, "augment", device)
-    # Dropout draws from torch's global generator: fork it, seeded per (run, epoch), so the
+    augment_generator = stage_generator(config.seed, epoch, "augment", device)  # ranks draw for whole batches
+    # Dropout draws from torch's global generator: fork it, seeded per (run, epoch, rank), so the
     # global state outside is untouched and a re-run epoch draws the same masks.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(stage_seed(config.seed, epoch, "dropout"))
+        torch.manual_seed(stage_seed(config.seed, epoch, distributed.per_rank("dropout")))
         return train_epoch(
             session.model,
             heads,

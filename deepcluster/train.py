@@ -3,6 +3,8 @@
 Augmentation is done in batch on the device: random resized crops, rotations and horizontal flips,
 as one affine resampling per image, all drawn from an explicit generator. The learning rate follows
 an optional linear warm-up and cosine decay, set before every step from the run's progress.
+Across ranks (`distributed`), each batch is split between the ranks and their gradients are averaged
+(DistributedDataParallel), so a step is that of the whole batch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepcluster import distributed
 from deepcluster.config import Config
 from deepcluster.loader import gather, prefetched
 from deepcluster.models import DeepClusterNet, to_unit_range
@@ -38,16 +41,25 @@ def augment_crops(
     scale: tuple[float, float],
     flip: bool,
     rotation: float = 0.0,
+    among: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Augment float images (N, C, H, W): crop a random area fraction in `scale` with aspect ratio
     in [3/4, 4/3], rotate it by up to +-`rotation` degrees, resize back to (H, W), and mirror half
     of them. generator: on the images' device. Pixels from outside the image are reflections.
+
+    among: (offset, total) when the images are rows offset..offset+N of a batch of `total`: the random draws
+    are made for the whole batch and these rows take theirs, so ranks that split a batch augment it as one
+    process does.
     """
     num_images = len(images)
     device = images.device
+    offset, total = among if among is not None else (0, num_images)
+
+    def draw() -> torch.Tensor:
+        return torch.rand(total, generator=generator, device=device)[offset : offset + num_images]
 
     def uniform(low: float, high: float) -> torch.Tensor:
-        return torch.rand(num_images, generator=generator, device=device) * (high - low) + low
+        return draw() * (high - low) + low
 
     area = uniform(*scale)
     log_ratio = uniform(math.log(ASPECT_RATIO_RANGE[0]), math.log(ASPECT_RATIO_RANGE[1]))
@@ -55,7 +67,7 @@ def augment_crops(
     height = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
     center_x = uniform(-1.0, 1.0) * (1 - width)
     center_y = uniform(-1.0, 1.0) * (1 - height)
-    mirror = torch.rand(num_images, generator=generator, device=device) < 0.5
+    mirror = draw() < 0.5
     sign = torch.where(mirror, -1.0, 1.0) if flip else torch.ones(num_images, device=device)
     angle = uniform(-math.radians(rotation), math.radians(rotation))
     cos, sin = angle.cos(), angle.sin()
@@ -113,6 +125,34 @@ def autocast(device: torch.device, bf16: bool) -> AbstractContextManager[object]
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
+class Trainee(nn.Module):
+    """The convnet and the epoch's heads as one module (what DistributedDataParallel wraps): views -> the
+    convnet's features (float32) and each head's logits. bf16: autocast the convnet."""
+
+    def __init__(self, model: DeepClusterNet, heads: list[nn.Module], bf16: bool) -> None:
+        super().__init__()
+        self.model, self.heads, self.bf16 = model, nn.ModuleList(heads), bf16
+
+    def forward(self, views: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        with autocast(views.device, self.bf16):
+            features = self.model(views.contiguous(memory_format=torch.channels_last)).float()
+        return features, [head(features) for head in self.heads]
+
+
+def rank_batches(sample: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, int, int]]:
+    """This rank's part of each batch of `sample`, with where it lies in the batch: (indices, offset, batch size).
+    A batch too small to give every rank two images is skipped by all ranks (batch norm needs two), so every rank
+    runs the same steps."""
+    size = distributed.world_size()
+    parts = []
+    for batch in sample.split(batch_size):
+        if len(batch) >= 2 * size:
+            bounds = [len(batch) * index // size for index in range(size + 1)]
+            start, stop = bounds[distributed.rank()], bounds[distributed.rank() + 1]
+            parts.append((batch[start:stop], start, len(batch)))
+    return parts
+
+
 def train_epoch(
     model: DeepClusterNet,
     heads: list[nn.Module],
@@ -136,30 +176,32 @@ def train_epoch(
     """
     device = next(model.parameters()).device
     model.train()
+    trainee = distributed.synchronized(Trainee(model, heads, bf16), config.sync_batch_norm)
     head_parameters = [parameter for head in heads for parameter in head.parameters()]
     optimizers = [optimizer]
     if head_parameters:
         optimizers.append(torch.optim.SGD(head_parameters, lr=learning_rate(config), weight_decay=config.weight_decay))
     pseudo_labels = [labels.to(device) for labels in pseudo_labels]
     total_loss = torch.zeros((), device=device)
-    batches = [batch for batch in sample.to(device).split(config.batch_size) if len(batch) > 1]
+    mine = rank_batches(sample, config.batch_size)
+    batches = [batch.to(device) for batch, _, _ in mine]
     streamed = inputs.device != device
-    where = [batch for batch in sample.to(inputs.device).split(config.batch_size) if len(batch) > 1]
+    where = [batch.to(inputs.device) for batch, _, _ in mine]
     gathered = prefetched(where, lambda batch: gather(inputs, batch, device), ahead=streamed)
-    for step, (batch, rows) in enumerate(zip(progress_bar(batches, "train", "batch", progress, leave=False), gathered)):
+    steps = progress_bar(batches, "train", "batch", progress, leave=False)
+    for step, (batch, rows, (_, offset, total)) in enumerate(zip(steps, gathered, mine)):
         rate = scheduled_learning_rate(config, epoch + step / len(batches))
         images = to_unit_range(rows)
         views = torch.cat(
             [
-                augment_crops(images, generator, config.crop_scale, config.flip, config.rotation)
+                augment_crops(images, generator, config.crop_scale, config.flip, config.rotation, (offset, total))
                 for _ in range(config.views)
             ]
         )
-        with autocast(device, bf16):
-            features = model(views.contiguous(memory_format=torch.channels_last)).float()
+        features, logits = trainee(views)
         losses = [
-            F.cross_entropy(head(features), torch.cat([labels[batch]] * config.views))
-            for head, labels in zip(heads, pseudo_labels, strict=True)
+            F.cross_entropy(each, torch.cat([labels[batch]] * config.views))
+            for each, labels in zip(logits, pseudo_labels, strict=True)
         ]
         loss = torch.stack(losses).mean()
         if config.instance_weight > 0:
@@ -173,4 +215,5 @@ def train_epoch(
         for each in optimizers:
             each.step()
         total_loss += loss.detach()
-    return TrainResult(loss=float(total_loss) / max(1, len(batches)), batches=len(batches))
+    mean_loss = distributed.all_reduce_sum(total_loss) / distributed.world_size()  # the same on every rank
+    return TrainResult(loss=float(mean_loss) / max(1, len(batches)), batches=len(batches))

@@ -12,6 +12,7 @@ import base64
 import re
 import time
 import uuid
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -22,7 +23,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 import tasks
-from deepcluster import artifacts, runs
+from deepcluster import artifacts, ranks, runs
 from deepcluster.artifacts import ArtifactWriter, RunLayout, RunLock, default_runs_dir, device_lock
 from deepcluster.config import Config, build_config
 from deepcluster.epoch import run_epoch
@@ -97,9 +98,11 @@ def deepcluster_flow(
     device = _device_name(resolve_device(config.device))
 
     def waiting(holder: str) -> None:
-        logger.info("device %s is busy (%s): waiting for it", device, holder)
+        logger.info("a device of the run is busy (%s): waiting for it", holder)
 
-    with RunLock(layout), device_lock(device, layout.run_id, on_wait=waiting):
+    with RunLock(layout), ExitStack() as devices:
+        for name in _devices_of_ranks(device, config):
+            devices.enter_context(device_lock(name, layout.run_id, on_wait=waiting))
         info = tasks.ingest(config, layout)
         _record_flow_run(layout)
         tasks.sobel_preprocess(layout, info.image_size)
@@ -111,17 +114,24 @@ def deepcluster_flow(
             "run %s: epochs %d..%d of %s on %s", layout.run_id, first_epoch, config.epochs - 1, layout.root, device
         )
         rows = metric_rows(layout)
-        if first_epoch < config.epochs:
+
+        def publish(metrics: dict[str, Any], done: str) -> None:
+            rows.append(flat_metrics(metrics))
+            logger.info("epoch %d %s: %s", metrics["epoch"], done, _epoch_line(rows[-1]))
+            create_table_artifact(
+                table=rows, key=_artifact_key(layout.run_id), description=f"Per-epoch metrics of run {layout.run_id}"
+            )
+
+        if first_epoch < config.epochs and config.ranks > 1:
+            logger.info("training on %d ranks: %s", config.ranks, " ".join(ranks.launch_command(layout, config)))
+            tasks.train_on_ranks(layout, config, lambda metrics: publish(metrics, "committed"), logger.info)
+        elif first_epoch < config.epochs:
             session = tasks.load_session(layout, config, first_epoch, device)
             with ArtifactWriter() as writer:
                 outputs = runs.RunOutputs(layout, writer, session.labels)
                 for epoch in progress_bar(range(first_epoch, config.epochs), "epochs", "epoch", progress):
-                    rows.append(flat_metrics(_run_epoch(layout, session, epoch, outputs, progress)))
-                    logger.info("epoch %d computed (committed in the background): %s", epoch, _epoch_line(rows[-1]))
-                    create_table_artifact(
-                        table=rows,
-                        key=_artifact_key(layout.run_id),
-                        description=f"Per-epoch metrics of run {layout.run_id}",
+                    publish(
+                        _run_epoch(layout, session, epoch, outputs, progress), "computed (committed in the background)"
                     )
                 start = time.perf_counter()
                 writer.flush()
@@ -190,6 +200,13 @@ def _record_flow_run(layout: RunLayout) -> None:
     updated = {**record, "flow_runs": flow_runs, "runs_dir": str(layout.runs_dir.resolve())}
     if updated != record:
         artifacts.write_json(layout.run_json, updated)
+
+
+def _devices_of_ranks(device: str, config: Config) -> list[str]:
+    """The devices this machine's ranks train on: one GPU each (cuda:0, cuda:1, ...), or the one device."""
+    if device.startswith("cuda") and config.nproc_per_node > 1:
+        return [f"cuda:{index}" for index in range(config.nproc_per_node)]
+    return [device]
 
 
 def _device_name(device: torch.device) -> str:

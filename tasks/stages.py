@@ -16,7 +16,7 @@ import torch
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-from deepcluster import grouping, html_report, runs, stages
+from deepcluster import grouping, html_report, ranks, runs, stages
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import Config, GroupingMethod
 from deepcluster.kmeans import Clustering
@@ -95,6 +95,15 @@ def retrain(
 def score_clusters(session: Session, assignments: np.ndarray) -> dict[str, Any]:
     """The clusters' sizes, NMI against the previous epoch and, where labels exist, NMI/ACC/ARI against them."""
     return stages.score_clusters(session, assignments)
+
+
+@stage
+def train_on_ranks(
+    layout: RunLayout, config: Config, on_epoch: Callable[[dict[str, Any]], None], on_output: Callable[[str], None]
+) -> None:
+    """The run's remaining epochs trained by config.ranks processes (torchrun); on_epoch(metrics) as each is
+    committed."""
+    ranks.train_on_ranks(layout, config, on_epoch, on_output)
 
 
 # The task of each epoch stage (epoch.run_epoch calls these functions)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,3 +74,36 @@ CLI_ARGS = [
     "7",
     "--no-progress",
 ]
+
+
+def free_port() -> int:
+    """A TCP port free on this machine right now."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def on_ranks(function: Callable[..., None], ranks: int, *args: object) -> None:
+    """function(*args) in `ranks` new processes joined in one gloo process group (as torchrun starts them)."""
+    import torch.multiprocessing
+
+    port = free_port()
+    torch.multiprocessing.spawn(_rank_main, (function, ranks, port, args), nprocs=ranks)
+
+
+def _rank_main(rank: int, function: Callable[..., None], ranks: int, port: int, args: tuple[object, ...]) -> None:
+    import os
+
+    import torch
+
+    from deepcluster import distributed
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(ranks), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    distributed.start(torch.device("cpu"))
+    try:
+        function(*args)
+    finally:
+        distributed.stop()

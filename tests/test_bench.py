@@ -103,3 +103,16 @@ def test_bench_scale_ingests_in_child_processes_and_reports_memory(tmp_path: Pat
     assert whole["store_bytes"] > quarter["store_bytes"] and whole["peak_rss_mb"] > 50
     assert "images/s" in capsys.readouterr().out
     assert main(["bench-scale", "--workers", "0"]) == 2
+    assert main(["bench-scale", "--rank-images", "0"]) == 2
+
+
+def test_bench_scale_compares_one_rank_with_two(tmp_path: Path, capsys):
+    out = tmp_path / "scale.json"
+    arguments = ["--images", "4", "--image-size", "16", "--workers", "1", "--json-out", str(out)]
+    assert main(["bench-scale", *arguments, "--ranks", "2", "--rank-epochs", "2", "--rank-images", "300"]) == 0
+    ranked = json.loads(out.read_text())["ranks"]
+    assert len(ranked["1"]["epoch_seconds"]) == len(ranked["2"]["epoch_seconds"]) == 2
+    assert 0 < ranked["nmi_between_runs"] <= 1 and ranked["epoch_ratio"] > 0
+    assert ranked["kmeans"]["identical_assignments"] >= 0.999
+    assert ranked["kmeans"]["objective_relative_difference"] < 1e-4
+    assert "k-means of the same features, 1 process vs 2 ranks" in capsys.readouterr().out

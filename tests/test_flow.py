@@ -81,6 +81,28 @@ def test_rerunning_a_finished_run_changes_nothing_and_more_epochs_extend_it(fini
     assert (tmp_path / "tiny" / "epochs" / "0001" / "manifest.json").read_text() == before
 
 
+def test_flow_continues_a_run_on_two_ranks(finished_run: Path, tmp_path: Path):
+    """As a deployment run does with the parameter overrides={"nproc_per_node": 2}."""
+    from prefect.artifacts import Artifact
+
+    from flows.deepcluster_flow import deepcluster_flow
+
+    shutil.copytree(finished_run / "tiny", tmp_path / "tiny")
+    overrides = {"nproc_per_node": 2, "epochs": 3}
+    result = deepcluster_flow(config=tiny_config(), run_id="tiny", runs_dir=str(tmp_path), overrides=overrides)
+    layout = RunLayout(tmp_path, "tiny")
+    assert layout.completed_epochs() == [0, 1, 2] and result["last_epoch"]["epoch"] == 2
+    assert json.loads(layout.run_json.read_text())["changes"][-1] == {
+        "from_epoch": 2,
+        "key": "nproc_per_node",
+        "from": 1,
+        "to": 2,
+    }
+    table = Artifact.get("deepcluster-tiny")
+    assert table is not None and [row["epoch"] for row in json.loads(table.data)] == [0, 1, 2]
+    artifacts.check_run(layout)
+
+
 def test_flow_refuses_a_changed_config(finished_run: Path):
     from flows.deepcluster_flow import deepcluster_flow
 

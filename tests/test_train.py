@@ -127,3 +127,14 @@ def test_train_epoch_sets_the_scheduled_rate_before_every_step():
     labels = torch.zeros((1, 8), dtype=torch.int64)
     train_epoch(model, [ClusterHead(512, 2)], optimizer, inputs, labels, torch.arange(8), config, 1, torch.Generator())
     assert optimizer.param_groups[0]["lr"] == pytest.approx(learning_rate(config) * 1.5 / 2)  # step 2 of 2 in epoch 1
+
+
+def test_parts_of_a_batch_are_augmented_as_the_whole_batch():
+    """Ranks that split a batch draw its augmentations as one process does."""
+    images = torch.rand(10, 2, 12, 12, generator=torch.Generator().manual_seed(0))
+    whole = augment_crops(images, torch.Generator().manual_seed(4), (0.5, 1.0), True, 20.0)
+    parts = [
+        augment_crops(images[start:stop], torch.Generator().manual_seed(4), (0.5, 1.0), True, 20.0, (start, 10))
+        for start, stop in ((0, 3), (3, 10))
+    ]
+    torch.testing.assert_close(torch.cat(parts), whole)
