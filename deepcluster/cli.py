@@ -1,4 +1,4 @@
-"""The `deepcluster` command: run, resume, runs, inspect, verify, evaluate, report, compare, predict, group,
+"""The `deepcluster` command: run, resume, join, runs, inspect, verify, evaluate, report, compare, predict, group,
 bench, bench-quality, bench-kmeans and bench-scale (`deepcluster --help`).
 
 Only `run`, `resume`, `bench` and `bench-quality` import Prefect (the flow), inside the command, so the other

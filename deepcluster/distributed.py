@@ -26,6 +26,9 @@ WRITER = 0  # the rank that writes the run's files
 TIMEOUT_SECONDS = 1800  # a collective not met by every rank in this time fails the run (a rank died or hangs)
 
 
+_groups: dict[str, Any] = {}  # process groups by use
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
@@ -45,11 +48,10 @@ def start(device: torch.device) -> None:
     if missing:
         raise ConfigError(f"a distributed run is started by torchrun, which sets {', '.join(missing)}: not set here")
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     dist.init_process_group(backend, timeout=timedelta(seconds=TIMEOUT_SECONDS), device_id=_device_id(device))
     _groups["batch_norm"] = dist.new_group()  # its own, so its collectives never interleave with the gradients'
-
-
-_groups: dict[str, Any] = {}  # process groups by use
 
 
 def stop() -> None:
@@ -63,9 +65,10 @@ def _device_id(device: torch.device) -> torch.device | None:
 
 
 def rank_device(device: torch.device) -> torch.device:
-    """The device of this rank: its local GPU (LOCAL_RANK) for cuda, the CPU otherwise."""
-    if device.type == "cuda" and world_size() > 1:
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    """The device of this rank (before `start`): its machine's GPU number LOCAL_RANK (set by torchrun) for cuda,
+    the CPU otherwise."""
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
 
 

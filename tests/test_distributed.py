@@ -94,6 +94,12 @@ def test_collectives_gather_shards_of_different_sizes(tmp_path: Path) -> None:
     assert result["picked"].flatten().tolist() == [104, 0, 101]
 
 
+def test_each_rank_of_a_machine_takes_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCAL_RANK", "3")  # as torchrun sets it, before the process group exists
+    assert distributed.rank_device(torch.device("cuda")) == torch.device("cuda", 3)
+    assert distributed.rank_device(torch.device("cpu")) == torch.device("cpu")
+
+
 def test_a_single_process_is_a_world_of_one() -> None:
     rows = torch.arange(5)
     assert distributed.world_size() == 1 and distributed.is_writer()
