@@ -6,8 +6,8 @@ the writer writes and commits every epoch exactly as a single process does, so a
 committed epoch on any number of ranks, and the run's files are the same either way.
 
 The run must exist first (ingested, preprocessed, checked: the flow does it), and every machine must see its
-directory at the same path (a shared filesystem). Every rank reads the config from run.json, which holds the
-config the run goes on with. Other machines join with `deepcluster join` (nnodes > 1).
+directory (a shared file system; each machine may mount it at its own path). Every rank reads the config from
+run.json, which holds the config the run goes on with. Other machines join with `deepcluster join` (nnodes > 1).
 """
 
 from __future__ import annotations
