@@ -4,7 +4,8 @@ Augmentation is done in batch on the device: random resized crops, rotations and
 as one affine resampling per image, all drawn from an explicit generator. The learning rate follows
 an optional linear warm-up and cosine decay, set before every step from the run's progress.
 Across ranks (`distributed`), each batch is split between the ranks and their gradients are averaged
-(DistributedDataParallel), so a step is that of the whole batch.
+(DistributedDataParallel), so a step is that of the whole batch, but for batch norm's statistics, which
+are each rank's own unless config.sync_batch_norm.
 """
 
 from __future__ import annotations
