@@ -147,15 +147,11 @@ def train(layout: RunLayout) -> None:
     try:
         first = len(layout.completed_epochs())
         session = runs.open_session(layout, config, first, device)
-        if not distributed.is_writer():
+        with ArtifactWriter() as writer:
+            outputs = runs.RunOutputs(layout, writer, session.labels) if distributed.is_writer() else None
             for epoch in range(first, config.epochs):
-                run_epoch(session, epoch, progress=False)
-        else:
-            with ArtifactWriter() as writer:
-                outputs = runs.RunOutputs(layout, writer, session.labels)
-                for epoch in range(first, config.epochs):
-                    run_epoch(session, epoch, progress=False, outputs=outputs)
-                writer.flush()
+                run_epoch(session, epoch, progress=False, outputs=outputs)
+            writer.flush()
         distributed.barrier()
     finally:
         distributed.stop()
@@ -164,7 +160,7 @@ def train(layout: RunLayout) -> None:
 def main(argv: list[str] | None = None) -> int:
     """A rank's entry point (torchrun runs `python -m deepcluster.ranks RUN_DIR`)."""
     parser = argparse.ArgumentParser(prog="python -m deepcluster.ranks", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="the run's directory (the same path on every machine)")
+    parser.add_argument("run_dir", type=Path, help="the run's directory (as this machine sees it)")
     args = parser.parse_args(argv)
     run_dir = args.run_dir
     try:

@@ -144,13 +144,11 @@ def rank_batches(sample: torch.Tensor, batch_size: int) -> list[tuple[torch.Tens
     """This rank's part of each batch of `sample`, with where it lies in the batch: (indices, offset, batch size).
     A batch too small to give every rank two images is skipped by all ranks (batch norm needs two), so every rank
     runs the same steps."""
-    size = distributed.world_size()
     parts = []
     for batch in sample.split(batch_size):
-        if len(batch) >= 2 * size:
-            bounds = [len(batch) * index // size for index in range(size + 1)]
-            start, stop = bounds[distributed.rank()], bounds[distributed.rank() + 1]
-            parts.append((batch[start:stop], start, len(batch)))
+        if len(batch) >= 2 * distributed.world_size():
+            mine = distributed.shard(len(batch))
+            parts.append((batch[mine], mine.start, len(batch)))
     return parts
 
 
