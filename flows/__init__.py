@@ -12,6 +12,9 @@ def load_flow() -> Any:
     measures). Importing `flows` alone does not import Prefect."""
     # The temporary server would try to send usage telemetry, which fails (loudly) offline.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Ctrl-C in a terminal reaches the temporary server too, whose services then log their cancelled
+    # database writes as errors with tracebacks. The run's own errors are the client's, and still show.
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     from flows.deepcluster_flow import deepcluster_flow
 
     # Task states show in the UI; on the terminal, the flow's per-epoch lines are enough.
