@@ -2,10 +2,12 @@
 
 Ingest: the same folder decoded into a fresh store once per worker count, each in a child process of its own
 so that its peak memory (its own and its workers') is measured apart; then once more with a quarter of the
-images, to show the memory does not grow with their number. Epochs: one library epoch on the stored folder
-with its inputs held in memory and one with them read from their memory-mapped file, side by side.
-Without a folder, a synthetic one is written first: colour JPEGs of random sizes between the input size
-and twice it.
+images, to show the memory does not grow with their number; and a bare decode-grayscale-resize loop with the same
+processes (`benchmarks.decode`), what ingest is measured against. Epochs: one library epoch on the stored folder
+with its inputs held in memory and one with them read from their file a batch at a time, side by side.
+Growth (`--growth N1,N2,...`): an epoch on the folder's first N images for each N, streamed and held, each in a
+child process, for its peak memory. Without a folder, a synthetic one is written first: colour JPEGs of random
+sizes between the input size and twice it.
 
 Ranks (`--ranks N`): the embedded sample trained for a few epochs by 1 rank with all the cores' threads and by
 N ranks with a share each (torchrun, gloo), epoch times side by side; the two runs' final assignments compared
@@ -15,6 +17,7 @@ N ranks with a share each (torchrun, gloo), epoch times side by side; the two ru
 from __future__ import annotations
 
 import json
+import math
 import os
 import resource
 import shutil
@@ -77,8 +80,16 @@ def _ingest(folder: Path, size: int, workers: int, limit: int | None = None) -> 
     return json.loads(output.strip().splitlines()[-1])
 
 
+def _bare_decode(folder: Path, size: int, workers: int) -> float:
+    """Seconds of a bare decode-grayscale-resize loop over the folder with `workers` processes (`benchmarks.decode`),
+    in a child process that never imports torch."""
+    command = [sys.executable, "-m", "benchmarks.decode", str(folder), str(size), str(workers)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return float(json.loads(output.strip().splitlines()[-1])["seconds"])
+
+
 def _epochs(folder: Path, size: int, runs_dir: Path) -> dict[str, Any]:
-    """One library epoch with the inputs held in memory, one with them memory-mapped: seconds, same losses."""
+    """One library epoch with the inputs held in memory, one with them read from their file: seconds, same losses."""
     from deepcluster import runs
     from deepcluster.artifacts import RunLayout
     from deepcluster.epoch import run_epoch
@@ -97,6 +108,59 @@ def _epochs(folder: Path, size: int, runs_dir: Path) -> dict[str, Any]:
     results["streamed_over_held"] = round(results["streamed"]["seconds"] / results["held"]["seconds"], 3)
     results["same_loss"] = results["streamed"]["train_loss"] == results["held"]["train_loss"]
     return results
+
+
+def _growth(folder: Path, size: int, counts: list[int], samples: int, scratch: Path) -> list[dict[str, Any]]:
+    """A run on the folder's first N images for each N, streamed and held, and its epoch 0 in a child process of
+    its own: seconds and peak memory. Each epoch trains on `samples` images (max_epoch_samples), so that a large N
+    fits a benchmark's time; what grows with N is the rest: extraction, the features, the clustering."""
+    from deepcluster import runs
+    from deepcluster.artifacts import RunLayout
+
+    rows = []
+    with _store_dir(scratch / "store"):
+        for count in counts:
+            for name, budget in (("streamed", 0.0), ("held", 1e6)):
+                config = Config(
+                    dataset=str(folder),
+                    image_size=size,
+                    limit=count,
+                    epochs=1,
+                    device="cpu",
+                    device_budget_gb=budget,
+                    max_epoch_samples=samples,
+                )
+                layout = RunLayout(scratch / "growth", f"{name}-{count}")
+                start = time.perf_counter()
+                runs.sobel_preprocess(layout, runs.ingest(config, layout).image_size)
+                prepared = time.perf_counter() - start  # the store's ingest the first time, then the selection
+                command = [sys.executable, "-m", "benchmarks.scale", "epoch", str(layout.root)]
+                output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                epoch = json.loads(output.strip().splitlines()[-1])
+                rows.append({"images": count, "inputs": name, "prepare_seconds": round(prepared, 2), **epoch})
+                shutil.rmtree(layout.root)
+    return rows
+
+
+def _epoch_child(root: Path) -> dict[str, Any]:
+    """Epoch 0 of the run at `root`, in this process: seconds, stages, peak memory."""
+    from deepcluster import artifacts, runs
+    from deepcluster.artifacts import RunLayout
+    from deepcluster.config import recorded_config
+    from deepcluster.epoch import run_epoch
+
+    layout = RunLayout(root.parent, root.name)
+    config = recorded_config(artifacts.read_run_record(layout)["config"])
+    runtime.configure_torch(config)
+    start = time.perf_counter()
+    session = runs.open_session(layout, config, 0, runtime.resolve_device("cpu"))
+    metrics = run_epoch(session, 0, progress=False)
+    return {
+        "seconds": round(time.perf_counter() - start, 2),  # with reading the inputs where they are held
+        "stage_seconds": metrics["stage_seconds"],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "input_mb": round(math.prod(session.inputs.shape) / 2**20, 1),  # uint8
+    }
 
 
 def _ranks(ranks: int, epochs: int, limit: int | None, runs_dir: Path) -> dict[str, Any]:
@@ -209,15 +273,22 @@ def bench_scale(
     ranks: int = 1,
     rank_epochs: int = 3,
     rank_images: int | None = None,
+    growth: list[int] | None = None,
+    growth_samples: int = 1000,
 ) -> dict[str, Any]:
-    """Time ingest with 1 and `workers` processes (and a quarter of the images), and optionally the epochs and
-    1 rank against `ranks`."""
+    """Time ingest with 1 and `workers` processes (and a quarter of the images), and optionally the epochs,
+    an epoch's time and memory at growing numbers of images, and 1 rank against `ranks`."""
     scratch = Path(tempfile.mkdtemp(prefix="deepcluster-bench-scale-"))
     try:
         if folder is None:
             folder = scratch / "images"
-            synthetic_folder(folder, images, size)
-        rows = [_ingest(folder, size, count) for count in sorted({1, workers})]
+            synthetic_folder(folder, max([images, *(growth or [])]), size)
+        rows = []
+        for count in sorted({1, workers}):
+            row = _ingest(folder, size, count)
+            row["bare_seconds"] = _bare_decode(folder, size, count)
+            row["over_bare"] = round(row["seconds"] / row["bare_seconds"], 3)
+            rows.append(row)
         rows.append(_ingest(folder, size, workers, limit=max(1, len(store.list_folder(folder).files) // 4)))
         summary: dict[str, Any] = {
             "folder": str(folder),
@@ -228,6 +299,9 @@ def bench_scale(
         if epochs:
             with _store_dir(scratch / "store"):
                 summary["epochs"] = _epochs(folder, size, scratch / "runs")
+        if growth:
+            summary["growth_samples"] = growth_samples
+            summary["growth"] = _growth(folder, size, sorted(growth), growth_samples, scratch)
         if ranks > 1:
             summary["ranks"] = _ranks(ranks, rank_epochs, rank_images, scratch / "rank-runs")
     finally:
@@ -242,12 +316,14 @@ def bench_scale(
 def format_scale(summary: dict[str, Any]) -> str:
     lines = [
         f"ingest of {summary['folder']} at {summary['image_size']} pixels, {summary['machine']}",
-        f"{'images':>8}{'workers':>9}{'seconds':>9}{'images/s':>10}{'peak MB':>9}{'worker MB':>11}{'store MB':>10}",
+        f"{'images':>8}{'workers':>9}{'seconds':>9}{'images/s':>10}{'peak MB':>9}{'worker MB':>11}{'store MB':>10}"
+        f"{'bare loop s':>13}{'ratio':>7}",
     ]
     for row in summary["ingest"]:
+        bare = f"{row['bare_seconds']:>13.2f}{row['over_bare']:>7.3f}" if "bare_seconds" in row else ""
         lines.append(
             f"{row['images']:>8}{row['workers']:>9}{row['seconds']:>9.2f}{row['images_per_second']:>10.1f}"
-            f"{row['peak_rss_mb']:>9.0f}{row['peak_worker_rss_mb']:>11.0f}{row['store_bytes'] / 2**20:>10.1f}"
+            f"{row['peak_rss_mb']:>9.0f}{row['peak_worker_rss_mb']:>11.0f}{row['store_bytes'] / 2**20:>10.1f}{bare}"
         )
     if "epochs" in summary:
         epochs = summary["epochs"]
@@ -255,6 +331,14 @@ def format_scale(summary: dict[str, Any]) -> str:
             f"one epoch: inputs held {epochs['held']['seconds']:.2f} s, streamed {epochs['streamed']['seconds']:.2f} s "
             f"(ratio {epochs['streamed_over_held']:.3f}); same train loss: {'yes' if epochs['same_loss'] else 'NO'}"
         )
+    if "growth" in summary:
+        lines.append(f"one epoch on the first N images, training on {summary['growth_samples']} of them:")
+        lines.append(f"{'images':>8}{'inputs':>10}{'input MB':>10}{'seconds':>9}{'extract s':>11}{'peak MB':>9}")
+        for row in summary["growth"]:
+            lines.append(
+                f"{row['images']:>8}{row['inputs']:>10}{row['input_mb']:>10.0f}{row['seconds']:>9.1f}"
+                f"{row['stage_seconds']['extract']:>11.1f}{row['peak_rss_mb']:>9.0f}"
+            )
     if "ranks" in summary:
         ranked = summary["ranks"]
         count = ranked["kmeans"]["ranks"]
@@ -283,6 +367,8 @@ if __name__ == "__main__":
         if distributed.is_writer():
             Path(sys.argv[3]).write_text(json.dumps(result))
         distributed.stop()
+    elif sys.argv[1] == "epoch":  # a line of _growth
+        print(json.dumps(_epoch_child(Path(sys.argv[2]))))
     else:
         folder_arg, size_arg, workers_arg, store_arg, limit_arg = sys.argv[2:7]
         result = _ingest_child(

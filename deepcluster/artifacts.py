@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 import torch
 
 from deepcluster.errors import RunError, RunLockedError
+from deepcluster.loader import FileRows
 
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,128}")  # whole names only: fullmatch
 EPOCH_DIR_PATTERN = re.compile(r"[0-9]{4}")
@@ -465,11 +466,6 @@ def load_array(path: Path, mmap: bool = False) -> np.ndarray:
     return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
 
 
-def map_array(path: Path) -> np.ndarray:
-    """The array memory-mapped copy-on-write: read lazily, never written back, and writable as torch wants."""
-    return np.load(path, mmap_mode="c", allow_pickle=False)
-
-
 @dataclass(frozen=True)
 class RowFile:
     """A uint8 .npy file read and written a block of rows at a time with plain file I/O at row offsets, not
@@ -520,15 +516,16 @@ class RowFile:
 ROWS_AT_ONCE = 4096  # rows copied at a time by save_rows: bounds its memory whatever the array's size
 
 
-def save_rows(path: Path, array: np.ndarray, keep: np.ndarray) -> None:
-    """Save array[keep] (uint8 rows, an .npy file, atomically) without holding it in memory: `array` may be
-    memory-mapped, and the file is written with plain file I/O (`RowFile`)."""
+def save_rows(path: Path, source: Path, keep: np.ndarray) -> None:
+    """Save the rows `keep` of the uint8 .npy file `source` as an .npy file, atomically, without holding them in
+    memory: both files are read and written with plain file I/O (`FileRows`, `RowFile`), never mapped."""
+    rows_of = FileRows(source)
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.unlink(missing_ok=True)
     try:
-        rows = RowFile.create(temporary, (len(keep), *array.shape[1:]))
+        rows = RowFile.create(temporary, (len(keep), *rows_of.shape[1:]))
         for start in range(0, len(keep), ROWS_AT_ONCE):
-            rows.write(start, array[keep[start : start + ROWS_AT_ONCE]])
+            rows.write(start, rows_of[torch.from_numpy(keep[start : start + ROWS_AT_ONCE])].numpy())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -203,6 +203,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="a quick check: those runs on the sample's first N images, one pass an epoch",
     )
+    scale.add_argument(
+        "--growth",
+        type=_integers("--growth"),
+        help="also one epoch on the first N images, streamed and held, for each N of a comma-separated list "
+        "(e.g. 10000,50000,200000: a synthetic folder gets the largest N), with its peak memory",
+    )
+    scale.add_argument(
+        "--growth-samples", type=int, default=1000, help="images trained on in each of those epochs (default 1000)"
+    )
     scale.add_argument("--json-out", type=Path, help="also write the results to this JSON file")
 
     bench_kmeans = command(
@@ -389,9 +398,11 @@ def command_bench_quality(args: argparse.Namespace) -> int:
 def command_bench_scale(args: argparse.Namespace) -> int:
     from benchmarks.scale import bench_scale
 
-    for name in ("images", "workers", "ranks", "rank_epochs", "rank_images"):
+    for name in ("images", "workers", "ranks", "rank_epochs", "rank_images", "growth_samples"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.growth is not None and (not args.growth or min(args.growth) < 1):
+        raise ConfigError(f"--growth expects numbers of images of at least 1, got {args.growth}")
     if args.image_size < 8:
         raise ConfigError(f"--image-size must be at least 8, got {args.image_size}")
     bench_scale(
@@ -403,6 +414,9 @@ def command_bench_scale(args: argparse.Namespace) -> int:
         args.json_out,
         args.ranks,
         args.rank_epochs,
+        args.rank_images,
+        args.growth,
+        args.growth_samples,
     )
     return 0
 

@@ -124,6 +124,11 @@ class Config(BaseModel):
     min_epoch_samples: int = Field(
         5000, ge=0, description="images drawn per epoch: the dataset's size, but at least this many"
     )
+    max_epoch_samples: int | None = Field(
+        None,
+        ge=1,
+        description="images drawn per epoch at most, even below min_epoch_samples (null: no limit): for large collections",
+    )
     crop_scale: tuple[float, float] = Field((0.6, 1.0), description="random resized crop area range")
     rotation: float = Field(15.0, ge=0, le=180, description="random rotation of training crops, up to +-degrees")
     flip: bool = Field(True, description="random mirroring of training crops")
@@ -258,6 +263,7 @@ PREDATED_KEYS: dict[str, Any] = {
     "views": 1,
     "instance_weight": 0.0,
     "min_epoch_samples": 0,
+    "max_epoch_samples": None,
 }
 
 

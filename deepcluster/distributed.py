@@ -1,7 +1,7 @@
 """Several processes ("ranks") working on one run together, through torch.distributed, and the few collective
 operations an epoch needs.
 
-Every rank holds all the images (in device memory or memory-mapped from the run) and extracts the features of
+Every rank holds all the images (in device memory, or reads them from the run's file: `loader`) and extracts the features of
 its shard, a contiguous range of rows (`shard`). PCA and k-means sum over the shards (`all_reduce_sum`); the
 cluster ids are gathered on every rank (`all_gather_rows`), so the balanced resample is drawn once, identically
 everywhere, and each training batch is split between the ranks. The writer (rank 0) alone writes the run.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from deepcluster.loader import prefetched, to_device
+from deepcluster.loader import Inputs, prefetched, to_device
 from deepcluster.models import DeepClusterNet, to_unit_range
 from deepcluster.progress import progress_bar
 from deepcluster.train import autocast
@@ -13,7 +13,7 @@ from deepcluster.train import autocast
 @torch.no_grad()
 def extract_features(
     model: DeepClusterNet,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     batch_size: int,
     progress: bool | None = None,
     bf16: bool = False,

@@ -24,7 +24,7 @@ from deepcluster.config import DATASET_NAMES, EXTENDABLE_KEYS, LOCATION_KEYS, Co
 from deepcluster.data import ImageSet, load_dataset, selection
 from deepcluster.errors import ConfigError, DatasetError, RunError
 from deepcluster.kmeans import Clustering
-from deepcluster.loader import place_inputs
+from deepcluster.loader import open_inputs, place_inputs
 from deepcluster.models import ARCHS, DeepClusterNet
 from deepcluster.reduce import PCAWhitening
 from deepcluster.rng import INIT_EPOCH, stage_generator
@@ -174,7 +174,7 @@ def _ingest_folder(config: Config, layout: RunLayout) -> DatasetInfo:
         if everything:
             artifacts.link_or_copy(stored.inputs, layout.inputs)
         else:
-            artifacts.save_rows(layout.inputs, stored.load_inputs(), keep)
+            artifacts.save_rows(layout.inputs, stored.inputs, keep)
         if labels is not None:
             artifacts.save_array(layout.labels, labels[keep])
         files = pq.read_table(stored.files).take(pa.array(keep)).set_column(0, "index", pa.array(np.arange(len(keep))))
@@ -287,7 +287,7 @@ def open_session(layout: RunLayout, config: Config, epoch: int, device: torch.de
         optimizer.load_state_dict(checkpoint["optimizer"])
     labels = artifacts.load_array(layout.labels) if layout.labels.is_file() else None
     previous = artifacts.read_clusters(layout.assignments(epoch - 1)) if epoch > 0 else None
-    inputs = place_inputs(artifacts.map_array(layout.inputs), device, config.device_budget_gb)
+    inputs = open_inputs(layout.inputs, device, config.device_budget_gb)
     return Session(config, device, use_bf16(config, device), inputs, labels, model, optimizer, previous)
 
 

@@ -21,6 +21,7 @@ from deepcluster.config import Config
 from deepcluster.errors import DivergedError
 from deepcluster.features import extract_features
 from deepcluster.kmeans import Clustering, centroid_means, faiss_kmeans, kmeans
+from deepcluster.loader import Inputs
 from deepcluster.models import ClusterHead, DeepClusterNet, PrototypeHead
 from deepcluster.neighbours import nearest_neighbours, neighbour_targets
 from deepcluster.reduce import PCAWhitening, apply_reduction, pca_whiten_l2
@@ -32,13 +33,13 @@ from deepcluster.train import TrainResult, train_epoch
 @dataclass
 class Session:
     """What the epochs of one process work on, kept in memory from epoch to epoch: the inputs (on the device, or
-    memory-mapped on the host beyond `device_budget_gb`), the labels (evaluation only), the convnet and its
+    read from the run's input file beyond `device_budget_gb`), the labels (evaluation only), the convnet and its
     optimizer, the last epoch's assignments."""
 
     config: Config
     device: torch.device
     bf16: bool
-    inputs: torch.Tensor  # uint8 (N, 1, S, S) on `device` or memory-mapped on the host (`loader.place_inputs`)
+    inputs: Inputs  # uint8 (N, 1, S, S) on `device`, or the rows of the run's input file (`loader`)
     labels: np.ndarray | None
     model: DeepClusterNet
     optimizer: torch.optim.SGD
@@ -110,6 +111,8 @@ def resample(assignments: torch.Tensor, config: Config, epoch: int) -> torch.Ten
     """Indices of the epoch's training images, uniform over clusters, shuffled."""
     generator = stage_generator(config.seed, epoch, "sample")
     num_samples = max(len(assignments), config.min_epoch_samples)
+    if config.max_epoch_samples is not None:
+        num_samples = min(num_samples, config.max_epoch_samples)
     return uniform_cluster_sample(assignments.cpu(), config.num_clusters, generator, num_samples)
 
 

@@ -3,7 +3,8 @@
 A folder of photos can be far larger than memory (1.28 M images at 224 pixels are 64 GB as grayscale
 uint8), so ingest never holds it: worker processes decode the files a chunk at a time (grayscale, the
 shorter side resized to the input size, then a centre crop) into one uint8 array on disk (N, 1, S, S),
-written a chunk at a time, which the runs memory-map. Memory stays bounded by a few chunks whatever the number of images.
+written a chunk at a time, which the runs read a batch at a time. Memory stays bounded by a few chunks whatever the
+number of images. The workers decode with PIL alone.
 
     <store_dir>/<key>/
         inputs.npy       uint8 (N, 1, S, S): the readable images, in the order of files.parquet
@@ -34,23 +35,23 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-import torch.nn.functional as F
 
 from deepcluster import artifacts
-from deepcluster.data import ImageSet, read_image
+from deepcluster.data import ImageSet
 from deepcluster.errors import ConfigError, DatasetError
 from deepcluster.runtime import cpu_count
-from deepcluster.sobel import grayscale
+
+if TYPE_CHECKING:
+    import PIL.Image
 
 logger = logging.getLogger(__name__)
 
-STORE_VERSION = 1  # part of every key: a change to the preprocessing below makes new stores
+STORE_VERSION = 2  # part of every key: a change to the preprocessing below makes new stores
 CHUNK_FILES = 256  # files decoded per task: bounds the memory of each worker and of the writer
 HASH_ROWS = 4096  # rows hashed (and copied) at a time when the store is finished
 PROGRESS_SECONDS = 30  # at most one progress line this often
@@ -268,7 +269,7 @@ def _pool_map(function: Any, argument_tuples: list[tuple[Any, ...]], workers: in
             yield function(*arguments)
         return
     context = multiprocessing.get_context("spawn")  # never fork a process that runs torch threads
-    with ProcessPoolExecutor(min(workers, len(argument_tuples)), context, initializer=_worker_setup) as pool:
+    with ProcessPoolExecutor(min(workers, len(argument_tuples)), context) as pool:
         waiting = deque(argument_tuples)
         pending: deque[Future[Any]] = deque()
         while waiting or pending:
@@ -277,35 +278,35 @@ def _pool_map(function: Any, argument_tuples: list[tuple[Any, ...]], workers: in
             yield pending.popleft().result()
 
 
-def _worker_setup() -> None:
-    torch.set_num_threads(1)
-
-
 def decode_chunk(directory: Path, files: list[str], size: int) -> tuple[np.ndarray, list[dict[str, str]]]:
     """The images of `files` as uint8 (n, 1, size, size) (zeros where unreadable) and the unreadable ones."""
+    from PIL import Image
+
     images = np.zeros((len(files), 1, size, size), dtype=np.uint8)
     unreadable = []
     for row, name in enumerate(files):
         try:
-            images[row] = fit_image(read_image(directory / name), size)
+            with Image.open(directory / name) as image:
+                images[row] = fit_image(image, size)
         except (OSError, ValueError) as error:
             unreadable.append({"path": name, "error": f"{error.__class__.__name__}: {error}"})
     return images, unreadable
 
 
-def fit_image(array: np.ndarray, size: int) -> np.ndarray:
-    """One decoded image, uint8 (H, W) or (H, W, 3), as the network's grayscale input (1, size, size): the
-    shorter side resized to `size` (bilinear, antialiased), then the centre `size` x `size` crop."""
-    pixels = torch.tensor(array, dtype=torch.float32)
-    image = grayscale(pixels[None, None] if pixels.ndim == 2 else pixels.permute(2, 0, 1)[None])
-    height, width = image.shape[-2:]
-    if (height, width) != (size, size):
-        scale = size / min(height, width)
-        target = (max(size, round(height * scale)), max(size, round(width * scale)))
-        image = F.interpolate(image, size=target, mode="bilinear", antialias=True)
-        top, left = (target[0] - size) // 2, (target[1] - size) // 2
-        image = image[..., top : top + size, left : left + size]
-    return image[0].round().clamp(0, 255).to(torch.uint8).numpy()
+def fit_image(image: PIL.Image.Image, size: int) -> np.ndarray:
+    """One image as the network's grayscale input, uint8 (1, size, size): its luma (PIL's "L", the weights of
+    `sobel.LUMA_WEIGHTS` in fixed point), the shorter side resized to `size` with PIL's bilinear filter
+    (antialiased where it shrinks), then the centre `size` x `size` crop. Within one grey level of torch's
+    antialiased bilinear resize of the float luma (`prepare_inputs`), at the cost of a bare PIL loop."""
+    from PIL import Image
+
+    gray = image.convert("L")
+    if gray.size != (size, size):
+        scale = size / min(gray.size)
+        width, height = max(size, round(gray.width * scale)), max(size, round(gray.height * scale))
+        left, top = (width - size) // 2, (height - size) // 2
+        gray = gray.resize((width, height), Image.Resampling.BILINEAR).crop((left, top, left + size, top + size))
+    return np.asarray(gray)[None]
 
 
 def _finish(listing: Listing, root: Path, rows: artifacts.RowFile, num_chunks: int) -> None:

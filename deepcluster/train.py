@@ -20,7 +20,7 @@ from torch import nn
 
 from deepcluster import distributed
 from deepcluster.config import Config
-from deepcluster.loader import gather, prefetched
+from deepcluster.loader import Inputs, gather, prefetched
 from deepcluster.models import DeepClusterNet, to_unit_range
 from deepcluster.progress import progress_bar
 
@@ -156,7 +156,7 @@ def train_epoch(
     model: DeepClusterNet,
     heads: list[nn.Module],
     optimizer: torch.optim.Optimizer,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     pseudo_labels: list[torch.Tensor],
     sample: torch.Tensor,
     config: Config,

@@ -96,14 +96,22 @@ def test_bench_kmeans_rejects_bad_sizes(args, message, capsys):
 
 def test_bench_scale_ingests_in_child_processes_and_reports_memory(tmp_path: Path, capsys):
     out = tmp_path / "scale.json"
-    assert main(["bench-scale", "--images", "8", "--image-size", "16", "--workers", "1", "--json-out", str(out)]) == 0
+    arguments = ["--images", "8", "--image-size", "28", "--workers", "1", "--json-out", str(out)]
+    assert main(["bench-scale", *arguments, "--growth", "40,32", "--growth-samples", "32"]) == 0
     summary = json.loads(out.read_text())
     whole, quarter = summary["ingest"]
-    assert (whole["images"], whole["workers"], quarter["images"]) == (8, 1, 2)
+    assert (whole["images"], whole["workers"], quarter["images"]) == (40, 1, 10)  # the folder has the largest N
     assert whole["store_bytes"] > quarter["store_bytes"] and whole["peak_rss_mb"] > 50
+    assert whole["bare_seconds"] > 0 and whole["over_bare"] > 0
+    lines = [(row["images"], row["inputs"], row["input_mb"]) for row in summary["growth"]]
+    assert lines == [
+        (count, inputs, round(count * 28 * 28 / 2**20, 1)) for count in (32, 40) for inputs in ("streamed", "held")
+    ]
+    assert all(row["peak_rss_mb"] > 50 and row["stage_seconds"]["train"] > 0 for row in summary["growth"])
     assert "images/s" in capsys.readouterr().out
     assert main(["bench-scale", "--workers", "0"]) == 2
     assert main(["bench-scale", "--rank-images", "0"]) == 2
+    assert main(["bench-scale", "--growth", "0"]) == 2
 
 
 def test_bench_scale_compares_one_rank_with_two(tmp_path: Path, capsys):

@@ -71,6 +71,16 @@ def test_epochs_with_several_heads_and_the_paper_head(overrides: dict[str, objec
     assert len(sample) == max(300, config.min_epoch_samples)
 
 
+@pytest.mark.parametrize(
+    ("minimum", "maximum", "drawn"), [(0, None, 300), (500, None, 500), (500, 100, 100), (0, 400, 300)]
+)
+def test_an_epoch_draws_the_datasets_size_within_its_bounds(minimum: int, maximum: int | None, drawn: int):
+    config = tiny_config(min_epoch_samples=minimum, max_epoch_samples=maximum)
+    assignments = torch.arange(300) % config.num_clusters
+    sample = stages.resample(assignments, config, 0)
+    assert len(sample) == drawn and set(sample.tolist()) <= set(range(300))
+
+
 def test_previous_init_starts_k_means_from_last_epochs_clusters():
     config = tiny_config(kmeans_init="previous")
     inputs, labels = runs.load_inputs(config)

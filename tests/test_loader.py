@@ -1,5 +1,6 @@
-"""Inputs held on the device or read from their memory-mapped file a batch at a time: the same results."""
+"""Inputs held on the device or read from their file a batch at a time: the same results."""
 
+import os
 import threading
 from pathlib import Path
 
@@ -7,23 +8,51 @@ import numpy as np
 import pytest
 import torch
 
-from deepcluster import artifacts, runs, runtime
+from deepcluster import runs, runtime
 from deepcluster.artifacts import RunLayout
 from deepcluster.epoch import run_epoch
-from deepcluster.loader import place_inputs, prefetched
+from deepcluster.loader import FileRows, gather, open_inputs, prefetched
 from tests.helpers import tiny_config
 
 
-def test_inputs_over_the_budget_stay_memory_mapped(tmp_path: Path):
+def test_inputs_over_the_budget_are_read_from_their_file_a_batch_at_a_time(tmp_path: Path):
     path = tmp_path / "inputs.npy"
-    np.save(path, np.arange(2 * 16, dtype=np.uint8).reshape(2, 1, 4, 4))
-    mapped = artifacts.map_array(path)
-    held = place_inputs(mapped, torch.device("cpu"), budget_gb=1.0)
-    streamed = place_inputs(mapped, torch.device("cpu"), budget_gb=0.0)
-    assert torch.equal(held, streamed)
-    assert held.untyped_storage().data_ptr() != mapped.ctypes.data  # read into memory
-    assert streamed.untyped_storage().data_ptr() == mapped.ctypes.data  # the file's pages themselves
-    assert np.array_equal(np.load(path), mapped)  # never written back
+    rows = np.arange(5 * 16, dtype=np.uint8).reshape(5, 1, 4, 4)
+    np.save(path, rows)
+    held = open_inputs(path, torch.device("cpu"), budget_gb=1.0)
+    streamed = open_inputs(path, torch.device("cpu"), budget_gb=0.0)
+    assert isinstance(held, torch.Tensor) and torch.equal(held, torch.from_numpy(rows))
+    assert isinstance(streamed, FileRows) and streamed.shape == held.shape and len(streamed) == 5
+    indices = torch.tensor([4, 0, 2, 2])  # any order, repeats
+    assert torch.equal(gather(streamed, indices, torch.device("cpu")), held[indices])
+    view = streamed[1:4]  # a view, as a tensor's slice: nothing read until asked
+    assert isinstance(view, FileRows) and torch.equal(view.read(), held[1:4])
+    assert torch.equal(view[torch.tensor([2, 0])], held[torch.tensor([3, 1])])
+    assert view[3:].read().shape == (0, 1, 4, 4)
+    with open(path, "r+b") as handle:  # a file cut short is an error that says so, never rows of zeros
+        handle.truncate(path.stat().st_size - 1)
+    with pytest.raises(OSError, match="truncated"):
+        streamed[torch.tensor([4])]
+    with pytest.raises(OSError, match="truncated"):
+        streamed.read()
+    assert torch.equal(streamed[torch.tensor([3])], held[3:4])
+
+
+def test_reading_rows_from_the_file_keeps_the_process_memory_to_the_batch(tmp_path: Path):
+    """A memory mapping would keep every page read in the process's memory: the file's 128 MB here."""
+    path = tmp_path / "inputs.npy"
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(32768, 1, 64, 64))[:] = 7
+    streamed = FileRows(path)
+    before = resident_bytes()
+    for start in range(0, len(streamed), 256):
+        assert int(streamed[torch.arange(start, start + 256)].max()) == 7
+        assert streamed[start : start + 256].read().shape == (256, 1, 64, 64)
+    assert resident_bytes() - before < 32 * 2**20  # a few batches, and what the allocator keeps of them
+
+
+def resident_bytes() -> int:
+    """This process's resident memory now (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def test_prefetch_keeps_the_order_fetches_one_ahead_and_raises_where_a_fetch_fails():

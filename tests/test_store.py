@@ -1,4 +1,4 @@
-"""The input store: a folder decoded once, in chunks, into one memory-mapped array shared by its runs."""
+"""The input store: a folder decoded once, in chunks, into one array on disk shared by its runs."""
 
 import os
 import shutil
@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from deepcluster import artifacts, runs, store
 from deepcluster.artifacts import RunLayout
 from deepcluster.errors import ConfigError, DatasetError
-from deepcluster.sobel import prepare_inputs
+from deepcluster.sobel import grayscale, prepare_inputs
 from tests.helpers import tiny_config
 
 
@@ -51,9 +53,22 @@ def test_a_folder_of_mixed_sizes_becomes_one_array_with_labels_files_and_a_repor
 def test_the_shorter_side_is_resized_then_the_centre_cropped():
     image = np.zeros((10, 30), np.uint8)
     image[:, 10:20] = 255  # the middle third is white
-    fitted = store.fit_image(image, 10)
+    fitted = store.fit_image(Image.fromarray(image), 10)
     assert fitted.shape == (1, 10, 10) and (fitted == 255).all()
-    assert store.fit_image(image.T.copy(), 5).shape == (1, 5, 5)
+    assert store.fit_image(Image.fromarray(image.T.copy()), 5).shape == (1, 5, 5)
+
+
+@pytest.mark.parametrize("shape", [(37, 53, 3), (9, 20), (16, 40, 3), (300, 200)])
+def test_a_resized_image_is_within_one_grey_level_of_torchs_antialiased_resize(shape: tuple[int, ...]):
+    image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    pixels = torch.from_numpy(image).float()
+    colour = pixels.permute(2, 0, 1)[None] if pixels.ndim == 3 else pixels[None, None]
+    scale = 16 / min(shape[:2])
+    target = (max(16, round(shape[0] * scale)), max(16, round(shape[1] * scale)))
+    resized = F.interpolate(grayscale(colour), size=target, mode="bilinear", antialias=True)
+    top, left = (target[0] - 16) // 2, (target[1] - 16) // 2
+    reference = resized[0, :, top : top + 16, left : left + 16].round().clamp(0, 255).numpy()
+    assert np.abs(store.fit_image(Image.fromarray(image), 16).astype(np.float32) - reference).max() <= 1
 
 
 def test_a_second_ingest_reuses_the_store_and_a_changed_folder_gets_a_new_one(tmp_path: Path, monkeypatch):
