@@ -39,7 +39,8 @@ def decode_chunk(directory: Path, files: list[str], size: int) -> int:
 
 def decode_folder(directory: Path, size: int, workers: int) -> dict[str, float]:
     """Images decoded and the seconds it took (after listing the folder, with the workers' start-up)."""
-    files = sorted(str(path.relative_to(directory)) for path in directory.rglob("*") if path.is_file())
+    found = directory.rglob("*")
+    files = sorted(str(path.relative_to(directory)) for path in found if path.is_file() and path.name[0] != ".")
     chunks = [files[start : start + CHUNK_FILES] for start in range(0, len(files), CHUNK_FILES)]
     start = time.perf_counter()
     if workers <= 1:

@@ -34,6 +34,7 @@ import numpy as np
 
 from deepcluster import runtime, store
 from deepcluster.config import Config
+from deepcluster.errors import ConfigError
 
 
 def synthetic_folder(folder: Path, count: int, size: int, seed: int = 0) -> None:
@@ -132,7 +133,10 @@ def _growth(folder: Path, size: int, counts: list[int], samples: int, scratch: P
                 )
                 layout = RunLayout(scratch / "growth", f"{name}-{count}")
                 start = time.perf_counter()
-                runs.sobel_preprocess(layout, runs.ingest(config, layout).image_size)
+                info = runs.ingest(config, layout)
+                if info.num_images < count:
+                    raise ConfigError(f"--growth {count}: {folder} has {info.num_images} readable images")
+                runs.sobel_preprocess(layout, info.image_size)
                 prepared = time.perf_counter() - start  # the store's ingest the first time, then the selection
                 command = [sys.executable, "-m", "benchmarks.scale", "epoch", str(layout.root)]
                 output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
@@ -283,6 +287,8 @@ def bench_scale(
         if folder is None:
             folder = scratch / "images"
             synthetic_folder(folder, max([images, *(growth or [])]), size)
+        elif growth and max(growth) > len(store.list_folder(folder).files):
+            raise ConfigError(f"--growth {max(growth)}: {folder} has {len(store.list_folder(folder).files)} files")
         rows = []
         for count in sorted({1, workers}):
             row = _ingest(folder, size, count)

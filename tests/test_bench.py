@@ -112,6 +112,8 @@ def test_bench_scale_ingests_in_child_processes_and_reports_memory(tmp_path: Pat
     assert main(["bench-scale", "--workers", "0"]) == 2
     assert main(["bench-scale", "--rank-images", "0"]) == 2
     assert main(["bench-scale", "--growth", "0"]) == 2
+    assert main(["bench-scale", "--folder", str(tmp_path), "--growth", "5"]) == 2  # holds only scale.json
+    assert "--growth 5" in capsys.readouterr().err
 
 
 def test_bench_scale_compares_one_rank_with_two(tmp_path: Path, capsys):
