@@ -28,13 +28,17 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from deepcluster import runtime, store
 from deepcluster.config import Config
 from deepcluster.errors import ConfigError
+
+if TYPE_CHECKING:
+    from deepcluster.artifacts import RunLayout
+    from deepcluster.runs import DatasetInfo
 
 
 def synthetic_folder(folder: Path, count: int, size: int, seed: int = 0) -> None:
@@ -73,20 +77,31 @@ def _ingest_child(folder: Path, size: int, workers: int, store_dir: Path, limit:
     }
 
 
+def _child(module: str, *arguments: Any) -> dict[str, Any]:
+    """`python -m module arguments...` in a child process (its own peak memory): the JSON of its last line."""
+    command = [sys.executable, "-m", module, *map(str, arguments)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
 def _ingest(folder: Path, size: int, workers: int, limit: int | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="deepcluster-bench-store-") as store_dir:
-        arguments = [str(folder), str(size), str(workers), store_dir, str(limit or 0)]
-        command = [sys.executable, "-m", "benchmarks.scale", "ingest", *arguments]
-        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return json.loads(output.strip().splitlines()[-1])
+        return _child("benchmarks.scale", "ingest", folder, size, workers, store_dir, limit or 0)
 
 
 def _bare_decode(folder: Path, size: int, workers: int) -> float:
     """Seconds of a bare decode-grayscale-resize loop over the folder with `workers` processes (`benchmarks.decode`),
     in a child process that never imports torch."""
-    command = [sys.executable, "-m", "benchmarks.decode", str(folder), str(size), str(workers)]
-    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-    return float(json.loads(output.strip().splitlines()[-1])["seconds"])
+    return float(_child("benchmarks.decode", folder, size, workers)["seconds"])
+
+
+def _prepared(config: Config, layout: RunLayout) -> DatasetInfo:
+    """A new run of `config` at `layout`, ready for its epoch 0 (ingested, Sobel inputs written): its DatasetInfo."""
+    from deepcluster import runs
+
+    info = runs.ingest(config, layout)
+    runs.sobel_preprocess(layout, info.image_size)
+    return info
 
 
 def _epochs(folder: Path, size: int, runs_dir: Path) -> dict[str, Any]:
@@ -100,8 +115,7 @@ def _epochs(folder: Path, size: int, runs_dir: Path) -> dict[str, Any]:
         config = Config(dataset=str(folder), image_size=size, epochs=1, device="cpu", device_budget_gb=budget)
         runtime.configure_torch(config)
         layout = RunLayout(runs_dir, name)
-        info = runs.ingest(config, layout)
-        runs.sobel_preprocess(layout, info.image_size)
+        _prepared(config, layout)
         start = time.perf_counter()
         session = runs.open_session(layout, config, 0, runtime.resolve_device("cpu"))
         metrics = run_epoch(session, 0, progress=False)
@@ -115,7 +129,6 @@ def _growth(folder: Path, size: int, counts: list[int], samples: int, scratch: P
     """A run on the folder's first N images for each N, streamed and held, and its epoch 0 in a child process of
     its own: seconds and peak memory. Each epoch trains on `samples` images (max_epoch_samples), so that a large N
     fits a benchmark's time; what grows with N is the rest: extraction, the features, the clustering."""
-    from deepcluster import runs
     from deepcluster.artifacts import RunLayout
 
     rows = []
@@ -133,14 +146,11 @@ def _growth(folder: Path, size: int, counts: list[int], samples: int, scratch: P
                 )
                 layout = RunLayout(scratch / "growth", f"{name}-{count}")
                 start = time.perf_counter()
-                info = runs.ingest(config, layout)
+                info = _prepared(config, layout)
                 if info.num_images < count:
                     raise ConfigError(f"--growth {count}: {folder} has {info.num_images} readable images")
-                runs.sobel_preprocess(layout, info.image_size)
                 prepared = time.perf_counter() - start  # the store's ingest the first time, then the selection
-                command = [sys.executable, "-m", "benchmarks.scale", "epoch", str(layout.root)]
-                output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-                epoch = json.loads(output.strip().splitlines()[-1])
+                epoch = _child("benchmarks.scale", "epoch", layout.root)
                 rows.append({"images": count, "inputs": name, "prepare_seconds": round(prepared, 2), **epoch})
                 shutil.rmtree(layout.root)
     return rows
@@ -170,7 +180,7 @@ def _epoch_child(root: Path) -> dict[str, Any]:
 def _ranks(ranks: int, epochs: int, limit: int | None, runs_dir: Path) -> dict[str, Any]:
     """The sample trained by 1 rank and by `ranks` ranks: epoch seconds, quality, and k-means on the same features
     by one process and by the ranks. limit: a quick check on the sample's first images, one pass an epoch."""
-    from deepcluster import artifacts, metrics, runs
+    from deepcluster import artifacts, metrics
     from deepcluster.artifacts import RunLayout
     from deepcluster.evaluate import evaluate_run, final_scores
     from deepcluster.ranks import train_on_ranks
@@ -180,8 +190,7 @@ def _ranks(ranks: int, epochs: int, limit: int | None, runs_dir: Path) -> dict[s
         quick = {} if limit is None else {"limit": limit, "min_epoch_samples": 0}  # one pass over them an epoch
         config = Config(epochs=epochs, device="cpu", nproc_per_node=count, **quick)
         layout = RunLayout(runs_dir, f"ranks-{count}")
-        info = runs.ingest(config, layout)
-        runs.sobel_preprocess(layout, info.image_size)
+        _prepared(config, layout)
         start = time.perf_counter()
         seen: list[dict[str, Any]] = []
         train_on_ranks(layout, config, seen.append)
@@ -287,15 +296,16 @@ def bench_scale(
         if folder is None:
             folder = scratch / "images"
             synthetic_folder(folder, max([images, *(growth or [])]), size)
-        elif growth and max(growth) > len(store.list_folder(folder).files):
-            raise ConfigError(f"--growth {max(growth)}: {folder} has {len(store.list_folder(folder).files)} files")
+        files = len(store.list_folder(folder).files)
+        if growth and max(growth) > files:
+            raise ConfigError(f"--growth {max(growth)}: {folder} has {files} files")
         rows = []
         for count in sorted({1, workers}):
             row = _ingest(folder, size, count)
             row["bare_seconds"] = _bare_decode(folder, size, count)
             row["over_bare"] = round(row["seconds"] / row["bare_seconds"], 3)
             rows.append(row)
-        rows.append(_ingest(folder, size, workers, limit=max(1, len(store.list_folder(folder).files) // 4)))
+        rows.append(_ingest(folder, size, workers, limit=max(1, files // 4)))
         summary: dict[str, Any] = {
             "folder": str(folder),
             "image_size": size,
