@@ -63,6 +63,9 @@ SUITES: dict[str, Suite] = {
             "instance": ["--instance-weight", "0.5"],
             "cosine": ["--lr-schedule", "cosine"],  # learning rate decayed to 0 over the run
             "epochs-15": ["--epochs", "15"],
+            "k-100": ["--k", "100"],  # over-clustering: 100 pseudo-classes instead of 30
+            "lr-x2": ["--lr", "0.1"],  # twice the paper's learning rate
+            "batch-128": ["--batch-size", "128"],  # twice the optimiser steps an epoch (learning rate scaled)
             # only change something where images are smaller than 28 pixels or fewer than 5,000 (digits)
             "native-size": ["--image-size", "8"],
             "one-pass": ["--min-epoch-samples", "0"],

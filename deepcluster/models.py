@@ -19,7 +19,9 @@ from torch import nn
 
 from deepcluster.sobel import SobelFilter
 
-REPRESENTATION_GRID = 3  # the representation: the last convolution's output average-pooled to 3 x 3
+# the representation: the last convolutional block's output average-pooled to 4 x 4 (for a 28-pixel image on the
+# small convnet, that output as it is)
+REPRESENTATION_GRID = 4
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class ArchSpec:
 
 
 ARCHS: dict[str, ArchSpec] = {
-    # small: its three 2x2 poolings leave a 3 x 3 map of a 28-pixel image; an 8-pixel one (scikit-learn's
+    # small: its three 2x2 poolings leave a 4 x 4 map of a 28-pixel image; an 8-pixel one (scikit-learn's
     # digits) would be pooled down to a single position, so smaller images are enlarged to 28 (docs/RESULTS.md)
     "small": ArchSpec(min_input_size=8, feature_dim=512, conv_channels=128, default_input_size=28),
     "alexnet": ArchSpec(min_input_size=63, feature_dim=4096, conv_channels=256, default_input_size=63),
@@ -139,11 +141,13 @@ class DeepClusterNet(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def representation(self, grayscale: torch.Tensor) -> torch.Tensor:
-        """The convolutional features average-pooled to a REPRESENTATION_GRID² grid, flattened (N, channels * grid²):
-        the image representation that kNN, the linear probe and the final grouping use. The paper evaluates its
-        convnets on their convolutional layers (Caron et al. 2018, Sec. 5.1); the classifier body above them is
-        trained for the pseudo-labels of the moment and keeps less of the image (measured: docs/RESULTS.md)."""
-        return F.adaptive_avg_pool2d(self.convs(self.sobel(grayscale)), REPRESENTATION_GRID).flatten(1)
+        """The last convolutional block's output (before the pooling to the classifier's input) average-pooled to a
+        REPRESENTATION_GRID² grid, flattened (N, channels * grid²): the image representation that kNN, the linear
+        probe and the final grouping use. The paper evaluates its convnets on their convolutional layers (Caron et
+        al. 2018, Sec. 5.1); the classifier body above them is trained for the pseudo-labels of the moment and
+        keeps less of the image (measured: docs/RESULTS.md)."""
+        convolved = self.convs[:-1](self.sobel(grayscale))  # every trunk ends in its classifier's adaptive pooling
+        return F.adaptive_avg_pool2d(convolved, REPRESENTATION_GRID).flatten(1)
 
     def trunk(self, grayscale: torch.Tensor) -> torch.Tensor:
         """The classifier body's output (N, trunk_dim), before any projection."""

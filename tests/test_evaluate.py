@@ -38,7 +38,7 @@ def test_evaluate_writes_every_score_and_is_repeatable(finished_run: Path, tmp_p
     table = capsys.readouterr().out
     assert "baseline: pixels" in table and "baseline: sobel_pixels" in table
     assert re.search(r"epoch 1, clustered \(128-d\) +spectral", table)
-    assert re.search(r"epoch 1, conv \(1152-d\) +kmeans", table)
+    assert re.search(r"epoch 1, conv \(2048-d\) +kmeans", table)
     evaluation = json.loads((tmp_path / "tiny" / "evaluation.json").read_text())
     result = evaluation["epochs"]["1"]
     assert evaluation["num_classes"] == 3 and set(evaluation["baselines"]) == {"pixels", "sobel_pixels"}

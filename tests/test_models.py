@@ -10,7 +10,19 @@ def test_each_arch_maps_its_minimum_input_to_features(arch):
     size = ARCHS[arch].min_input_size
     with torch.no_grad():
         features = model(torch.rand(2, 1, size, size))
+        representation = model.representation(torch.rand(2, 1, size, size))
     assert features.shape == (2, ARCHS[arch].feature_dim)
+    assert isinstance(model.convs[-1], torch.nn.AdaptiveAvgPool2d)  # what the representation leaves out
+    assert representation.shape == (2, model.representation_dim)
+
+
+def test_the_representation_of_a_28_pixel_image_is_the_last_convolutional_map_unpooled():
+    model = DeepClusterNet("small", torch.Generator().manual_seed(0)).eval()
+    images = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        last_map = model.convs[:-1](model.sobel(images))
+        assert last_map.shape == (2, 128, 4, 4)
+        assert torch.equal(model.representation(images), last_map.flatten(1))
 
 
 def test_initialisation_comes_from_the_generator():
