@@ -468,8 +468,8 @@ def load_array(path: Path, mmap: bool = False) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RowFile:
-    """A uint8 .npy file read and written a block of rows at a time with plain file I/O at row offsets, not
-    memory-mapped: the process holds the rows in hand and nothing else, whatever the file's size."""
+    """A uint8 .npy file written a block of rows at a time with plain file I/O at row offsets, not memory-mapped:
+    the process holds the rows in hand and nothing else, whatever the file's size. `loader.FileRows` reads it."""
 
     path: Path
     shape: tuple[int, ...]
@@ -506,11 +506,6 @@ class RowFile:
             os.fdatasync(descriptor)
         finally:
             os.close(descriptor)
-
-    def read(self, start: int, count: int) -> np.ndarray:
-        count = min(count, self.shape[0] - start)
-        data = np.fromfile(self.path, np.uint8, count * self.row_bytes, offset=self.offset + start * self.row_bytes)
-        return data.reshape(count, *self.shape[1:])
 
 
 ROWS_AT_ONCE = 4096  # rows copied at a time by save_rows: bounds its memory whatever the array's size

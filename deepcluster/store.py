@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 from deepcluster import artifacts
 from deepcluster.data import ImageSet
 from deepcluster.errors import ConfigError, DatasetError
+from deepcluster.loader import FileRows
 from deepcluster.runtime import cpu_count
 
 if TYPE_CHECKING:
@@ -323,18 +324,19 @@ def _finish(listing: Listing, root: Path, rows: artifacts.RowFile, num_chunks: i
     shape = (len(keep), *rows.shape[1:])
     digest = hashlib.sha256(repr(shape).encode())
     target = root / "inputs.npy"
+    decoded = FileRows(rows.path)
     if bad:  # the readable rows, copied block by block
         temporary = root / ".inputs.npy.tmp"
         kept, written = artifacts.RowFile.create(temporary, shape), 0
         for start in range(0, rows.shape[0], HASH_ROWS):
-            block = rows.read(start, HASH_ROWS)[readable[start : start + HASH_ROWS]]
+            block = decoded[start : start + HASH_ROWS].read().numpy()[readable[start : start + HASH_ROWS]]
             kept.write(written, block)
             digest.update(block.data)
             written += len(block)
         os.replace(temporary, target)
     else:  # the decoded rows are the store's: linked, so that partial/ stays whole until meta.json is written
         for start in range(0, rows.shape[0], HASH_ROWS):
-            digest.update(rows.read(start, HASH_ROWS).data)
+            digest.update(decoded[start : start + HASH_ROWS].read().numpy().data)
         target.unlink(missing_ok=True)
         os.link(rows.path, target)
     labels, names = listing.labels()
