@@ -4,7 +4,8 @@ operations an epoch needs.
 Every rank holds all the images (in device memory, or reads them from the run's file: `loader`) and extracts the features of
 its shard, a contiguous range of rows (`shard`). PCA and k-means sum over the shards (`all_reduce_sum`); the
 cluster ids are gathered on every rank (`all_gather_rows`), so the balanced resample is drawn once, identically
-everywhere, and each training batch is split between the ranks. The writer (rank 0) alone writes the run.
+everywhere, and each training batch is split between the ranks. The writer (rank 0) alone writes the run, and the
+features it writes are gathered on it alone (`gather_rows`).
 
 In a single process (no process group) every function here does nothing or returns its input, so the epoch has
 one code path whatever the number of ranks.
@@ -119,6 +120,21 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     padded[: len(tensor)] = tensor
     parts = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(parts, padded)
+    return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
+
+
+def gather_rows(tensor: torch.Tensor) -> torch.Tensor | None:
+    """Every rank's rows of `tensor`, concatenated in rank order, on the writer alone (None on the other ranks):
+    what the writer writes needs no copy on the others."""
+    if world_size() == 1:
+        return tensor
+    counts = row_counts(len(tensor), tensor.device)
+    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
+    padded[: len(tensor)] = tensor
+    parts = [torch.empty_like(padded) for _ in counts] if is_writer() else None
+    dist.gather(padded, parts, dst=WRITER)
+    if parts is None:
+        return None
     return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
 
 

@@ -69,10 +69,10 @@ def run_epoch(
     require_finite(features, "features", epoch, config)
     features, pca = run("pca", stages.reduce, features, config.pca_dim)
     require_finite(features, "reduced features (PCA-whitened)", epoch, config)
-    everywhere = distributed.all_gather_rows(features)  # of all ranks (every rank takes part; one process: as is)
-    if outputs:
-        outputs.features(epoch, everywhere.cpu().numpy())
-    del everywhere
+    gathered = distributed.gather_rows(features)  # of all ranks, on the writer (every rank takes part)
+    if outputs and gathered is not None:
+        outputs.features(epoch, gathered.cpu().numpy())
+    del gathered
     clusterings = run("kmeans", stages.cluster, features, config, epoch, session.previous_assignments)
     targets = run("targets", stages.training_targets, features, clusterings, config)
     del features

@@ -82,14 +82,17 @@ def _check_collectives(path: Path) -> None:
     everything = distributed.all_gather_rows(rows)
     offset, total = distributed.row_offset(len(rows), rows.device)
     picked = distributed.rows_at(rows, torch.tensor([7, 0, 4]), offset)
+    on_writer = distributed.gather_rows(rows)
+    assert (on_writer is None) == (rank != distributed.WRITER)
     if distributed.is_writer():
-        torch.save({"all": everything, "offset": offset, "total": total, "picked": picked}, path)
+        torch.save({"all": everything, "offset": offset, "total": total, "picked": picked, "writer": on_writer}, path)
 
 
 def test_collectives_gather_shards_of_different_sizes(tmp_path: Path) -> None:
     on_ranks(_check_collectives, 2, tmp_path / "out.pt")
     result = torch.load(tmp_path / "out.pt")
     assert result["all"].flatten().tolist() == [0, 1, 2, 100, 101, 102, 103, 104]
+    assert torch.equal(result["writer"], result["all"])
     assert (result["offset"], result["total"]) == (0, 8)
     assert result["picked"].flatten().tolist() == [104, 0, 101]
 
@@ -104,7 +107,7 @@ def test_a_single_process_is_a_world_of_one() -> None:
     rows = torch.arange(5)
     assert distributed.world_size() == 1 and distributed.is_writer()
     assert distributed.shard(10) == slice(0, 10)
-    assert distributed.all_gather_rows(rows) is rows
+    assert distributed.all_gather_rows(rows) is rows and distributed.gather_rows(rows) is rows
     assert distributed.per_rank("augment") == "augment"
 
 
