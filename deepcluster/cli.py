@@ -55,12 +55,17 @@ def _pca_dim(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"--pca-dim expects an integer or 'none', got {text!r}") from None
 
 
-def _crop_scale(text: str) -> list[float]:
-    try:
-        low, high = (float(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--crop-scale expects two numbers like 0.3,1, got {text!r}") from None
-    return [low, high]
+def _crop_scale(flag: str) -> Callable[[str], list[float]]:
+    """The parser of a crop area range flag: two numbers, e.g. 0.3,1."""
+
+    def parse(text: str) -> list[float]:
+        try:
+            low, high = (float(part) for part in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} expects two numbers like 0.3,1, got {text!r}") from None
+        return [low, high]
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -262,8 +267,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             options["action"] = argparse.BooleanOptionalAction
         elif key == "pca_dim":
             options["type"] = _pca_dim
-        elif key == "crop_scale":
-            options["type"] = _crop_scale
+        elif key in ("crop_scale", "small_crop_scale"):
+            options["type"] = _crop_scale(flag)
         elif _tuple_of_ints(annotation):
             options["type"] = _integers(flag)
         else:

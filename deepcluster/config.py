@@ -130,6 +130,17 @@ class Config(BaseModel):
         description="images drawn per epoch at most, even below min_epoch_samples (null: no limit): for large collections",
     )
     crop_scale: tuple[float, float] = Field((0.6, 1.0), description="random resized crop area range")
+    small_crops: int = Field(
+        0,
+        ge=0,
+        le=8,
+        description="low-resolution crops of every sampled image per step besides the views, each trained on its "
+        "pseudo-label (DeepCluster-v2's multi-crop); 0: off",
+    )
+    small_crop_scale: tuple[float, float] = Field(
+        (0.2, 0.6), description="random resized crop area range of the small crops"
+    )
+    small_crop_side: float = Field(0.5, gt=0, lt=1, description="side of the small crops, as a fraction of the input's")
     rotation: float = Field(15.0, ge=0, le=180, description="random rotation of training crops, up to +-degrees")
     flip: bool = Field(True, description="random mirroring of training crops")
 
@@ -195,12 +206,12 @@ class Config(BaseModel):
             raise ValueError(f"every k in extra_clusters must be at least 2, got {list(value)}")
         return value
 
-    @field_validator("crop_scale")
+    @field_validator("crop_scale", "small_crop_scale")
     @classmethod
-    def _valid_crop_scale(cls, value: tuple[float, float]) -> tuple[float, float]:
+    def _valid_crop_scale(cls, value: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
         low, high = value
         if not 0 < low <= high <= 1:
-            raise ValueError(f"crop_scale must satisfy 0 < low <= high <= 1, got {value}")
+            raise ValueError(f"{info.field_name} must satisfy 0 < low <= high <= 1, got {value}")
         return value
 
     @model_validator(mode="after")
@@ -219,6 +230,10 @@ class Config(BaseModel):
                 f"instance_weight > 0 compares two views of each image, so views must be >= 2, got {self.views}"
             )
         return self
+
+    def small_crop_size(self, input_size: int) -> int:
+        """The side in pixels of the small crops of images `input_size` pixels wide."""
+        return round(input_size * self.small_crop_side)
 
     @property
     def ranks(self) -> int:
@@ -264,6 +279,7 @@ PREDATED_KEYS: dict[str, Any] = {
     "instance_weight": 0.0,
     "min_epoch_samples": 0,
     "max_epoch_samples": None,
+    "small_crops": 0,
 }
 
 

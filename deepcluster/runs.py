@@ -66,6 +66,11 @@ def validate_for_dataset(config: Config, num_images: int, image_shape: tuple[int
     spec = ARCHS[config.arch]
     if size < spec.min_input_size:
         raise ConfigError(f"arch {config.arch} needs images of at least {spec.min_input_size} pixels, got {size}")
+    if config.small_crops and config.small_crop_size(size) < spec.min_input_size:
+        raise ConfigError(
+            f"small crops of {config.small_crop_side} of {size} pixels are {config.small_crop_size(size)} pixels: "
+            f"arch {config.arch} needs at least {spec.min_input_size}; raise small_crop_side"
+        )
     if config.pca_dim is not None and (config.pca_dim > spec.feature_dim or config.pca_dim >= num_images):
         raise ConfigError(
             f"pca_dim={config.pca_dim} must be at most the feature dimension ({spec.feature_dim}) "

@@ -43,10 +43,12 @@ def augment_crops(
     flip: bool,
     rotation: float = 0.0,
     among: tuple[int, int] | None = None,
+    size: int | None = None,
 ) -> torch.Tensor:
     """Augment float images (N, C, H, W): crop a random area fraction in `scale` with aspect ratio
-    in [3/4, 4/3], rotate it by up to +-`rotation` degrees, resize back to (H, W), and mirror half
-    of them. generator: on the images' device. Pixels from outside the image are reflections.
+    in [3/4, 4/3], rotate it by up to +-`rotation` degrees, resize to `size` x `size` (default: back to
+    (H, W)), and mirror half of them. generator: on the images' device. Pixels from outside the image are
+    reflections.
 
     among: (offset, total) when the images are rows offset..offset+N of a batch of `total`: the random draws
     are made for the whole batch and these rows take theirs, so ranks that split a batch augment it as one
@@ -80,7 +82,8 @@ def augment_crops(
     theta[:, 1, 0] = height * sin
     theta[:, 1, 1] = height * cos
     theta[:, 1, 2] = center_y
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    out_shape = list(images.shape[:2]) + ([size, size] if size is not None else list(images.shape[2:]))
+    grid = F.affine_grid(theta, out_shape, align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
@@ -127,17 +130,39 @@ def autocast(device: torch.device, bf16: bool) -> AbstractContextManager[object]
 
 
 class Trainee(nn.Module):
-    """The convnet and the epoch's heads as one module (what DistributedDataParallel wraps): views -> the
-    convnet's features (float32) and each head's logits. bf16: autocast the convnet."""
+    """The convnet and the epoch's heads as one module (what DistributedDataParallel wraps): crops, one batch per
+    resolution -> the convnet's features of all of them in that order (float32) and each head's logits. Each
+    resolution is its own forward pass, with its own batch-norm statistics (as in DeepCluster-v2's multi-crop).
+    bf16: autocast the convnet."""
 
     def __init__(self, model: DeepClusterNet, heads: list[nn.Module], bf16: bool) -> None:
         super().__init__()
         self.model, self.heads, self.bf16 = model, nn.ModuleList(heads), bf16
 
-    def forward(self, views: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        with autocast(views.device, self.bf16):
-            features = self.model(views.contiguous(memory_format=torch.channels_last)).float()
+    def forward(self, crops: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        with autocast(crops[0].device, self.bf16):
+            features = torch.cat([self.model(each.contiguous(memory_format=torch.channels_last)) for each in crops])
+        features = features.float()
         return features, [head(features) for head in self.heads]
+
+
+def training_crops(
+    images: torch.Tensor, config: Config, generator: torch.Generator, among: tuple[int, int]
+) -> list[torch.Tensor]:
+    """The crops a step trains on, one batch per resolution: config.views views of every image at its own side,
+    then config.small_crops crops of config.small_crop_scale at the small side, if any (augment_crops; among:
+    where `images` lie in the whole batch)."""
+
+    def crops(count: int, scale: tuple[float, float], size: int | None = None) -> torch.Tensor:
+        return torch.cat(
+            [augment_crops(images, generator, scale, config.flip, config.rotation, among, size) for _ in range(count)]
+        )
+
+    batches = [crops(config.views, config.crop_scale)]
+    if config.small_crops:
+        small = config.small_crop_size(images.shape[-1])
+        batches.append(crops(config.small_crops, config.small_crop_scale, small))
+    return batches
 
 
 def rank_batches(sample: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, int, int]]:
@@ -190,21 +215,14 @@ def train_epoch(
     steps = progress_bar(batches, "train", "batch", progress, leave=False)
     for step, (batch, rows, (_, offset, total)) in enumerate(zip(steps, gathered, mine)):
         rate = scheduled_learning_rate(config, epoch + step / len(batches))
-        images = to_unit_range(rows)
-        views = torch.cat(
-            [
-                augment_crops(images, generator, config.crop_scale, config.flip, config.rotation, (offset, total))
-                for _ in range(config.views)
-            ]
-        )
-        features, logits = trainee(views)
+        features, logits = trainee(training_crops(to_unit_range(rows), config, generator, (offset, total)))
         losses = [
-            F.cross_entropy(each, torch.cat([labels[batch]] * config.views))
+            F.cross_entropy(each, torch.cat([labels[batch]] * (config.views + config.small_crops)))
             for each, labels in zip(logits, pseudo_labels, strict=True)
         ]
         loss = torch.stack(losses).mean()
         if config.instance_weight > 0:
-            first, second = F.normalize(features, dim=1).chunk(config.views)[:2]
+            first, second = F.normalize(features[: 2 * len(batch)], dim=1).chunk(2)
             loss = loss + config.instance_weight * instance_loss(first, second, config.instance_temperature)
         for each in optimizers:
             each.zero_grad(set_to_none=True)

@@ -44,7 +44,14 @@ def test_one_epoch_of_the_library_loop(tmp_path: Path):
     "overrides",
     [
         {"num_heads": 2},
-        {"extra_clusters": (4, 20), "neighbours": 5, "views": 2, "instance_weight": 0.5, "min_epoch_samples": 500},
+        {
+            "extra_clusters": (4, 20),
+            "neighbours": 5,
+            "views": 2,
+            "small_crops": 2,
+            "instance_weight": 0.5,
+            "min_epoch_samples": 500,
+        },
         {"head": "linear", "pca_dim": 32, "num_heads": 2, "kmeans_init": "random"},
         {"head": "linear", "pca_dim": 32, "kmeans_backend": "faiss", "kmeans_init": "k-means++"},
     ],

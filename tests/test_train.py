@@ -43,13 +43,27 @@ def test_instance_loss_rewards_finding_the_other_view():
     assert matched < 0.01 and mismatched > 5
 
 
+def test_small_crops_have_the_asked_side_and_come_from_their_image():
+    images = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 1, 16, 16)  # each image one grey level
+    crops = augment_crops(images, torch.Generator().manual_seed(2), (0.2, 0.6), True, 15.0, size=8)
+    assert crops.shape == (4, 1, 8, 8)
+    assert torch.allclose(crops, images[:, :, :8, :8])
+
+
 PLAIN = {}
 TWO_VIEWS = {"views": 2}
+MULTI_CROP = {"views": 2, "small_crops": 2}  # 8-pixel small crops of 16-pixel images
 
 
 @pytest.mark.parametrize(
     ("bf16", "options", "soft"),
-    [(False, PLAIN, False), (True, PLAIN, False), (False, TWO_VIEWS, False), (False, PLAIN, True)],
+    [
+        (False, PLAIN, False),
+        (True, PLAIN, False),
+        (False, TWO_VIEWS, False),
+        (False, PLAIN, True),
+        (False, MULTI_CROP, False),
+    ],
 )  # bf16: the CPU twin of the GPU's autocast path; soft: targets shared with neighbours
 def test_training_lowers_the_loss_on_learnable_pseudo_labels(bf16: bool, options: dict, soft: bool):
     rng = np.random.default_rng(0)
