@@ -68,6 +68,7 @@ SUITES: dict[str, Suite] = {
             "batch-128": ["--batch-size", "128"],  # twice the optimiser steps an epoch (learning rate scaled)
             # DeepCluster-v2's multi-crop: besides the two views, 2 crops of 20-60% of the area at half the side
             "small-crops-2": ["--small-crops", "2"],
+            "intensity": ["--intensity"],  # the grayscale beside the Sobel gradients
             # only change something where images are smaller than 28 pixels or fewer than 5,000 (digits)
             "native-size": ["--image-size", "8"],
             "one-pass": ["--min-epoch-samples", "0"],

@@ -129,6 +129,9 @@ class Config(BaseModel):
         ge=1,
         description="images drawn per epoch at most, even below min_epoch_samples (null: no limit): for large collections",
     )
+    intensity: bool = Field(
+        False, description="the network sees the grayscale itself beside its Sobel gradients (paper: gradients only)"
+    )
     crop_scale: tuple[float, float] = Field((0.6, 1.0), description="random resized crop area range")
     small_crops: int = Field(
         0,
@@ -280,6 +283,7 @@ PREDATED_KEYS: dict[str, Any] = {
     "min_epoch_samples": 0,
     "max_epoch_samples": None,
     "small_crops": 0,
+    "intensity": False,
 }
 
 

@@ -53,10 +53,9 @@ def _conv_block(
     ]
 
 
-def _small_trunk() -> tuple[nn.Sequential, nn.Sequential]:
+def _small_trunk(in_channels: int) -> tuple[nn.Sequential, nn.Sequential]:
     """A 6-conv VGG-style net for 28x28-ish images (about 0.03 GMAC per 28x28 image)."""
     layers: list[nn.Module] = []
-    in_channels = 2
     for width in (32, 64, 128):
         layers += _conv_block(in_channels, width) + _conv_block(width, width) + [nn.MaxPool2d(2, ceil_mode=True)]
         in_channels = width
@@ -67,10 +66,10 @@ def _small_trunk() -> tuple[nn.Sequential, nn.Sequential]:
     return nn.Sequential(*layers), classifier
 
 
-def _alexnet_trunk() -> tuple[nn.Sequential, nn.Sequential]:
+def _alexnet_trunk(in_channels: int) -> tuple[nn.Sequential, nn.Sequential]:
     """AlexNet with batch norm, as in DeepCluster's reference model (input >= 63 pixels)."""
     layers = (
-        _conv_block(2, 96, 11, 4, 2)
+        _conv_block(in_channels, 96, 11, 4, 2)
         + [nn.MaxPool2d(3, 2)]
         + _conv_block(96, 256, 5, 1, 2)
         + [nn.MaxPool2d(3, 2)]
@@ -90,10 +89,9 @@ def _alexnet_trunk() -> tuple[nn.Sequential, nn.Sequential]:
     return nn.Sequential(*layers), classifier
 
 
-def _vgg16_trunk() -> tuple[nn.Sequential, nn.Sequential]:
+def _vgg16_trunk(in_channels: int) -> tuple[nn.Sequential, nn.Sequential]:
     """VGG-16 with batch norm (input >= 32 pixels)."""
     layers: list[nn.Module] = []
-    in_channels = 2
     for width, repeats in ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)):
         for _ in range(repeats):
             layers += _conv_block(in_channels, width)
@@ -114,9 +112,12 @@ class DeepClusterNet(nn.Module):
 
     With `proj_dim`, a projection (ReLU + linear) follows and the features are its L2-normalised
     output, of dimension proj_dim (DeepCluster-v2); `trunk` still gives the classifier body's output.
+    With `intensity`, the front passes the grayscale itself on beside its two gradients.
     """
 
-    def __init__(self, arch: str, generator: torch.Generator, proj_dim: int | None = None) -> None:
+    def __init__(
+        self, arch: str, generator: torch.Generator, proj_dim: int | None = None, intensity: bool = False
+    ) -> None:
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}: expected one of {', '.join(ARCHS)}")
@@ -124,8 +125,8 @@ class DeepClusterNet(nn.Module):
         self.trunk_dim = ARCHS[arch].feature_dim
         self.representation_dim = ARCHS[arch].conv_channels * REPRESENTATION_GRID**2
         self.feature_dim = proj_dim or self.trunk_dim
-        self.sobel = SobelFilter()
-        self.convs, self.classifier = _BUILDERS[arch]()
+        self.sobel = SobelFilter(intensity)
+        self.convs, self.classifier = _BUILDERS[arch](self.sobel.channels)
         self.projection = nn.Linear(self.trunk_dim, proj_dim) if proj_dim else None
         self._initialise(generator)
 

@@ -81,7 +81,8 @@ def validate_for_dataset(config: Config, num_images: int, image_shape: tuple[int
 
 def build_model(config: Config, generator: torch.Generator) -> DeepClusterNet:
     """The run's convnet (with the projection where head=prototypes), initialised from `generator`."""
-    return DeepClusterNet(config.arch, generator, config.proj_dim if config.head == "prototypes" else None)
+    proj_dim = config.proj_dim if config.head == "prototypes" else None
+    return DeepClusterNet(config.arch, generator, proj_dim, config.intensity)
 
 
 def initial_model(config: Config) -> DeepClusterNet:

@@ -1,5 +1,6 @@
 """The fixed Sobel front (Caron et al. 2018, Sec. 4, "Preprocessing"): grayscale, then the two
-Sobel kernels as two channels, so the network cannot cluster on colour or raw intensity.
+Sobel kernels as two channels, so the network cannot cluster on colour or raw intensity (config
+`intensity` passes the grayscale on as a third channel).
 
 `prepare_inputs` is the preprocessing stage: it turns a dataset's uint8 images into the grayscale
 uint8 tensor the Sobel front consumes, once per run. `SobelFilter` is the first, frozen layer
@@ -53,16 +54,22 @@ def chunks(images: np.ndarray, size: int = CHUNK) -> Iterator[np.ndarray]:
 
 
 class SobelFilter(nn.Module):
-    """Fixed Sobel filter: (N, 1, H, W) grayscale in [0, 1] -> (N, 2, H, W) gradients (gx, gy)."""
+    """Fixed Sobel filter: (N, 1, H, W) grayscale in [0, 1] -> (N, 2, H, W) gradients (gx, gy); with `intensity`,
+    (N, 3, H, W): the grayscale itself as a third channel."""
 
     kernels: torch.Tensor
 
-    def __init__(self) -> None:
+    def __init__(self, intensity: bool = False) -> None:
         super().__init__()
         gx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
-        kernels = torch.stack([gx, gx.t()]).unsqueeze(1)  # (2, 1, 3, 3)
+        identity = torch.zeros(3, 3).index_put_((torch.tensor(1), torch.tensor(1)), torch.tensor(1.0))
+        kernels = torch.stack([gx, gx.t(), identity] if intensity else [gx, gx.t()]).unsqueeze(1)  # (2 or 3, 1, 3, 3)
         # A buffer, not a parameter: never trained, and rebuilt rather than stored in checkpoints.
         self.register_buffer("kernels", kernels, persistent=False)
+
+    @property
+    def channels(self) -> int:
+        return len(self.kernels)
 
     def forward(self, grayscale: torch.Tensor) -> torch.Tensor:
         return F.conv2d(grayscale, self.kernels.to(grayscale.dtype), padding=1)

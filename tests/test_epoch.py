@@ -43,7 +43,7 @@ def test_one_epoch_of_the_library_loop(tmp_path: Path):
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"num_heads": 2},
+        {"num_heads": 2, "intensity": True},
         {
             "extra_clusters": (4, 20),
             "neighbours": 5,

@@ -25,6 +25,19 @@ def test_the_representation_of_a_28_pixel_image_is_the_last_convolutional_map_un
         assert torch.equal(model.representation(images), last_map.flatten(1))
 
 
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_the_intensity_front_passes_the_grayscale_beside_its_gradients(arch):
+    model = DeepClusterNet(arch, torch.Generator().manual_seed(0), intensity=True).eval()
+    images = torch.rand(2, 1, 12, 12)
+    front = model.sobel(images)
+    assert front.shape == (2, 3, 12, 12) and model.convs[0].in_channels == 3
+    assert torch.equal(front[:, :2], DeepClusterNet(arch, torch.Generator()).sobel(images))
+    assert torch.allclose(front[:, 2:], images)
+    size = ARCHS[arch].min_input_size
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, size, size)).shape == (2, ARCHS[arch].feature_dim)
+
+
 def test_initialisation_comes_from_the_generator():
     first = DeepClusterNet("small", torch.Generator().manual_seed(1)).state_dict()
     again = DeepClusterNet("small", torch.Generator().manual_seed(1)).state_dict()
