@@ -62,7 +62,8 @@ class SobelFilter(nn.Module):
     def __init__(self, intensity: bool = False) -> None:
         super().__init__()
         gx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
-        identity = torch.zeros(3, 3).index_put_((torch.tensor(1), torch.tensor(1)), torch.tensor(1.0))
+        identity = torch.zeros(3, 3)
+        identity[1, 1] = 1.0
         kernels = torch.stack([gx, gx.t(), identity] if intensity else [gx, gx.t()]).unsqueeze(1)  # (2 or 3, 1, 3, 3)
         # A buffer, not a parameter: never trained, and rebuilt rather than stored in checkpoints.
         self.register_buffer("kernels", kernels, persistent=False)
