@@ -115,12 +115,10 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     """Every rank's rows of `tensor`, concatenated in rank order, on every rank (the shards may differ in size)."""
     if world_size() == 1:
         return tensor
-    counts = row_counts(len(tensor), tensor.device)
-    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
-    padded[: len(tensor)] = tensor
+    padded, counts = _padded_shard(tensor)
     parts = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(parts, padded)
-    return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
+    return _unpadded(parts, counts)
 
 
 def gather_rows(tensor: torch.Tensor) -> torch.Tensor | None:
@@ -128,13 +126,23 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor | None:
     what the writer writes needs no copy on the others."""
     if world_size() == 1:
         return tensor
+    padded, counts = _padded_shard(tensor)
+    parts = [torch.empty_like(padded) for _ in counts] if is_writer() else None
+    dist.gather(padded, parts, dst=WRITER)
+    return None if parts is None else _unpadded(parts, counts)
+
+
+def _padded_shard(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """This rank's rows padded with zeros to the largest shard (collectives exchange equal shapes), and the
+    number of rows of every rank."""
     counts = row_counts(len(tensor), tensor.device)
     padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
     padded[: len(tensor)] = tensor
-    parts = [torch.empty_like(padded) for _ in counts] if is_writer() else None
-    dist.gather(padded, parts, dst=WRITER)
-    if parts is None:
-        return None
+    return padded, counts
+
+
+def _unpadded(parts: list[torch.Tensor], counts: list[int]) -> torch.Tensor:
+    """The padded shards of every rank, their padding dropped, concatenated in rank order."""
     return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)])
 
 
