@@ -4,7 +4,8 @@ operations an epoch needs.
 Every rank holds all the images (in device memory, or reads them from the run's file: `loader`) and extracts the features of
 its shard, a contiguous range of rows (`shard`). PCA and k-means sum over the shards (`all_reduce_sum`); the
 cluster ids are gathered on every rank (`all_gather_rows`), so the balanced resample is drawn once, identically
-everywhere, and each training batch is split between the ranks. The writer (rank 0) alone writes the run, and the
+everywhere, and each training batch is split between the ranks. Each rank finds the nearest neighbours of its
+own shard's points while the shards of all ranks pass by one at a time (`each_rank_rows`). The writer (rank 0) alone writes the run, and the
 features it writes are gathered on it alone (`gather_rows`).
 
 In a single process (no process group) every function here does nothing or returns its input, so the epoch has
@@ -14,6 +15,7 @@ one code path whatever the number of ranks.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -130,6 +132,19 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor | None:
     parts = [torch.empty_like(padded) for _ in counts] if is_writer() else None
     dist.gather(padded, parts, dst=WRITER)
     return None if parts is None else _unpadded(parts, counts)
+
+
+def each_rank_rows(tensor: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """Every rank's rows of `tensor`, one rank's at a time in rank order (broadcast from that rank), each with the
+    index of its first row among the rows of all ranks: all the rows pass by without being held at once."""
+    counts = row_counts(len(tensor), tensor.device)
+    start = 0
+    for source, count in enumerate(counts):
+        rows = tensor if source == rank() else tensor.new_empty((count, *tensor.shape[1:]))
+        if world_size() > 1:
+            dist.broadcast(rows, src=source)
+        yield start, rows
+        start += count
 
 
 def _padded_shard(tensor: torch.Tensor) -> tuple[torch.Tensor, list[int]]:

@@ -25,15 +25,39 @@ def nearest_neighbours(points: torch.Tensor, count: int) -> torch.Tensor:
     num_points = len(points)
     if not 1 <= count < num_points:
         raise InputError(f"need 1 <= neighbours < points, got {count} neighbours of {num_points} points")
-    chunk_elements = CHUNK_ELEMENTS.get(points.device.type, CHUNK_ELEMENTS["cpu"])
-    rows_per_chunk = max(1, chunk_elements // num_points)
-    found = torch.empty((num_points, count), dtype=torch.int64, device=points.device)
-    for start in range(0, num_points, rows_per_chunk):
-        stop = min(start + rows_per_chunk, num_points)
-        similarity = points[start:stop] @ points.T
-        similarity[torch.arange(stop - start), torch.arange(start, stop)] = float("-inf")
-        found[start:stop] = similarity.topk(count, dim=1).indices
-    return found
+    return nearest_among(points, points, count, itself=True)[1]
+
+
+def nearest_among(
+    queries: torch.Tensor, pool: torch.Tensor, count: int, pool_start: int = 0, itself: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `count` rows of `pool` most similar to each query by inner product (all of them where the pool is
+    smaller), most similar first: (similarities, indices), the indices numbered from `pool_start`.
+
+    itself: the pool is the queries, and a query is never its own neighbour (its similarity is -inf).
+    """
+    taken = min(count, len(pool))
+    chunk_elements = CHUNK_ELEMENTS.get(queries.device.type, CHUNK_ELEMENTS["cpu"])
+    rows_per_chunk = max(1, chunk_elements // max(1, len(pool)))
+    similarities = torch.empty((len(queries), taken), dtype=queries.dtype, device=queries.device)
+    found = torch.empty((len(queries), taken), dtype=torch.int64, device=queries.device)
+    for start in range(0, len(queries), rows_per_chunk):
+        stop = min(start + rows_per_chunk, len(queries))
+        similarity = queries[start:stop] @ pool.T
+        if itself:
+            similarity[torch.arange(stop - start), torch.arange(start, stop)] = float("-inf")
+        similarities[start:stop], found[start:stop] = similarity.topk(taken, dim=1)
+    return similarities, found + pool_start
+
+
+def merge_nearest(
+    first: tuple[torch.Tensor, torch.Tensor], second: tuple[torch.Tensor, torch.Tensor], count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `count` most similar of two searches of the same queries in different pools (`nearest_among`)."""
+    similarities = torch.cat([first[0], second[0]], dim=1)
+    indices = torch.cat([first[1], second[1]], dim=1)
+    best = similarities.topk(min(count, similarities.shape[1]), dim=1)
+    return best.values, indices.gather(1, best.indices)
 
 
 def neighbour_targets(assignments: torch.Tensor, neighbours: torch.Tensor, num_clusters: int) -> torch.Tensor:

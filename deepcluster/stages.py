@@ -23,7 +23,7 @@ from deepcluster.features import extract_features
 from deepcluster.kmeans import Clustering, centroid_means, faiss_kmeans, kmeans
 from deepcluster.loader import Inputs
 from deepcluster.models import ClusterHead, DeepClusterNet, PrototypeHead
-from deepcluster.neighbours import nearest_neighbours, neighbour_targets
+from deepcluster.neighbours import merge_nearest, nearest_among, neighbour_targets
 from deepcluster.reduce import PCAWhitening, apply_reduction, pca_whiten_l2
 from deepcluster.rng import stage_generator, stage_seed
 from deepcluster.sampling import uniform_cluster_sample
@@ -96,10 +96,21 @@ def training_targets(points: torch.Tensor, clusterings: list[Clustering], config
     share of each cluster among an image and its nearest neighbours in `points` (of all ranks)."""
     if config.neighbours == 0:
         return [clustering.assignments for clustering in clusterings]
-    neighbours = nearest_neighbours(distributed.all_gather_rows(points), config.neighbours)
+    neighbours = distributed.all_gather_rows(_nearest_neighbours(points, config.neighbours))
     return [
         neighbour_targets(clustering.assignments, neighbours, len(clustering.centroids)) for clustering in clusterings
     ]
+
+
+def _nearest_neighbours(points: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count` nearest neighbours (indices among the points of all ranks) of this rank's `points`, searched
+    among the shards of every rank in turn: each rank searches for its own points, holding one other shard at a time."""
+    shards = distributed.each_rank_rows(points)  # a single process: its own points, once
+    start, rows = next(shards)
+    best = nearest_among(points, rows, count, start, itself=rows is points)
+    for start, rows in shards:
+        best = merge_nearest(best, nearest_among(points, rows, count, start, itself=rows is points), count)
+    return best[1]
 
 
 def _per_head(stage: str, head: int) -> str:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepcluster import distributed
+from deepcluster import distributed, stages
 from deepcluster.kmeans import centroid_means, kmeans
+from deepcluster.neighbours import nearest_neighbours
 from deepcluster.reduce import fit_pca_whitening
 from tests.helpers import on_ranks
 
@@ -84,8 +85,22 @@ def _check_collectives(path: Path) -> None:
     picked = distributed.rows_at(rows, torch.tensor([7, 0, 4]), offset)
     on_writer = distributed.gather_rows(rows)
     assert (on_writer is None) == (rank != distributed.WRITER)
+    passed = [(start, shard.flatten().tolist()) for start, shard in distributed.each_rank_rows(rows)]
+    points = _points()
+    neighbours = distributed.all_gather_rows(stages._nearest_neighbours(points[distributed.shard(len(points))], 10))
     if distributed.is_writer():
-        torch.save({"all": everything, "offset": offset, "total": total, "picked": picked, "writer": on_writer}, path)
+        torch.save(
+            {
+                "all": everything,
+                "offset": offset,
+                "total": total,
+                "picked": picked,
+                "writer": on_writer,
+                "passed": passed,
+                "neighbours": neighbours,
+            },
+            path,
+        )
 
 
 def test_collectives_gather_shards_of_different_sizes(tmp_path: Path) -> None:
@@ -95,6 +110,9 @@ def test_collectives_gather_shards_of_different_sizes(tmp_path: Path) -> None:
     assert torch.equal(result["writer"], result["all"])
     assert (result["offset"], result["total"]) == (0, 8)
     assert result["picked"].flatten().tolist() == [104, 0, 101]
+    assert result["passed"] == [(0, [0, 1, 2]), (3, [100, 101, 102, 103, 104])]
+    # each rank searched its own points among the shards passing by: the neighbours one process finds among all
+    assert torch.equal(result["neighbours"], nearest_neighbours(_points(), 10))
 
 
 def test_each_rank_of_a_machine_takes_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:

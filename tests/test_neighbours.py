@@ -2,7 +2,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepcluster.neighbours import nearest_neighbours, neighbour_targets
+from deepcluster.neighbours import merge_nearest, nearest_among, nearest_neighbours, neighbour_targets
 
 
 @settings(max_examples=30, deadline=None)
@@ -24,6 +24,18 @@ def test_chunks_give_the_same_neighbours(monkeypatch):
     whole = nearest_neighbours(points, 3)
     monkeypatch.setitem(__import__("deepcluster.neighbours").neighbours.CHUNK_ELEMENTS, "cpu", 120)  # 2 rows a chunk
     assert torch.equal(nearest_neighbours(points, 3), whole)
+
+
+def test_searches_of_parts_of_the_pool_merge_into_the_search_of_the_whole():
+    points = torch.nn.functional.normalize(torch.randn(40, 5, generator=torch.Generator().manual_seed(1)))
+    queries = points[10:25]  # their own rows in the pool are 10..24
+    first = nearest_among(queries, points[:18], 4)
+    second = nearest_among(queries, points[18:], 4, pool_start=18)
+    merged = merge_nearest(first, second, 4)
+    whole = nearest_among(queries, points, 4)
+    assert torch.equal(merged[1], whole[1]) and torch.allclose(merged[0], whole[0])
+    tiny = nearest_among(queries, points[:2], 4)  # a pool smaller than the count: all of it
+    assert tiny[1].shape == (15, 2)
 
 
 def test_targets_are_each_clusters_share_among_a_point_and_its_neighbours():
