@@ -29,6 +29,7 @@ from deepcluster.runtime import machine_description
 PAPER = [
     *("--head", "linear", "--pca-dim", "256", "--kmeans-init", "random"),
     *("--crop-scale", "0.5,1", "--rotation", "0", "--views", "1", "--min-epoch-samples", "0", "--grouping", "kmeans"),
+    *("--neighbours", "0"),
 ]
 FASHION_MNIST = ["--dataset", "fashion-mnist"]  # found in data/fashion-mnist/ or Debian's /usr/share/datasets/
 
@@ -58,7 +59,8 @@ SUITES: dict[str, Suite] = {
             "one-view": ["--views", "1"],
             "crops-30": ["--crop-scale", "0.3,1"],  # crops of 30-100% of the area
             "crops-80": ["--crop-scale", "0.8,1"],  # crops of 80-100% of the area
-            "neighbours-10": ["--neighbours", "10"],
+            "neighbours-0": ["--neighbours", "0"],  # hard targets: each image's own cluster alone
+            "neighbours-20": ["--neighbours", "20"],  # soft targets over twice as many neighbours
             "extra-k-10": ["--extra-k", "10"],
             "instance": ["--instance-weight", "0.5"],
             "cosine": ["--lr-schedule", "cosine"],  # learning rate decayed to 0 over the run
@@ -82,6 +84,8 @@ SUITES: dict[str, Suite] = {
                 "0",
                 "--grouping",
                 "kmeans",
+                "--neighbours",
+                "0",
             ],
             "paper": PAPER,
         },

@@ -69,7 +69,10 @@ class Config(BaseModel):
         (), description="k of further k-means clusterings trained at once, one head each (several granularities)"
     )
     neighbours: int = Field(
-        0, ge=0, description="train on each image's cluster shared with its nearest neighbours (soft targets); 0: off"
+        10,
+        ge=0,
+        description="train on each cluster's share among an image and its nearest neighbours (soft targets); "
+        "0: on the image's own cluster alone",
     )
     arch: Literal["small", "alexnet", "vgg16"] = Field("small", description="convnet architecture")
     head: Literal["linear", "prototypes"] = Field(

@@ -59,7 +59,10 @@ def validate_for_dataset(config: Config, num_images: int, image_shape: tuple[int
     if largest_k > num_images:
         raise ConfigError(f"k={largest_k} is larger than the number of images ({num_images})")
     if config.neighbours >= num_images:
-        raise ConfigError(f"neighbours={config.neighbours} must be below the number of images ({num_images})")
+        raise ConfigError(
+            f"neighbours={config.neighbours} must be below the number of images ({num_images}): "
+            f"set neighbours to at most {num_images - 1} (0: train on each image's own cluster)"
+        )
     if config.image_size is None and height != width:
         raise ConfigError(f"images are {height}x{width}, not square: set image_size")
     size = effective_image_size(config, height)

@@ -131,7 +131,13 @@ def test_task_functions_run_without_prefect(tmp_path: Path):
     features, _ = tasks.pca_reduce.fn(tasks.extract_features.fn(session, False), config.pca_dim)
     clusterings = tasks.cluster_kmeans.fn(features, config, 0)
     targets = tasks.training_targets.fn(features, clusterings, config)
-    assert torch.equal(targets[0], clusterings[0].assignments)  # no neighbours: the cluster ids themselves
+    # soft targets (the default): each cluster's share among an image and its nearest neighbours
+    assert targets[0].shape == (len(features), config.num_clusters)
+    assert torch.allclose(targets[0].sum(dim=1), torch.ones(len(features)))
+    own_share = targets[0].gather(1, clusterings[0].assignments.unsqueeze(1))
+    assert (own_share >= 1 / (config.neighbours + 1)).all()
+    hard = tasks.training_targets.fn(features, clusterings, config.model_copy(update={"neighbours": 0}))
+    assert torch.equal(hard[0], clusterings[0].assignments)  # neighbours 0: the cluster ids themselves
     sample = tasks.balanced_resample.fn(clusterings[0].assignments, config, 0)
     assert tasks.retrain.fn(session, clusterings, targets, sample, 0, False).loss > 0
     assert tasks.score_clusters.fn(session, clusterings[0].assignments.numpy())["cluster_sizes"]["empty"] == 0

@@ -21,6 +21,7 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path: Path):
     layout = RunLayout(tmp_path, "bad")
     for config, message in [
         (tiny_config(num_clusters=301), "k=301 is larger than the number of images"),
+        (tiny_config(num_clusters=5, limit=8), r"neighbours=10 must be below the number of images \(8\): set"),
         (tiny_config(head="linear", pca_dim=512), "pca_dim=512"),
         (tiny_config(arch="alexnet", image_size=32), "alexnet needs images of at least 63"),
         (tiny_config(small_crops=2, small_crop_side=0.25), "small crops of 0.25 of 28 pixels are 7 pixels"),
