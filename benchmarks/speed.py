@@ -26,6 +26,7 @@ from deepcluster import runtime
 from deepcluster.config import Config
 from deepcluster.epoch import run_epoch
 from deepcluster.kmeans import assign, kmeans
+from deepcluster.neighbours import nearest_neighbours
 from deepcluster.runs import load_inputs, new_session
 
 STAGES = ("extract", "pca", "kmeans", "targets", "resample", "train", "evaluate")
@@ -209,8 +210,11 @@ def bench_kmeans(
     sklearn_inits: tuple[str, ...] = ("random", "k-means++"),
     faiss: bool = True,
     json_path: Path | None = None,
+    neighbours: int = 0,
 ) -> dict[str, Any]:
-    """Time the project's k-means, faiss and scikit-learn on the same points, one init, `iterations` at most.
+    """Time the project's k-means, faiss and scikit-learn on the same points, one init, `iterations` at most;
+    with `neighbours` M > 0, also the exact search for every point's M nearest neighbours (the soft targets'
+    search of each epoch) on the same points, L2-normalised as the run's features are.
 
     Every objective is the same measure: mean squared distance of each point to its nearest returned centroid.
     """
@@ -226,7 +230,7 @@ def bench_kmeans(
             row["seconds_per_iteration"] = round(row["seconds"] / max(1, row["iterations"]), 4)
             row["seconds_vs_ours"] = round(row["seconds"] / ours["seconds"], 2)
             row["objective_vs_ours"] = round(row["objective"] / ours["objective"] - 1, 4)
-    summary = {
+    summary: dict[str, Any] = {
         "n": n,
         "dim": dim,
         "k": k,
@@ -237,6 +241,9 @@ def bench_kmeans(
         "date": time.strftime("%Y-%m-%d"),
         "results": rows,
     }
+    if neighbours:
+        summary["neighbours"] = _time_neighbours(points, neighbours)
+        summary["neighbours"]["seconds_vs_ours"] = round(summary["neighbours"]["seconds"] / rows[0]["seconds"], 2)
     print(format_kmeans(summary))
     if json_path is not None:
         json_path.write_text(json.dumps(summary, indent=2) + "\n")
@@ -268,6 +275,15 @@ def _time_ours(points: torch.Tensor, k: int, iterations: int, seed: int) -> dict
     if points.device.type == "cuda":
         row["extra_cuda_mb"] = round((torch.cuda.max_memory_allocated(points.device) - base) / 2**20, 1)
     return row
+
+
+def _time_neighbours(points: torch.Tensor, count: int) -> dict[str, Any]:
+    normalised = torch.nn.functional.normalize(points, dim=1)
+    _synchronize(points.device)
+    start = time.perf_counter()
+    nearest_neighbours(normalised, count)
+    _synchronize(points.device)
+    return {"count": count, "seconds": round(time.perf_counter() - start, 3)}
 
 
 def _time_faiss(points: torch.Tensor, k: int, iterations: int, seed: int) -> dict[str, Any]:
@@ -319,6 +335,12 @@ def format_kmeans(summary: dict[str, Any]) -> str:
             f"{row['method']:44}{row['seconds']:>9.2f}{row['iterations']:>7}{row['seconds_per_iteration']:>8.3f}"
             f"{row['objective']:>12.4f}"
             f"{row['seconds_vs_ours']:>11.2f}{row['objective_vs_ours']:>+12.2%}"
+        )
+    if "neighbours" in summary:
+        found = summary["neighbours"]
+        lines.append(
+            f"{found['count']} nearest neighbours of every point (exact, L2-normalised points): "
+            f"{found['seconds']:.2f} s, {found['seconds_vs_ours']:.2f} x the project's k-means"
         )
     extra = summary["results"][0].get("extra_cuda_mb")
     if extra is not None:

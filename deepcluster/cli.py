@@ -228,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench_kmeans.add_argument("--iters", type=int, default=20, help="at most this many Lloyd iterations")
     bench_kmeans.add_argument("--seed", type=int, default=0)
     bench_kmeans.add_argument(
+        "--neighbours",
+        type=int,
+        default=10,
+        help="also time the exact search for every point's M nearest neighbours (soft targets); 0: skip",
+    )
+    bench_kmeans.add_argument(
         "--sklearn-init",
         choices=["both", "random", "k-means++", "none"],
         default="both",
@@ -434,9 +440,12 @@ def command_bench_kmeans(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.k > args.n:
         raise ConfigError(f"--k {args.k} is larger than --n {args.n}")
+    if not 0 <= args.neighbours < args.n:
+        raise ConfigError(f"--neighbours must be between 0 and --n - 1 ({args.n - 1}), got {args.neighbours}")
     inits = {"both": ("random", "k-means++"), "none": ()}.get(args.sklearn_init, (args.sklearn_init,))
     device = runtime.resolve_device(args.device)
-    bench_kmeans(args.n, args.dim, args.k, args.iters, device, args.seed, inits, not args.no_faiss, args.json_out)
+    faiss, json_path = not args.no_faiss, args.json_out
+    bench_kmeans(args.n, args.dim, args.k, args.iters, device, args.seed, inits, faiss, json_path, args.neighbours)
     return 0
 
 

@@ -75,19 +75,24 @@ def test_bench_runs_flow_and_library_and_writes_json(prefect_harness, tmp_path: 
 def test_bench_kmeans_compares_on_the_same_points(tmp_path: Path):
     pytest.importorskip("faiss", reason="faiss is an optional backend (pip install faiss-cpu)")
     summary = bench_kmeans(
-        3000, 8, 10, 20, torch.device("cpu"), json_path=tmp_path / "k.json", sklearn_inits=("random",)
+        3000, 8, 10, 20, torch.device("cpu"), json_path=tmp_path / "k.json", sklearn_inits=("random",), neighbours=5
     )
     methods = [row["method"] for row in summary["results"]]
     assert methods[0].startswith("deepcluster") and methods[1].startswith("faiss") and "init=random" in methods[2]
     for row in summary["results"]:
         assert 1 <= row["iterations"] <= 20 and row["objective"] > 0
         assert abs(row["objective_vs_ours"]) < 0.5  # the same problem, comparable optima
-    assert json.loads((tmp_path / "k.json").read_text())["k"] == 10
+    written = json.loads((tmp_path / "k.json").read_text())
+    assert written["k"] == 10 and written["neighbours"]["count"] == 5 and written["neighbours"]["seconds"] > 0
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--k", "50", "--n", "10"], "--k 50 is larger than --n 10"), (["--iters", "0"], "--iters must be at least 1")],
+    [
+        (["--k", "50", "--n", "10"], "--k 50 is larger than --n 10"),
+        (["--iters", "0"], "--iters must be at least 1"),
+        (["--n", "10", "--k", "5", "--neighbours", "10"], "--neighbours must be between 0 and --n - 1 (9), got 10"),
+    ],
 )
 def test_bench_kmeans_rejects_bad_sizes(args, message, capsys):
     assert main(["bench-kmeans", *args]) == 2
