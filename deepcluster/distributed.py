@@ -5,8 +5,8 @@ Every rank holds all the images (in device memory, or reads them from the run's 
 its shard, a contiguous range of rows (`shard`). PCA and k-means sum over the shards (`all_reduce_sum`); the
 cluster ids are gathered on every rank (`all_gather_rows`), so the balanced resample is drawn once, identically
 everywhere, and each training batch is split between the ranks. Each rank finds the nearest neighbours of its
-own shard's points while the shards of all ranks pass by one at a time (`each_rank_rows`). The writer (rank 0) alone writes the run, and the
-features it writes are gathered on it alone (`gather_rows`).
+own shard's points while the shards of all ranks pass by one at a time (`each_rank_rows`). The writer (rank 0)
+alone writes the run, and the features it writes are gathered on it alone (`gather_rows`).
 
 In a single process (no process group) every function here does nothing or returns its input, so the epoch has
 one code path whatever the number of ranks.
