@@ -2,6 +2,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from deepcluster import neighbours
 from deepcluster.neighbours import merge_nearest, nearest_among, nearest_neighbours, neighbour_targets
 
 
@@ -22,7 +23,8 @@ def test_nearest_neighbours_match_a_full_sort(num_points, count, seed):
 def test_chunks_give_the_same_neighbours(monkeypatch):
     points = torch.nn.functional.normalize(torch.randn(50, 4, generator=torch.Generator().manual_seed(0)))
     whole = nearest_neighbours(points, 3)
-    monkeypatch.setitem(__import__("deepcluster.neighbours").neighbours.CHUNK_ELEMENTS, "cpu", 120)  # 2 rows a chunk
+    monkeypatch.setitem(neighbours.CHUNK_ELEMENTS, "cpu", 120)  # 2 rows a chunk
+    monkeypatch.setattr(neighbours, "MIN_CHUNK_ROWS", 1)
     assert torch.equal(nearest_neighbours(points, 3), whole)
 
 
