@@ -104,7 +104,8 @@ def training_targets(points: torch.Tensor, clusterings: list[Clustering], config
 
 def _nearest_neighbours(points: torch.Tensor, count: int) -> torch.Tensor:
     """The `count` nearest neighbours (indices among the points of all ranks) of this rank's `points`, searched
-    among the shards of every rank in turn: each rank searches for its own points, holding one other shard at a time."""
+    among the shards of every rank in turn: each rank searches for its own points, holding one other shard at a
+    time."""
     shards = distributed.each_rank_rows(points)  # a single process: its own points, once
     start, rows = next(shards)
     best = nearest_among(points, rows, count, start, itself=rows is points)

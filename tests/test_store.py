@@ -149,7 +149,8 @@ def test_the_store_directory_defaults_to_the_cache_or_the_environment(monkeypatc
 def test_runs_of_a_folder_share_its_store_and_keep_their_own_link_or_selection(tmp_path: Path, monkeypatch):
     folder = tmp_path / "photos"
     photos(folder, [(30, 40), (40, 30), (32, 32), (50, 36)] * 3)
-    config = tiny_config(dataset=str(folder), image_size=28, num_clusters=3, neighbours=3, limit=None)  # 4 images
+    # neighbours=3: the selection below holds 4 images
+    config = tiny_config(dataset=str(folder), image_size=28, num_clusters=3, neighbours=3, limit=None)
     whole = RunLayout(tmp_path / "runs", "whole")
     info = runs.ingest(config, whole)
     stored = store.StoredImages(Path(artifacts.read_run_record(whole)["dataset"]["store"]), {})
