@@ -10,6 +10,7 @@ resample, and retrain trains on this rank's part of every batch.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -106,12 +107,12 @@ def _nearest_neighbours(points: torch.Tensor, count: int) -> torch.Tensor:
     """The `count` nearest neighbours (indices among the points of all ranks) of this rank's `points`, searched
     among the shards of every rank in turn: each rank searches for its own points, holding one other shard at a
     time."""
-    shards = distributed.each_rank_rows(points)  # a single process: its own points, once
-    start, rows = next(shards)
-    best = nearest_among(points, rows, count, start, itself=rows is points)
-    for start, rows in shards:
-        best = merge_nearest(best, nearest_among(points, rows, count, start, itself=rows is points), count)
-    return best[1]
+    # a single process: its own points, once
+    searches = (
+        nearest_among(points, rows, count, start, itself=rows is points)
+        for start, rows in distributed.each_rank_rows(points)
+    )
+    return functools.reduce(lambda best, found: merge_nearest(best, found, count), searches)[1]
 
 
 def _per_head(stage: str, head: int) -> str:
