@@ -1,7 +1,7 @@
 """`deepcluster bench-scale`: ingest of an image folder into the input store, and epochs that stream.
 
 Ingest: the same folder decoded into a fresh store once per worker count, each in a child process of its own
-so that its peak memory (its own and its workers') is measured apart; then once more with a quarter of the
+(`benchmarks.ingest`) so that its peak memory (its own and its workers') is measured apart; then once more with a quarter of the
 images, to show the memory does not grow with their number; and a bare decode-grayscale-resize loop with the same
 processes (`benchmarks.decode`), what ingest is measured against. Epochs: one library epoch on the stored folder
 with its inputs held in memory and one with them read from their file a batch at a time, side by side.
@@ -56,27 +56,6 @@ def synthetic_folder(folder: Path, count: int, size: int, seed: int = 0) -> None
         Image.fromarray(pixels).save(directory / f"{index:07d}.jpg", quality=90)
 
 
-def _ingest_child(folder: Path, size: int, workers: int, store_dir: Path, limit: int | None) -> dict[str, Any]:
-    """Ingest in this process (a child of the benchmark): seconds and peak memory with the workers'."""
-    listing = store.list_folder(folder)
-    if limit is not None:
-        listing = store.Listing(listing.directory, listing.files[:limit], f"{listing.digest}-{limit}")
-    start = time.perf_counter()
-    stored = store.ingest_folder(folder, size, size, store_dir, workers, listing)
-    seconds = time.perf_counter() - start
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {
-        "images": stored.num_images,
-        "workers": workers,
-        "seconds": round(seconds, 3),
-        "images_per_second": round(stored.num_images / seconds, 1),
-        "peak_rss_mb": round(own, 1),
-        "peak_worker_rss_mb": round(workers_peak, 1),
-        "store_bytes": stored.inputs.stat().st_size,
-    }
-
-
 def _child(module: str, *arguments: Any) -> dict[str, Any]:
     """`python -m module arguments...` in a child process (its own peak memory): the JSON of its last line."""
     command = [sys.executable, "-m", module, *map(str, arguments)]
@@ -86,7 +65,7 @@ def _child(module: str, *arguments: Any) -> dict[str, Any]:
 
 def _ingest(folder: Path, size: int, workers: int, limit: int | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="deepcluster-bench-store-") as store_dir:
-        return _child("benchmarks.scale", "ingest", folder, size, workers, store_dir, limit or 0)
+        return _child("benchmarks.ingest", folder, size, workers, store_dir, limit or 0)
 
 
 def _bare_decode(folder: Path, size: int, workers: int) -> float:
@@ -385,9 +364,3 @@ if __name__ == "__main__":
         distributed.stop()
     elif sys.argv[1] == "epoch":  # a line of _growth
         print(json.dumps(_epoch_child(Path(sys.argv[2]))))
-    else:
-        folder_arg, size_arg, workers_arg, store_arg, limit_arg = sys.argv[2:7]
-        result = _ingest_child(
-            Path(folder_arg), int(size_arg), int(workers_arg), Path(store_arg), int(limit_arg) or None
-        )
-        print(json.dumps(result))

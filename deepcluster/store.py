@@ -4,7 +4,7 @@ A folder of photos can be far larger than memory (1.28 M images at 224 pixels ar
 uint8), so ingest never holds it: worker processes decode the files a chunk at a time (grayscale, the
 shorter side resized to the input size, then a centre crop) into one uint8 array on disk (N, 1, S, S),
 written a chunk at a time, which the runs read a batch at a time. Memory stays bounded by a few chunks whatever the
-number of images. The workers decode with PIL alone.
+number of images. The workers decode with PIL alone (`deepcluster.decode`: no torch in them).
 
     <store_dir>/<key>/
         inputs.npy       uint8 (N, 1, S, S): the readable images, in the order of files.parquet
@@ -35,20 +35,17 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from deepcluster import artifacts
+from deepcluster import artifacts, decode
 from deepcluster.data import ImageSet
 from deepcluster.errors import ConfigError, DatasetError
 from deepcluster.loader import FileRows
 from deepcluster.runtime import cpu_count
-
-if TYPE_CHECKING:
-    import PIL.Image
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +223,7 @@ def _marker(partial: Path, index: int) -> Path:
 def _native_size(listing: Listing, chunks: list[list[str]], workers: int) -> int:
     """The one square size of all readable images; ConfigError where they differ."""
     sizes: set[tuple[int, int]] = set()
-    for found in _pool_map(_chunk_sizes, [(listing.directory, chunk) for chunk in chunks], workers):
+    for found in _pool_map(decode.chunk_sizes, [(listing.directory, chunk) for chunk in chunks], workers):
         sizes |= found
     if not sizes:
         raise DatasetError(f"image folder {listing.directory} has no readable images ({len(listing.files)} files)")
@@ -241,24 +238,10 @@ def _native_size(listing: Listing, chunks: list[list[str]], workers: int) -> int
     return height
 
 
-def _chunk_sizes(directory: Path, files: list[str]) -> set[tuple[int, int]]:
-    """(height, width) of the readable images of one chunk, from their headers."""
-    from PIL import Image
-
-    sizes = set()
-    for name in files:
-        try:
-            with Image.open(directory / name) as image:
-                sizes.add((image.height, image.width))
-        except (OSError, ValueError):
-            continue  # reported by the decoding
-    return sizes
-
-
 def _decoded(
     directory: Path, chunks: list[list[str]], todo: list[int], size: int, workers: int
 ) -> Iterator[tuple[int, tuple[np.ndarray, list[dict[str, str]]]]]:
-    results = _pool_map(decode_chunk, [(directory, chunks[index], size) for index in todo], workers)
+    results = _pool_map(decode.decode_chunk, [(directory, chunks[index], size) for index in todo], workers)
     yield from zip(todo, results, strict=True)
 
 
@@ -277,37 +260,6 @@ def _pool_map(function: Any, argument_tuples: list[tuple[Any, ...]], workers: in
             while waiting and len(pending) < 2 * workers:
                 pending.append(pool.submit(function, *waiting.popleft()))
             yield pending.popleft().result()
-
-
-def decode_chunk(directory: Path, files: list[str], size: int) -> tuple[np.ndarray, list[dict[str, str]]]:
-    """The images of `files` as uint8 (n, 1, size, size) (zeros where unreadable) and the unreadable ones."""
-    from PIL import Image
-
-    images = np.zeros((len(files), 1, size, size), dtype=np.uint8)
-    unreadable = []
-    for row, name in enumerate(files):
-        try:
-            with Image.open(directory / name) as image:
-                images[row] = fit_image(image, size)
-        except (OSError, ValueError) as error:
-            unreadable.append({"path": name, "error": f"{error.__class__.__name__}: {error}"})
-    return images, unreadable
-
-
-def fit_image(image: PIL.Image.Image, size: int) -> np.ndarray:
-    """One image as the network's grayscale input, uint8 (1, size, size): its luma (PIL's "L", the weights of
-    `sobel.LUMA_WEIGHTS` in fixed point), the shorter side resized to `size` with PIL's bilinear filter
-    (antialiased where it shrinks), then the centre `size` x `size` crop. Within one grey level of torch's
-    antialiased bilinear resize of the float luma (`prepare_inputs`), at the cost of a bare PIL loop."""
-    from PIL import Image
-
-    gray = image.convert("L")
-    if gray.size != (size, size):
-        scale = size / min(gray.size)
-        width, height = max(size, round(gray.width * scale)), max(size, round(gray.height * scale))
-        left, top = (width - size) // 2, (height - size) // 2
-        gray = gray.resize((width, height), Image.Resampling.BILINEAR).crop((left, top, left + size, top + size))
-    return np.asarray(gray)[None]
 
 
 def _finish(listing: Listing, root: Path, rows: artifacts.RowFile, num_chunks: int) -> None:

@@ -1,4 +1,5 @@
-"""The library never imports Prefect, the flows or the benchmarks: only the commands that run the flow load it."""
+"""The library never imports Prefect, the flows or the benchmarks: only the commands that run the flow load it.
+The command's entry point and the decoding workers import no torch."""
 
 import subprocess
 import sys
@@ -38,3 +39,14 @@ def test_algorithm_modules_import_no_run_module():
         }
         ours = {module.split(".")[1] for module in imported if module.startswith("deepcluster.")}
         assert ours <= ALGORITHM, f"deepcluster/{name}.py imports {sorted(ours - ALGORITHM)}"
+
+
+def test_the_entry_point_and_the_decoding_workers_import_no_torch():
+    """A spawned decoding worker imports the command's entry point (its parent's main module) and
+    deepcluster.decode: neither may import torch, whose import takes seconds."""
+    code = (
+        "import sys, deepcluster.__main__, deepcluster.decode\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'sklearn', 'prefect')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

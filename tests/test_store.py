@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from deepcluster import artifacts, runs, store
+from deepcluster import artifacts, decode, runs, store
 from deepcluster.artifacts import RunLayout
 from deepcluster.errors import ConfigError, DatasetError
 from deepcluster.sobel import grayscale, prepare_inputs
@@ -53,9 +53,9 @@ def test_a_folder_of_mixed_sizes_becomes_one_array_with_labels_files_and_a_repor
 def test_the_shorter_side_is_resized_then_the_centre_cropped():
     image = np.zeros((10, 30), np.uint8)
     image[:, 10:20] = 255  # the middle third is white
-    fitted = store.fit_image(Image.fromarray(image), 10)
+    fitted = decode.fit_image(Image.fromarray(image), 10)
     assert fitted.shape == (1, 10, 10) and (fitted == 255).all()
-    assert store.fit_image(Image.fromarray(image.T.copy()), 5).shape == (1, 5, 5)
+    assert decode.fit_image(Image.fromarray(image.T.copy()), 5).shape == (1, 5, 5)
 
 
 @pytest.mark.parametrize("shape", [(37, 53, 3), (9, 20), (16, 40, 3), (300, 200)])
@@ -68,7 +68,7 @@ def test_a_resized_image_is_within_one_grey_level_of_torchs_antialiased_resize(s
     resized = F.interpolate(grayscale(colour), size=target, mode="bilinear", antialias=True)
     top, left = (target[0] - 16) // 2, (target[1] - 16) // 2
     reference = resized[0, :, top : top + 16, left : left + 16].round().clamp(0, 255).numpy()
-    assert np.abs(store.fit_image(Image.fromarray(image), 16).astype(np.float32) - reference).max() <= 1
+    assert np.abs(decode.fit_image(Image.fromarray(image), 16).astype(np.float32) - reference).max() <= 1
 
 
 def test_a_second_ingest_reuses_the_store_and_a_changed_folder_gets_a_new_one(tmp_path: Path, monkeypatch):
@@ -76,7 +76,7 @@ def test_a_second_ingest_reuses_the_store_and_a_changed_folder_gets_a_new_one(tm
     photos(folder, [(12, 12)] * 4)
     first = store.ingest_folder(folder, None, 8, tmp_path / "store")
     assert first.image_size == 12  # the images' own size, being above the minimum
-    monkeypatch.setattr(store, "decode_chunk", lambda *args: pytest.fail("decoded again"))
+    monkeypatch.setattr(decode, "decode_chunk", lambda *args: pytest.fail("decoded again"))
     assert store.ingest_folder(folder, None, 8, tmp_path / "store").root == first.root
     monkeypatch.undo()
     assert store.ingest_folder(folder, None, 28, tmp_path / "store").image_size == 28  # raised to the minimum
@@ -89,15 +89,15 @@ def test_a_killed_ingest_continues_where_it_stopped(tmp_path: Path, monkeypatch)
     folder = tmp_path / "photos"
     photos(folder, [(14, 14)] * 11)
     monkeypatch.setattr(store, "CHUNK_FILES", 3)
-    decode, calls = store.decode_chunk, []
+    decode_chunk, calls = decode.decode_chunk, []
 
     def dies_on_the_third_chunk(directory: Path, files: list[str], size: int):
         calls.append(files)
         if len(calls) == 3:
             raise KeyboardInterrupt  # as a kill would stop it, after two chunks were written
-        return decode(directory, files, size)
+        return decode_chunk(directory, files, size)
 
-    monkeypatch.setattr(store, "decode_chunk", dies_on_the_third_chunk)
+    monkeypatch.setattr(decode, "decode_chunk", dies_on_the_third_chunk)
     with pytest.raises(KeyboardInterrupt):
         store.ingest_folder(folder, 12, 8, tmp_path / "store", workers=1)
     partial = next((tmp_path / "store").glob("*/partial"))
@@ -158,7 +158,7 @@ def test_runs_of_a_folder_share_its_store_and_keep_their_own_link_or_selection(t
     assert (info.num_images, info.image_size, info.has_labels) == (12, 28, True)
     assert not whole.images.is_file() and whole.ingested_images == whole.inputs
     assert pq.read_table(whole.files).column("path").to_pylist()[:2] == ["cats/000.png", "cats/002.png"]
-    monkeypatch.setattr(store, "decode_chunk", lambda *args: pytest.fail("decoded again"))
+    monkeypatch.setattr(decode, "decode_chunk", lambda *args: pytest.fail("decoded again"))
     part = RunLayout(tmp_path / "runs", "part")
     part_info = runs.ingest(config.model_copy(update={"classes": (1,), "limit": 4}), part)
     assert part_info.num_images == 4 and part_info.fingerprint != info.fingerprint
