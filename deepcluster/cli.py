@@ -19,7 +19,7 @@ import numpy as np
 
 from deepcluster import artifacts, runtime
 from deepcluster.artifacts import RunLayout, default_runs_dir, find_run, list_runs, validate_run_id
-from deepcluster.config import DATASET_NAMES, RANK_KEYS, Config, build_config, load_config_file, recorded_config
+from deepcluster.config import RANK_KEYS, Config, build_config, load_config_file, recorded_config
 from deepcluster.errors import ConfigError, DeepClusterError, RunError
 from deepcluster.run_metrics import epoch_metrics, flat_metrics, format_table, metric_rows, resolve_epoch
 from deepcluster.stopping import stop_cleanly
@@ -554,10 +554,8 @@ def command_compare(args: argparse.Namespace) -> int:
 
 
 def command_predict(args: argparse.Namespace) -> int:
-    from deepcluster import store
-    from deepcluster.data import load_dataset, select
     from deepcluster.metrics import nmi
-    from deepcluster.predict import predict, write_predictions
+    from deepcluster.predict import images_to_predict, predict, write_predictions
 
     layout = find_run(args.run_id, args.runs_dir)
     epoch = resolve_epoch(layout, args.epoch)
@@ -566,26 +564,19 @@ def command_predict(args: argparse.Namespace) -> int:
     values = {"dataset": args.images, "data_dir": args.data_dir, "split": args.split}
     values |= {"classes": args.classes, "limit": args.limit}
     config = build_config({key: value for key, value in values.items() if value is not None})
-    trained_on = artifacts.read_run_record(layout)["dataset"]
-    if "store" in trained_on and config.dataset not in DATASET_NAMES:  # a folder, read as the run read its own
-        size = trained_on["input_size"]
-        image_set = select(
-            store.ingest_folder(Path(config.dataset), size, size).image_set(), config.classes, config.limit
-        )
-    else:
-        image_set = load_dataset(config)
-    prediction = predict(layout, image_set, epoch, args.device, args.progress)
-    write_predictions(out, image_set, prediction)
+    images = images_to_predict(layout, config)
+    prediction = predict(layout, images.inputs, epoch, args.device, args.progress)
+    write_predictions(out, images, prediction)
     sizes = np.bincount(prediction.clusters, minlength=prediction.num_clusters)
     print(
-        f"{len(image_set)} images of {image_set.source} assigned to the clusters of run {layout.run_id}, epoch {epoch}"
+        f"{len(images.inputs)} images of {images.source} assigned to the clusters of run {layout.run_id}, epoch {epoch}"
     )
     print(f"cluster sizes (largest first): {sorted(sizes.tolist(), reverse=True)}")
     print(
         f"distance to the centroid: median {np.median(prediction.distances):.4f}, max {prediction.distances.max():.4f}"
     )
-    if image_set.labels is not None:
-        print(f"NMI against the images' labels: {nmi(image_set.labels, prediction.clusters):.4f}")
+    if images.labels is not None:
+        print(f"NMI against the images' labels: {nmi(images.labels, prediction.clusters):.4f}")
     print(f"written to {out}")
     return 0
 

@@ -29,19 +29,22 @@ class FileRows:
     file.
 
     Indexed as a tensor is: a slice is a view (nothing read), a tensor of indices reads those rows (`gather`);
-    `read` reads a view's rows.
+    `read` reads a view's rows. `rows` selects the file's rows the object holds, in their order: a range (read in
+    one piece) or an array of row indices (each row read on its own).
     """
 
     device = torch.device("cpu")
     dtype = torch.uint8
 
-    def __init__(self, path: Path, rows: range | None = None) -> None:
+    def __init__(self, path: Path, rows: range | np.ndarray | None = None) -> None:
         header = np.load(path, mmap_mode="r", allow_pickle=False)  # the shape and the header's length, not the rows
         if header.dtype != np.uint8:
             raise ValueError(f"{path} holds {header.dtype}, not the uint8 rows FileRows reads")
         self.path, self.offset = path, header.offset
         self.row_bytes = math.prod(header.shape[1:])
         self.rows = range(len(header)) if rows is None else rows
+        if not isinstance(self.rows, range) and len(self.rows) and int(self.rows.max()) >= len(header):
+            raise IndexError(f"{path} has {len(header)} rows, not row {int(self.rows.max())}")
         self.shape = torch.Size((len(self.rows), *header.shape[1:]))
         self.nbytes = len(self.rows) * self.row_bytes
 
@@ -62,7 +65,9 @@ class FileRows:
         return self._read([self.rows[index] for index in key.tolist()])
 
     def read(self) -> torch.Tensor:
-        """The view's rows, in one read."""
+        """The view's rows, in one read where they are a range of the file's."""
+        if not isinstance(self.rows, range):
+            return self._read(self.rows.tolist())
         count = len(self.rows) * self.row_bytes
         start = self.offset + (self.rows.start if self.rows else 0) * self.row_bytes
         data = np.fromfile(self.path, np.uint8, count, offset=start) if count else np.empty(0, np.uint8)

@@ -6,10 +6,14 @@ reduction (PCA-whitening where configured: pca_mean.npy, pca_projection.npy; the
 and the centroids its k-means last assigned to (centroids.npy). New images go through the same
 preprocessing and land in the nearest centroid, so the training images themselves get the epoch's
 assignments back.
+
+A folder, for a run trained on one, is read as the run read its own: through the input store, a batch at a
+time, so that a folder larger than memory can be assigned. Other images are read into memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +22,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from deepcluster import artifacts, runs, runtime
+from deepcluster import artifacts, runs, runtime, store
 from deepcluster.artifacts import RunLayout
-from deepcluster.config import recorded_config
-from deepcluster.data import ImageSet
+from deepcluster.config import DATASET_NAMES, Config, recorded_config
+from deepcluster.data import ImageSet, load_dataset, selection
 from deepcluster.errors import DatasetError, RunError
 from deepcluster.features import extract_features
 from deepcluster.kmeans import assign
+from deepcluster.loader import FileRows, Inputs
+from deepcluster.models import ARCHS
 from deepcluster.reduce import PCAWhitening, apply_reduction
 from deepcluster.run_metrics import resolve_epoch
 from deepcluster.sobel import prepare_inputs
@@ -40,6 +46,47 @@ class Prediction:
     num_clusters: int
     clusters: np.ndarray
     distances: np.ndarray
+
+
+@dataclass(frozen=True)
+class Images:
+    """Images to assign: the network's inputs, uint8 (N, 1, S, S), in memory or the rows of an input store's file;
+    their labels and file paths (None where they have none), and where they came from."""
+
+    inputs: Inputs
+    labels: np.ndarray | None
+    paths: Sequence[str] | None
+    source: str
+
+
+def images_to_predict(layout: RunLayout, config: Config) -> Images:
+    """The images that `config` selects (dataset, split, classes, limit) as inputs of the run's network. A folder,
+    for a run trained on one, through the input store (ingested at the run's input size where it is not yet);
+    other images checked against the run's (size, mode) and prepared in memory."""
+    record = artifacts.read_run_record(layout)
+    trained_on, size = record["dataset"], record["dataset"]["input_size"]
+    if "store" in trained_on and config.dataset not in DATASET_NAMES:
+        stored = _folder_store(Path(config.dataset), recorded_config(record["config"]), Path(trained_on["store"]), size)
+        labels = stored.load_labels()
+        keep = selection(stored.num_images, labels, config.classes, config.limit, stored.source())
+        paths = pq.read_table(stored.files, columns=["path"]).column("path").to_pylist()
+        rows = range(len(keep)) if np.array_equal(keep, np.arange(len(keep))) else keep
+        labels = None if labels is None else labels[keep]
+        return Images(FileRows(stored.inputs, rows), labels, [paths[index] for index in keep], stored.source())
+    image_set = load_dataset(config)
+    check_images(layout, trained_on["image_shape"], image_set)
+    inputs = torch.from_numpy(prepare_inputs(image_set.images, size))
+    return Images(inputs, image_set.labels, image_set.paths, image_set.source)
+
+
+def _folder_store(folder: Path, trained: Config, own: Path, size: int) -> store.StoredImages:
+    """The input store of `folder` at the run's input size `size`: the run's own store `own` where `folder` is,
+    unchanged, the folder the run was trained on (nothing decoded again), else a store at that size."""
+    listing = store.list_folder(folder)
+    min_size = ARCHS[trained.arch].default_input_size
+    if own.name == store.store_key(listing, trained.image_size, min_size) and (own / "meta.json").is_file():
+        return store.ingest_folder(folder, trained.image_size, min_size, own.parent, listing=listing)
+    return store.ingest_folder(folder, size, size, listing=listing)
 
 
 def check_images(layout: RunLayout, image_shape: list[int], image_set: ImageSet) -> None:
@@ -60,9 +107,10 @@ def check_images(layout: RunLayout, image_shape: list[int], image_set: ImageSet)
 
 
 def predict(
-    layout: RunLayout, image_set: ImageSet, epoch: int | None, device: str, progress: bool | None = None
+    layout: RunLayout, inputs: Inputs, epoch: int | None, device: str, progress: bool | None = None
 ) -> Prediction:
-    """Assign every image of `image_set` to the nearest centroid of `epoch` (default: the last) of a run."""
+    """Assign every image of `inputs` (`Images.inputs`) to the nearest centroid of `epoch` (default: the last) of
+    a run. Inputs in a file are read a batch at a time."""
     artifacts.check_run(layout)
     record = artifacts.read_run_record(layout)
     config = recorded_config(record["config"])
@@ -73,10 +121,10 @@ def predict(
             f"epoch {epoch} of run {layout.run_id!r} has no {artifacts.CENTROIDS}: it was written before epochs "
             "kept their centroids, so its clusters cannot take new images; train the run again"
         )
-    check_images(layout, record["dataset"]["image_shape"], image_set)
     torch_device = runtime.resolve_device(device)
     model, _ = runs.load_model(layout.model_before(epoch), config, torch_device)
-    inputs = torch.from_numpy(prepare_inputs(image_set.images, record["dataset"]["input_size"])).to(torch_device)
+    if isinstance(inputs, torch.Tensor):
+        inputs = inputs.to(torch_device)
     features = extract_features(model, inputs, config.batch_size, progress, record.get("precision") == "bf16")
     pca = None
     if (epoch_dir / artifacts.PCA_MEAN).is_file():
@@ -91,12 +139,12 @@ def predict(
     return Prediction(epoch, len(centroids), clusters.cpu().numpy(), squared.sqrt().cpu().numpy())
 
 
-def write_predictions(path: Path, image_set: ImageSet, prediction: Prediction) -> None:
-    """Parquet: index int64 (position in the image set), path string (folders; null otherwise),
+def write_predictions(path: Path, images: Images, prediction: Prediction) -> None:
+    """Parquet: index int64 (position among the images), path string (folders; null otherwise),
     cluster int32, distance float32 (to the cluster's centroid), label int32 (null without labels)."""
     count = len(prediction.clusters)
-    paths = pa.nulls(count, pa.string()) if image_set.paths is None else pa.array(list(image_set.paths), pa.string())
-    labels = pa.nulls(count, pa.int32()) if image_set.labels is None else pa.array(image_set.labels.astype(np.int32))
+    paths = pa.nulls(count, pa.string()) if images.paths is None else pa.array(list(images.paths), pa.string())
+    labels = pa.nulls(count, pa.int32()) if images.labels is None else pa.array(images.labels.astype(np.int32))
     table = pa.table(
         {
             "index": pa.array(np.arange(count, dtype=np.int64)),

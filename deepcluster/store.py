@@ -42,7 +42,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deepcluster import artifacts, decode
-from deepcluster.data import ImageSet
 from deepcluster.errors import ConfigError, DatasetError
 from deepcluster.loader import FileRows
 from deepcluster.runtime import cpu_count
@@ -139,11 +138,6 @@ class StoredImages:
     def source(self) -> str:
         meta = self.meta
         return f"folder:{meta['directory']} ({meta['num_images']} images, {meta['num_unreadable']} unreadable skipped)"
-
-    def image_set(self) -> ImageSet:
-        """The store as an ImageSet: its inputs (memory-mapped) as grayscale images, labels and file paths."""
-        paths = pq.read_table(self.files, columns=["path"]).column("path").to_pylist()
-        return ImageSet(self.load_inputs(), self.load_labels(), self.source(), tuple(paths))
 
 
 def store_key(listing: Listing, image_size: int | None, min_size: int) -> str:

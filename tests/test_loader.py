@@ -38,6 +38,20 @@ def test_inputs_over_the_budget_are_read_from_their_file_a_batch_at_a_time(tmp_p
     assert torch.equal(streamed[torch.tensor([3])], held[3:4])
 
 
+def test_file_rows_of_a_selection_read_those_rows_in_its_order(tmp_path: Path):
+    path = tmp_path / "inputs.npy"
+    rows = np.arange(6 * 4, dtype=np.uint8).reshape(6, 1, 2, 2)
+    np.save(path, rows)
+    keep = np.array([1, 2, 4, 5])
+    selected = FileRows(path, keep)
+    assert len(selected) == 4 and selected.shape == (4, 1, 2, 2)
+    assert torch.equal(selected.read(), torch.from_numpy(rows[keep]))
+    assert torch.equal(selected[2:].read(), torch.from_numpy(rows[[4, 5]]))  # a view of the selection
+    assert torch.equal(selected[torch.tensor([3, 0])], torch.from_numpy(rows[[5, 1]]))
+    with pytest.raises(IndexError, match="has 6 rows, not row 6"):
+        FileRows(path, np.array([0, 6]))
+
+
 def test_reading_rows_from_the_file_keeps_the_process_memory_to_the_batch(tmp_path: Path):
     """A memory mapping would keep every page read in the process's memory: the file's 128 MB here."""
     path = tmp_path / "inputs.npy"

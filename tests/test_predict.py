@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
-from deepcluster import artifacts
+from deepcluster import artifacts, decode, loader, store
 from deepcluster.cli import main
 from tests.helpers import tiny_config, write_images
 
@@ -65,3 +67,38 @@ def test_predict_a_folder_and_its_errors(finished_run: Path, tmp_path: Path, cap
     assert main([*base, str(tmp_path / "nowhere")]) == 2
     assert "unknown dataset" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_predict_reads_a_folder_through_the_input_store_a_batch_at_a_time(prefect_harness, tmp_path: Path, monkeypatch):
+    from flows.deepcluster_flow import deepcluster_flow
+
+    folder = tmp_path / "photos"
+    rng = np.random.default_rng(0)
+    for index in range(42):  # 14 images a class; the store lists cats 0-13, dogs 14-27, owls 28-41
+        directory = folder / ("cats", "dogs", "owls")[index % 3]
+        directory.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(directory / f"{index:03d}.png")
+    config = tiny_config(dataset=str(folder), limit=None, num_clusters=4, batch_size=16, epochs=1)
+    deepcluster_flow(config=config, run_id="folder", runs_dir=str(tmp_path / "runs"), progress=False)
+    monkeypatch.setattr(store.StoredImages, "load_inputs", lambda self: pytest.fail("the store was read whole"))
+    monkeypatch.setattr(decode, "decode_chunk", lambda *args: pytest.fail("the run's folder was decoded again"))
+    reads, read = [], loader.FileRows.read
+    monkeypatch.setattr(loader.FileRows, "read", lambda self: reads.append(len(self)) or read(self))
+    out = tmp_path / "predicted.parquet"
+    args = ["--runs-dir", str(tmp_path / "runs"), "predict", "folder", str(folder), "--classes", "0,2", "--limit", "20"]
+    assert main([*args, "--out", str(out)]) == 0
+    predicted = pq.read_table(out).to_pandas()
+    keep = [*range(14), *range(28, 34)]  # cats, then the first owls
+    assignments = artifacts.read_clusters(tmp_path / "runs" / "folder" / "epochs" / "0000" / "assignments.parquet")
+    assert predicted["cluster"].tolist() == assignments[keep].tolist()
+    assert predicted["label"].tolist() == [0] * 14 + [2] * 6
+    assert predicted["path"].tolist()[13:15] == ["cats/039.png", "owls/002.png"]
+    assert sum(reads) == 20 and max(reads) <= 16  # read a batch at a time
+    monkeypatch.undo()
+    other = tmp_path / "other"  # another folder, of another size: decoded at the run's input size
+    other.mkdir()
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 256, (20, 24), dtype=np.uint8)).save(other / f"{index}.png")
+    args = ["--runs-dir", str(tmp_path / "runs"), "predict", "folder", str(other), "--out", str(tmp_path / "o.parquet")]
+    assert main(args) == 0
+    assert pq.read_table(tmp_path / "o.parquet").column("path").to_pylist() == ["0.png", "1.png", "2.png"]
