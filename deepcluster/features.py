@@ -41,9 +41,7 @@ def extract_features(
     return features
 
 
-def representation_features(
-    model: DeepClusterNet, inputs: torch.Tensor, batch_size: int, bf16: bool = False
-) -> torch.Tensor:
+def representation_features(model: DeepClusterNet, inputs: Inputs, batch_size: int, bf16: bool = False) -> torch.Tensor:
     """The L2-normalised convolutional representation (N, model.representation_dim) of every image: what
     kNN, the linear probe and the final grouping work on."""
     features = extract_features(model, inputs, batch_size, False, bf16, representation=True)

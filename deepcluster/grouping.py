@@ -12,7 +12,6 @@ Both are deterministic for given points (fixed seeds); neither looks at labels.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from sklearn.cluster import KMeans, SpectralClustering
 
 from deepcluster import artifacts, run_metrics, runs, runtime
@@ -20,6 +19,7 @@ from deepcluster.artifacts import RunLayout
 from deepcluster.config import GroupingMethod, recorded_config
 from deepcluster.errors import ConfigError
 from deepcluster.features import representation_features
+from deepcluster.loader import open_inputs
 
 GROUPING_METHODS: tuple[GroupingMethod, ...] = ("kmeans", "spectral")
 KMEANS_INITS = 10
@@ -57,13 +57,13 @@ def group_epoch(
     artifacts.check_run(layout)
     epoch = run_metrics.resolve_epoch(layout, epoch)
     config = recorded_config(artifacts.read_run_record(layout)["config"])
-    inputs = artifacts.load_array(layout.inputs)
+    torch_device = runtime.resolve_device(device)
+    inputs = open_inputs(layout.inputs, torch_device, config.device_budget_gb)  # over the budget: a batch at a time
     if not 2 <= num_groups <= len(inputs):
         raise ConfigError(f"groups must be between 2 and the run's {len(inputs)} images, got {num_groups}")
-    torch_device = runtime.resolve_device(device)
     model, _ = runs.load_model(layout.model(epoch), config, torch_device)
     bf16 = runtime.use_bf16(config, torch_device)
-    features = representation_features(model, torch.from_numpy(inputs).to(torch_device), config.batch_size, bf16)
+    features = representation_features(model, inputs, config.batch_size, bf16)
     groups = group(features.cpu().numpy(), num_groups, method)
     labels = artifacts.load_array(layout.labels) if layout.labels.is_file() else None
     path = layout.groups(epoch, num_groups, method)

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepcluster import metrics
+from deepcluster import grouping, loader, metrics
 from deepcluster.artifacts import RunLayout
 from deepcluster.cli import main
 from deepcluster.grouping import group, group_epoch
@@ -42,7 +42,7 @@ def test_bad_groupings_are_refused():
         group(points, 2, "leiden")  # type: ignore[arg-type]
 
 
-def test_group_command_writes_the_groups_of_an_epoch(finished_run: Path, tmp_path: Path, capsys):
+def test_group_command_writes_the_groups_of_an_epoch(finished_run: Path, tmp_path: Path, capsys, monkeypatch):
     shutil.copytree(finished_run / "tiny", tmp_path / "tiny")
     assert main(["--runs-dir", str(tmp_path), "group", "tiny", "--groups", "3", "--method", "spectral"]) == 0
     out = capsys.readouterr().out
@@ -53,9 +53,16 @@ def test_group_command_writes_the_groups_of_an_epoch(finished_run: Path, tmp_pat
     assert set(table["group"]) == {0, 1, 2}
     labels = np.load(tmp_path / "tiny" / "data" / "labels.npy")
     assert np.array_equal(table["label"].to_numpy(), labels)
-    # the same epoch grouped again gives the same groups (the grouping is deterministic)
+    # the same epoch grouped again gives the same groups (the grouping is deterministic), and so it does with the
+    # inputs read from their file a batch at a time, as for inputs over the run's device_budget_gb
     epoch, groups = group_epoch(RunLayout(tmp_path, "tiny"), 1, 3, "spectral", "cpu")
     assert epoch == 1 and np.array_equal(groups, table["group"].to_numpy())
+    opened: list[object] = []
+    monkeypatch.setattr(
+        grouping, "open_inputs", lambda *args: opened.append(loader.open_inputs(*args[:2], 0.0)) or opened[-1]
+    )
+    _, streamed = group_epoch(RunLayout(tmp_path, "tiny"), 1, 3, "spectral", "cpu")
+    assert isinstance(opened[0], loader.FileRows) and np.array_equal(streamed, groups)
 
 
 def test_group_command_refuses_bad_requests_before_writing(finished_run: Path, capsys):
