@@ -9,6 +9,7 @@ directory: an interrupted benchmark continues where it stopped (finished runs ar
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import statistics
 from collections.abc import Callable, Sequence
@@ -205,7 +206,10 @@ def suite_markdown(suite: str, results: dict[str, Any]) -> str:
     lines = [
         f"## Suite `{suite}`",
         "",
-        "Produced by " + "; ".join(_producers(results)) + ".",
+        "Produced by:",
+        "",
+        *(f"- {producer}" for producer in _producers(results)),
+        "",
         (
             "Scores of the last epoch of every run (never an epoch picked by labels), mean ± standard deviation "
             "over seeds, and the worst seed. NMI/ACC: the run's convolutional features grouped into k = number of "
@@ -229,9 +233,10 @@ def suite_markdown(suite: str, results: dict[str, Any]) -> str:
 
 
 def _producers(results: dict[str, Any]) -> list[str]:
-    """The benchmark commands behind `results`, each with its date and machine, once each."""
-    commands = (result["produced_by"] for configurations in results.values() for result in configurations.values())
-    return list(dict.fromkeys(commands))
+    """The benchmark commands behind `results`, each with its date and machine, once each (a record whose runs
+    came from several commands names them separated by "; ")."""
+    records = (result["produced_by"] for configurations in results.values() for result in configurations.values())
+    return list(dict.fromkeys(command for record in records for command in re.split(r"; (?=`)", record)))
 
 
 def _values(result: dict[str, Any], score: str) -> list[float]:

@@ -76,7 +76,7 @@ def test_quality_suite_trains_evaluates_and_writes_results(tmp_path: Path, monke
     assert calls[4][:7] == ["--runs-dir", str(tmp_path), "run", "--limit", "9", "--k", "3"]
     assert len(calls) == 2 * 2 * 2 * 2  # datasets x configurations x seeds x (run, evaluate)
     section = quality.suite_markdown("toy", results)
-    assert "Produced by `bench --suite toy` (" in section
+    assert "Produced by:\n\n- `bench --suite toy` (" in section
     # dataset one: NMI 0.5 and 0.7 over seeds 0 and 2 (worst 0.5); the baseline 0.3 by k-means on pixels
     assert "| default | 0.600 ± 0.141 | 0.600 ± 0.141 |" in section and "| 0.500 | 0, 2 |" in section
     assert "| one | 0.600 ± 0.141 | 0.500 | 0.300 / 0.200 | 0.400: met |" in section
@@ -164,3 +164,11 @@ def test_every_run_of_every_suite_has_a_valid_run_id():
         for dataset in chosen.datasets:
             for name in chosen.configurations:
                 validate_run_id(f"quality-{suite}-{dataset}-{name}-seed0")
+
+
+def test_each_benchmark_command_is_named_once():
+    results = {
+        "one": {"default": {"produced_by": "`a` (day 1); `b` (day 2), when x"}, "k3": {"produced_by": "`b` (day 2)"}},
+        "two": {"default": {"produced_by": "`b` (day 2), when x"}},
+    }
+    assert quality._producers(results) == ["`a` (day 1)", "`b` (day 2), when x", "`b` (day 2)"]
