@@ -17,23 +17,18 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import numpy as np
+from PIL import Image
+
+from deepcluster.decode import fit_image  # PIL and numpy only
 
 CHUNK_FILES = 256  # as the input store's chunks (deepcluster.store, which imports torch)
 
 
 def decode_chunk(directory: Path, files: list[str], size: int) -> int:
-    """Decode, grayscale and resize each file; the number of images."""
-    from PIL import Image
-
+    """Decode, grayscale and resize each file as the input store does (`fit_image`); the number of images."""
     for name in files:
         with Image.open(directory / name) as image:
-            gray = image.convert("L")
-        scale = size / min(gray.size)
-        width, height = max(size, round(gray.width * scale)), max(size, round(gray.height * scale))
-        gray = gray.resize((width, height), Image.Resampling.BILINEAR)
-        left, top = (width - size) // 2, (height - size) // 2
-        np.asarray(gray.crop((left, top, left + size, top + size)))
+            fit_image(image, size)
     return len(files)
 
 
