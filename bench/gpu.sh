@@ -12,7 +12,7 @@ exec > >(tee "$OUT/gpu.log") 2>&1
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
-deepcluster() { "$PYTHON" -m deepcluster.cli "$@"; }
+deepcluster() { "$PYTHON" -m deepcluster "$@"; }
 step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
 
 step "machine"
