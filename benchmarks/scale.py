@@ -3,8 +3,9 @@
 Ingest: the same folder decoded into a fresh store once per worker count, each in a child process of its own
 (`benchmarks.ingest`) so that its peak memory (its own and its workers') is measured apart; then once more with
 a quarter of the images, to show the memory does not grow with their number; and a bare
-decode-grayscale-resize loop with the same processes (`benchmarks.decode`), what ingest is measured against. Epochs: one library epoch on the stored folder
-with its inputs held in memory and one with them read from their file a batch at a time, side by side.
+decode-grayscale-resize loop with the same processes (`benchmarks.decode`), what ingest is measured against.
+Epochs: one library epoch on the stored folder with its inputs held in memory and one with them read from their
+file a batch at a time, side by side.
 Growth (`--growth N1,N2,...`): an epoch on the folder's first N images for each N, streamed and held, each in a
 child process, for its peak memory. Without a folder, a synthetic one is written first: colour JPEGs of random
 sizes between the input size and twice it.
