@@ -514,13 +514,13 @@ ROWS_AT_ONCE = 4096  # rows copied at a time by save_rows: bounds its memory wha
 def save_rows(path: Path, source: Path, keep: np.ndarray) -> None:
     """Save the rows `keep` of the uint8 .npy file `source` as an .npy file, atomically, without holding them in
     memory: both files are read and written with plain file I/O (`FileRows`, `RowFile`), never mapped."""
-    rows_of = FileRows(source)
+    kept = FileRows(source, keep)
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.unlink(missing_ok=True)
     try:
-        rows = RowFile.create(temporary, (len(keep), *rows_of.shape[1:]))
+        rows = RowFile.create(temporary, tuple(kept.shape))
         for start in range(0, len(keep), ROWS_AT_ONCE):
-            rows.write(start, rows_of[torch.from_numpy(keep[start : start + ROWS_AT_ONCE])].numpy())
+            rows.write(start, kept[start : start + ROWS_AT_ONCE].read().numpy())
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

@@ -29,8 +29,9 @@ class FileRows:
     file.
 
     Indexed as a tensor is: a slice is a view (nothing read), a tensor of indices reads those rows (`gather`);
-    `read` reads a view's rows. `rows` selects the file's rows the object holds, in their order: a range (read in
-    one piece) or an array of row indices (each row read on its own).
+    `read` reads a view's rows. `rows` selects the file's rows the object holds, in their order: a range, or an
+    array of row indices. Consecutive rows (a range, or an array of consecutive indices) are read in one piece, any
+    others each on its own.
     """
 
     device = torch.device("cpu")
@@ -42,7 +43,7 @@ class FileRows:
             raise ValueError(f"{path} holds {header.dtype}, not the uint8 rows FileRows reads")
         self.path, self.offset = path, header.offset
         self.row_bytes = math.prod(header.shape[1:])
-        self.rows = range(len(header)) if rows is None else rows
+        self.rows = range(len(header)) if rows is None else _as_range(rows)
         if not isinstance(self.rows, range) and len(self.rows) and int(self.rows.max()) >= len(header):
             raise IndexError(f"{path} has {len(header)} rows, not row {int(self.rows.max())}")
         self.shape = torch.Size((len(self.rows), *header.shape[1:]))
@@ -86,6 +87,13 @@ class FileRows:
         finally:
             os.close(descriptor)
         return torch.from_numpy(data.reshape(len(indices), *self.shape[1:]))
+
+
+def _as_range(rows: range | np.ndarray) -> range | np.ndarray:
+    """`rows` as a range where they are consecutive indices, else as they are."""
+    if isinstance(rows, range) or not len(rows) or int(rows[-1]) - int(rows[0]) != len(rows) - 1:
+        return rows
+    return range(int(rows[0]), int(rows[-1]) + 1) if bool(np.all(np.diff(rows) == 1)) else rows
 
 
 Inputs = torch.Tensor | FileRows  # uint8 (N, 1, S, S): on the model's device, or the rows of a run's input file

@@ -25,7 +25,7 @@ import torch
 from deepcluster import artifacts, runs, runtime, store
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import DATASET_NAMES, Config, recorded_config
-from deepcluster.data import ImageSet, load_dataset, selection
+from deepcluster.data import ImageSet, load_dataset
 from deepcluster.errors import DatasetError, RunError
 from deepcluster.features import extract_features
 from deepcluster.kmeans import assign
@@ -67,12 +67,9 @@ def images_to_predict(layout: RunLayout, config: Config) -> Images:
     trained_on, size = record["dataset"], record["dataset"]["input_size"]
     if "store" in trained_on and config.dataset not in DATASET_NAMES:
         stored = _folder_store(Path(config.dataset), recorded_config(record["config"]), Path(trained_on["store"]), size)
-        labels = stored.load_labels()
-        keep = selection(stored.num_images, labels, config.classes, config.limit, stored.source())
+        keep, labels = stored.select(config.classes, config.limit)
         paths = pq.read_table(stored.files, columns=["path"]).column("path").to_pylist()
-        rows = range(len(keep)) if np.array_equal(keep, np.arange(len(keep))) else keep
-        labels = None if labels is None else labels[keep]
-        return Images(FileRows(stored.inputs, rows), labels, [paths[index] for index in keep], stored.source())
+        return Images(FileRows(stored.inputs, keep), labels, [paths[index] for index in keep], stored.source())
     image_set = load_dataset(config)
     check_images(layout, trained_on["image_shape"], image_set)
     inputs = torch.from_numpy(prepare_inputs(image_set.images, size))

@@ -21,7 +21,7 @@ import torch
 from deepcluster import __version__, artifacts, store
 from deepcluster.artifacts import ArtifactWriter, RunLayout
 from deepcluster.config import DATASET_NAMES, EXTENDABLE_KEYS, LOCATION_KEYS, Config, recorded_config
-from deepcluster.data import ImageSet, load_dataset, selection
+from deepcluster.data import ImageSet, load_dataset
 from deepcluster.errors import ConfigError, DatasetError, RunError
 from deepcluster.kmeans import Clustering
 from deepcluster.loader import open_inputs, place_inputs
@@ -171,9 +171,8 @@ def _ingest_folder(config: Config, layout: RunLayout) -> DatasetInfo:
         info = DatasetInfo(record["num_images"], record["input_size"], record["has_labels"], record["fingerprint"])
         check_resumable(layout, config, info.fingerprint)
         return info
-    labels = stored.load_labels()
     source = stored.source()
-    keep = selection(stored.num_images, labels, config.classes, config.limit, source)
+    keep, labels = stored.select(config.classes, config.limit)
     size = validate_for_dataset(config, len(keep), (stored.image_size, stored.image_size), source)
     everything = len(keep) == stored.num_images
     fingerprint = stored.fingerprint if everything else _digest(f"{stored.fingerprint} {config.classes} {config.limit}")
@@ -185,7 +184,7 @@ def _ingest_folder(config: Config, layout: RunLayout) -> DatasetInfo:
         else:
             artifacts.save_rows(layout.inputs, stored.inputs, keep)
         if labels is not None:
-            artifacts.save_array(layout.labels, labels[keep])
+            artifacts.save_array(layout.labels, labels)
         files = pq.read_table(stored.files).take(pa.array(keep)).set_column(0, "index", pa.array(np.arange(len(keep))))
         with artifacts.atomic_open(layout.files) as handle:
             pq.write_table(files, handle)

@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from deepcluster import artifacts, decode
+from deepcluster.data import selection
 from deepcluster.errors import ConfigError, DatasetError
 from deepcluster.loader import FileRows
 from deepcluster.runtime import cpu_count
@@ -134,6 +135,12 @@ class StoredImages:
 
     def load_labels(self) -> np.ndarray | None:
         return artifacts.load_array(self.labels_path) if self.labels_path.is_file() else None
+
+    def select(self, classes: tuple[int, ...] | None, limit: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The rows that `classes` and `limit` keep (`data.selection`), and their labels (None without labels)."""
+        labels = self.load_labels()
+        keep = selection(self.num_images, labels, classes, limit, self.source())
+        return keep, None if labels is None else labels[keep]
 
     def source(self) -> str:
         meta = self.meta

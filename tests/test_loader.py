@@ -52,6 +52,17 @@ def test_file_rows_of_a_selection_read_those_rows_in_its_order(tmp_path: Path):
         FileRows(path, np.array([0, 6]))
 
 
+def test_consecutive_rows_are_read_in_one_piece_wherever_they_start(tmp_path: Path, monkeypatch):
+    path = tmp_path / "inputs.npy"
+    rows = np.arange(6 * 4, dtype=np.uint8).reshape(6, 1, 2, 2)
+    np.save(path, rows)
+    monkeypatch.setattr(FileRows, "_read", lambda self, indices: pytest.fail(f"rows {indices} read one by one"))
+    middle = FileRows(path, np.array([2, 3, 4]))  # e.g. one class of a folder sorted by class
+    assert middle.rows == range(2, 5) and torch.equal(middle.read(), torch.from_numpy(rows[2:5]))
+    assert torch.equal(FileRows(path, np.array([1, 2, 4, 5]))[2:].read(), torch.from_numpy(rows[4:]))
+    assert FileRows(path, np.array([3, 2])).rows.tolist() == [3, 2]  # not in the file's order: kept as they are
+
+
 def test_reading_rows_from_the_file_keeps_the_process_memory_to_the_batch(tmp_path: Path):
     """A memory mapping would keep every page read in the process's memory: the file's 128 MB here."""
     path = tmp_path / "inputs.npy"
