@@ -19,7 +19,7 @@ import numpy as np
 
 from deepcluster import artifacts, runtime
 from deepcluster.artifacts import RunLayout, default_runs_dir, find_run, list_runs, validate_run_id
-from deepcluster.config import RANK_KEYS, Config, build_config, load_config_file, recorded_config
+from deepcluster.config import RANK_KEYS, Config, GroupingMethod, build_config, load_config_file, recorded_config
 from deepcluster.errors import ConfigError, DeepClusterError, RunError
 from deepcluster.run_metrics import epoch_metrics, flat_metrics, format_table, metric_rows, resolve_epoch
 from deepcluster.stopping import stop_cleanly
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("run_id")
     group.add_argument("--groups", type=int, required=True, help="how many groups")
-    group.add_argument("--method", choices=["kmeans", "spectral"], default=Config().grouping, help="grouping method")
+    group.add_argument("--method", choices=get_args(GroupingMethod), default=Config().grouping, help="grouping method")
     group.add_argument("--epoch", type=int, help="default: the last finished epoch")
 
     bench = command("bench", help="time the flow (all artifacts written) against the plain library loop, per stage")

@@ -6,7 +6,8 @@ best on the development suite of six labelled sets (`deepcluster bench-quality -
 docs/RESULTS.md): DeepCluster-v2's prototype head (an L2-normalised projection is clustered, no PCA,
 and the top layer is the k-means centroids), two augmented views of every image per step (crops of
 60-100% of the area, rotations, flips), k-means seeded from the previous epoch's clusters, at least
-5,000 images an epoch, and the final grouping by spectral clustering of the convolutional features.
+5,000 images an epoch, and the final grouping by spectral clustering of the convolutional features'
+shared-nearest-neighbour graph.
 The paper's own set-up is `head="linear", pca_dim=256, crop_scale=(0.5, 1), rotation=0,
 kmeans_init="random", views=1, min_epoch_samples=0`.
 """
@@ -31,7 +32,7 @@ from deepcluster.errors import ConfigError
 
 DATASET_NAMES = ("fashion-mnist-sample", "fashion-mnist", "mnist", "cifar10", "digits")
 
-GroupingMethod = Literal["kmeans", "spectral"]
+GroupingMethod = Literal["kmeans", "spectral", "snn"]
 
 # Keys that may change when an existing run is continued, because they do not change what it has trained:
 # asking for more epochs extends the run, the final grouping is computed from what was trained, where the
@@ -98,9 +99,9 @@ class Config(BaseModel):
     )
 
     grouping: GroupingMethod = Field(
-        "spectral",
+        "snn",
         description="final grouping of the learned convolutional features into the groups a user asks for: k-means, "
-        "or spectral clustering of their nearest-neighbour graph",
+        "spectral clustering of their nearest-neighbour graph, or snn: of that graph weighted by shared neighbours",
     )
     groups: int | None = Field(
         None, ge=2, description="at the end of a run, group its images into this many groups (RUN/groups/)"

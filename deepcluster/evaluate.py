@@ -206,13 +206,13 @@ def _merge(
 ) -> dict[str, Any]:
     """Add `result` to evaluation.json under its epoch (computing the baselines once per run), atomically.
 
-    Baselines recorded before every grouping and kNN baseline existed are computed again."""
+    Baselines recorded before every grouping method and kNN baseline existed are computed again."""
     path = layout.evaluation
     with artifacts.FileLock(layout.evaluation_lock):
         evaluation: dict[str, Any] = (
             read_evaluation(layout) if path.is_file() else {"run_id": layout.run_id, "epochs": {}}
         )
-        if "groupings" not in evaluation.get("baselines", {}).get("pixels", {}):
+        if set(GROUPING_METHODS) - set(evaluation.get("baselines", {}).get("pixels", {}).get("groupings", {})):
             evaluation["baselines"] = baselines(artifacts.load_array(layout.ingested_images), inputs, probe)
         evaluation["dataset"] = record["dataset"]["source"]
         evaluation["num_classes"] = int(len(np.unique(probe.labels)))
@@ -257,7 +257,8 @@ def format_evaluation(evaluation: dict[str, Any], epoch: int) -> str:
             run_metrics.format_table(rows, TABLE_COLUMNS),
             (
                 f"grouped into k = {evaluation['num_classes']} classes (k-means: best of {KMEANS_INITS} k-means++ "
-                f"starts; spectral: {GRAPH_NEIGHBOURS}-nearest-neighbour graph){final}; kNN (k = {KNN_NEIGHBOURS}, "
+                f"starts; spectral: {GRAPH_NEIGHBOURS}-nearest-neighbour graph; snn: that graph weighted by shared "
+                f"neighbours){final}; kNN (k = {KNN_NEIGHBOURS}, "
                 f"cosine) and linear probe on the conv features, the baselines' kNN on the input pixels: "
                 f"{result['probe_split']}"
             ),

@@ -1,18 +1,26 @@
 """The final grouping: a run's features (or any points) into the k groups a user asks for.
 
-A run trains on an over-clustering (k = 30 by default); a user wants k groups. Two ways:
+A run trains on an over-clustering (k = 30 by default); a user wants k groups. Three ways:
 - `kmeans`: k-means at k, the best of several k-means++ starts (spherical on L2-normalised features);
 - `spectral`: spectral clustering of the symmetric k-nearest-neighbour graph of the points (Shi & Malik
   2000; Ng, Jordan & Weiss 2002), which follows the neighbourhoods instead of assuming round clusters of
   similar size: learned features keep classes locally (their nearest neighbours share a class) long
-  before a class is one round blob.
-Both are deterministic for given points (fixed seeds); neither looks at labels.
+  before a class is one round blob;
+- `snn` (the default): spectral clustering of the same graph with each edge's weight multiplied by the number of
+  nearest neighbours its two ends share (Jarvis & Patrick 1973). An edge between two points whose neighbourhoods do not
+  overlap, the kind that bridges two groups, weighs nothing, so a class's outlying mode stays with its class
+  instead of joining the group it touches.
+All are deterministic for given points (fixed seeds); none looks at labels.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+from scipy import sparse
 from sklearn.cluster import KMeans, SpectralClustering
+from sklearn.neighbors import NearestNeighbors
 
 from deepcluster import artifacts, run_metrics, runs, runtime
 from deepcluster.artifacts import RunLayout
@@ -21,7 +29,7 @@ from deepcluster.errors import ConfigError
 from deepcluster.features import representation_features
 from deepcluster.loader import open_inputs
 
-GROUPING_METHODS: tuple[GroupingMethod, ...] = ("kmeans", "spectral")
+GROUPING_METHODS: tuple[GroupingMethod, ...] = ("kmeans", "spectral", "snn")
 KMEANS_INITS = 10
 GRAPH_NEIGHBOURS = 10
 GROUPING_SEED = 0  # fixed: a grouping never depends on the run's seed, only on the points
@@ -44,7 +52,26 @@ def group(points: np.ndarray, num_groups: int, method: GroupingMethod) -> np.nda
             random_state=GROUPING_SEED,
         )
         return model.fit_predict(points).astype(np.int64)
+    if method == "snn":
+        graph = shared_neighbour_graph(points, min(GRAPH_NEIGHBOURS, len(points) - 1))
+        model = SpectralClustering(
+            num_groups, affinity="precomputed", assign_labels="cluster_qr", random_state=GROUPING_SEED
+        )
+        with warnings.catch_warnings():  # a graph in several pieces is expected here: each piece its own eigenvector
+            warnings.filterwarnings("ignore", "Graph is not fully connected")
+            return model.fit_predict(graph).astype(np.int64)
     raise ValueError(f"unknown grouping method {method!r}: expected one of {', '.join(GROUPING_METHODS)}")
+
+
+def shared_neighbour_graph(points: np.ndarray, neighbours: int) -> sparse.csr_matrix:
+    """`spectral`'s graph: each point joined to its `neighbours` nearest (Euclidean, itself not counted), an edge
+    weighing 1 between mutual neighbours and 1/2 otherwise; each edge's weight then multiplied by the number of
+    nearest neighbours its two ends share (0 to `neighbours`)."""
+    count = len(points)
+    nearest = NearestNeighbors(n_neighbors=neighbours).fit(points).kneighbors(return_distance=False)
+    rows = np.repeat(np.arange(count), neighbours)
+    lists = sparse.csr_matrix((np.ones(nearest.size), (rows, nearest.ravel())), shape=(count, count))
+    return sparse.csr_matrix((lists @ lists.T).multiply(0.5 * (lists + lists.T)))
 
 
 def group_epoch(
