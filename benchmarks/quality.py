@@ -9,6 +9,7 @@ directory: an interrupted benchmark continues where it stopped (finished runs ar
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 import statistics
@@ -164,7 +165,8 @@ def _run_seed(
 
 
 def _grouped(features: str, method: str) -> Callable[[dict[str, Any]], float]:
-    return lambda run: run["evaluation"]["groupings"][features][method]["nmi"]
+    """NMI of a grouping method; NaN (shown as '-') for a run evaluated before that method existed."""
+    return lambda run: run["evaluation"]["groupings"][features].get(method, {}).get("nmi", math.nan)
 
 
 SCORES: dict[str, Callable[[dict[str, Any]], float]] = {
@@ -172,6 +174,7 @@ SCORES: dict[str, Callable[[dict[str, Any]], float]] = {
     "ACC": lambda run: final_scores(run["evaluation"])["acc"],
     "NMI k-means": _grouped("conv", "kmeans"),
     "NMI spectral": _grouped("conv", "spectral"),
+    "NMI snn": _grouped("conv", "snn"),
     "NMI k-means, clustered": _grouped("clustered", "kmeans"),
     "kNN acc": lambda run: run["evaluation"]["knn_accuracy"],
     "probe acc": lambda run: run["evaluation"]["linear_probe_accuracy"],
@@ -184,6 +187,7 @@ BASELINE_SCORES: dict[str, Callable[[dict[str, Any]], float]] = {
     "ACC": lambda scores: scores["groupings"]["kmeans"]["acc"],
     "NMI k-means": lambda scores: scores["groupings"]["kmeans"]["nmi"],
     "NMI spectral": lambda scores: scores["groupings"]["spectral"]["nmi"],
+    "NMI snn": lambda scores: scores["groupings"].get("snn", {}).get("nmi", math.nan),
     "kNN acc": lambda scores: scores["knn_accuracy"],
 }
 GOAL_MARGIN = 0.10  # the learned clustering should beat the better plain k-means baseline by this much
@@ -191,7 +195,7 @@ GOAL_MARGIN = 0.10  # the learned clustering should beat the better plain k-mean
 
 def mean_std(values: Sequence[float | None]) -> str:
     """'mean ± std' (sample standard deviation; just the value for one run; '-' where a run has none)."""
-    numbers = [value for value in values if value is not None]
+    numbers = [value for value in values if value is not None and not math.isnan(value)]
     if len(numbers) < len(values):
         return "-"
     if len(numbers) == 1:
@@ -213,7 +217,7 @@ def suite_markdown(suite: str, results: dict[str, Any]) -> str:
         (
             "Scores of the last epoch of every run (never an epoch picked by labels), mean ± standard deviation "
             "over seeds, and the worst seed. NMI/ACC: the run's convolutional features grouped into k = number of "
-            "classes by the run's final grouping (`grouping`); NMI k-means / spectral: by each grouping; NMI "
+            "classes by the run's final grouping (`grouping`); NMI k-means / spectral / snn: by each grouping; NMI "
             "k-means, clustered: k-means on the features the run clusters each epoch (`deepcluster evaluate`). kNN "
             "and the linear probe use the convolutional features. Baselines: the same groupings of the raw pixels "
             "and of the Sobel-magnitude pixels (NMI/ACC: plain k-means, the baseline a user tries first), kNN on the "
@@ -254,7 +258,7 @@ def _summary(results: dict[str, Any]) -> list[str]:
         "",
         (
             "| dataset | NMI | worst seed | plain k-means baseline (pixels / Sobel) | goal: baseline + 0.10 | "
-            "NMI spectral: learned / pixels / Sobel | NMI k-means: learned / pixels / Sobel | "
+            "NMI, final grouping: learned / pixels / Sobel | NMI k-means: learned / pixels / Sobel | "
             "kNN: learned (worst) / pixels / Sobel |"
         ),
         "|---|---|---|---|---|---|---|---|",
@@ -272,7 +276,7 @@ def _summary(results: dict[str, Any]) -> list[str]:
         knn = _values(default, "kNN acc")
         lines.append(
             f"| {dataset} | {mean_std(nmi)} | {min(nmi):.3f} | {pixels:.3f} / {sobel:.3f} | {goal:.3f}: {met} | "
-            f"{_versus(default, base, 'NMI spectral')} | {_versus(default, base, 'NMI k-means')} | "
+            f"{_versus_final(default, base)} | {_versus(default, base, 'NMI k-means')} | "
             f"{statistics.mean(knn):.3f} ({min(knn):.3f}) / "
             + " / ".join(f"{BASELINE_SCORES['kNN acc'](base[n]):.3f}" for n in base)
             + " |"
@@ -284,6 +288,14 @@ def _versus(default: dict[str, Any], base: dict[str, dict[str, Any]], score: str
     """'learned / pixels / Sobel' for one score: the mean over seeds beside each baseline."""
     learned = statistics.mean(_values(default, score))
     return f"{learned:.3f} / " + " / ".join(f"{BASELINE_SCORES[score](scores):.3f}" for scores in base.values())
+
+
+def _versus_final(default: dict[str, Any], base: dict[str, dict[str, Any]]) -> str:
+    """'learned / pixels / Sobel' NMI, each grouped by the default's final grouping (`grouping`), and its name."""
+    method = default["runs"][0]["evaluation"]["grouping"]
+    learned = statistics.mean(_values(default, "NMI"))
+    baselines = " / ".join(f"{scores['groupings'][method]['nmi']:.3f}" for scores in base.values())
+    return f"{learned:.3f} / {baselines} ({method})"
 
 
 def _by_dataset(results: dict[str, Any]) -> list[str]:

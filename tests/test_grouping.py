@@ -23,10 +23,26 @@ def rings(points_per_ring: int = 200) -> tuple[np.ndarray, np.ndarray]:
 def test_spectral_follows_neighbourhoods_where_kmeans_cannot():
     points, labels = rings()
     assert metrics.nmi(labels, group(points, 2, "spectral")) == pytest.approx(1.0)
+    assert metrics.nmi(labels, group(points, 2, "snn")) == pytest.approx(1.0)
     assert metrics.nmi(labels, group(points, 2, "kmeans")) < 0.1
 
 
-@pytest.mark.parametrize("method", ["kmeans", "spectral"])
+def test_snn_weighs_each_edge_by_the_neighbours_its_ends_share():
+    points = np.random.default_rng(2).normal(size=(60, 5))
+    graph = grouping.shared_neighbour_graph(points, 4).toarray()
+    distances = ((points[:, None] - points[None]) ** 2).sum(-1) + np.diag(np.full(60, np.inf))
+    nearest = [set(np.argsort(row)[:4].tolist()) for row in distances]
+    bridges = 0
+    for i in range(60):
+        for j in range(60):
+            directions = (j in nearest[i]) + (i in nearest[j])  # 2 between mutual neighbours, 0 off the graph
+            shared = len(nearest[i] & nearest[j])
+            assert graph[i, j] == pytest.approx(0.5 * directions * shared)
+            bridges += directions > 0 and shared == 0
+    assert bridges > 0  # the case that matters is there: neighbours that share nobody, joined by an edge of 0
+
+
+@pytest.mark.parametrize("method", grouping.GROUPING_METHODS)
 def test_groupings_are_deterministic_and_in_range(method):
     points, _ = rings(50)
     first = group(points, 3, method)

@@ -27,7 +27,7 @@ def test_suite_machinery_on_tiny_data(prefect_harness, tmp_path: Path, monkeypat
     results = json.loads(raw.read_text())
     assert list(results) == ["sample-120", "digits-100"] and len(results["digits-100"]["default"]["runs"]) == 2
     evaluation = results["sample-120"]["default"]["runs"][0]["evaluation"]
-    assert evaluation["grouping"] == "spectral" and set(evaluation["groupings"]) == {"clustered", "conv"}
+    assert evaluation["grouping"] == "snn" and set(evaluation["groupings"]) == {"clustered", "conv"}
     text = out.read_text()
     for line in ("### Default configuration against the goals", "### sample-120", "### digits-100"):
         assert line in text
@@ -164,6 +164,29 @@ def test_every_run_of_every_suite_has_a_valid_run_id():
         for dataset in chosen.datasets:
             for name in chosen.configurations:
                 validate_run_id(f"quality-{suite}-{dataset}-{name}-seed0")
+
+
+def test_the_summary_scores_the_baselines_by_the_default_s_final_grouping_and_older_records_show_a_dash():
+    def run(seed: int, nmi: float, snn: bool) -> dict:
+        record = evaluation(nmi)
+        epoch, baselines = record["epochs"]["0"], record["baselines"]
+        if snn:
+            epoch["grouping"], epoch["groupings"]["conv"]["snn"] = "snn", dict.fromkeys(("nmi", "acc", "ari"), nmi)
+            baselines["pixels"]["groupings"]["snn"] = {"nmi": 0.45}
+            baselines["sobel_pixels"]["groupings"]["snn"] = {"nmi": 0.4}
+        return {"seed": seed, "evaluation": epoch, "baselines": baselines, "seconds": 60.0}
+
+    results = {
+        "one": {
+            "default": {"runs": [run(0, 0.6, True), run(1, 0.8, True)]},
+            "older": {"runs": [run(0, 0.5, False)]},
+        }
+    }
+    summary = "\n".join(quality._summary(results))
+    assert "| 0.700 / 0.450 / 0.400 (snn) | 0.700 / 0.300 / 0.200 |" in summary
+    header, _, default_row, older_row, *_ = (line.split(" | ") for line in quality._dataset_table(results["one"]))
+    column = header.index("NMI snn")
+    assert default_row[column] == "0.700 ± 0.141" and older_row[column] == "-"  # none before snn existed
 
 
 def test_each_benchmark_command_is_named_once():
