@@ -44,8 +44,9 @@ class FileRows:
         self.path, self.offset = path, header.offset
         self.row_bytes = math.prod(header.shape[1:])
         self.rows = range(len(header)) if rows is None else _as_range(rows)
-        if not isinstance(self.rows, range) and len(self.rows) and int(self.rows.max()) >= len(header):
-            raise IndexError(f"{path} has {len(header)} rows, not row {int(self.rows.max())}")
+        last = (self.rows[-1] if isinstance(self.rows, range) else int(self.rows.max())) if len(self.rows) else -1
+        if last >= len(header):
+            raise IndexError(f"{path} has {len(header)} rows, not row {last}")
         self.shape = torch.Size((len(self.rows), *header.shape[1:]))
         self.nbytes = len(self.rows) * self.row_bytes
 

@@ -61,6 +61,10 @@ def test_consecutive_rows_are_read_in_one_piece_wherever_they_start(tmp_path: Pa
     assert middle.rows == range(2, 5) and torch.equal(middle.read(), torch.from_numpy(rows[2:5]))
     assert torch.equal(FileRows(path, np.array([1, 2, 4, 5]))[2:].read(), torch.from_numpy(rows[4:]))
     assert FileRows(path, np.array([3, 2])).rows.tolist() == [3, 2]  # not in the file's order: kept as they are
+    with pytest.raises(IndexError, match="has 6 rows, not row 6"):
+        FileRows(path, np.array([5, 6]))
+    with pytest.raises(IndexError, match="has 6 rows, not row 7"):
+        FileRows(path, range(2, 8))
 
 
 def test_reading_rows_from_the_file_keeps_the_process_memory_to_the_batch(tmp_path: Path):
