@@ -39,6 +39,8 @@ def group(points: np.ndarray, num_groups: int, method: GroupingMethod) -> np.nda
     """Group points (N, D) into `num_groups`; returns int64 (N,) group ids in [0, num_groups)."""
     if not 2 <= num_groups <= len(points):
         raise ValueError(f"cannot group {len(points)} points into {num_groups} groups (need 2 <= groups <= points)")
+    if num_groups == len(points):
+        return np.arange(num_groups, dtype=np.int64)  # a group each (the graph methods need more points than groups)
     if method == "kmeans":
         model = KMeans(num_groups, n_init=KMEANS_INITS, random_state=GROUPING_SEED)
         return model.fit_predict(points).astype(np.int64)

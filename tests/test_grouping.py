@@ -48,6 +48,7 @@ def test_groupings_are_deterministic_and_in_range(method):
     first = group(points, 3, method)
     assert np.array_equal(first, group(points, 3, method))
     assert first.dtype == np.int64 and set(first.tolist()) == {0, 1, 2}
+    assert group(points[:2], 2, method).tolist() == [0, 1]  # as many groups as points: one each
 
 
 def test_bad_groupings_are_refused():
