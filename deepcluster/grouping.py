@@ -16,6 +16,7 @@ All are deterministic for given points (fixed seeds); none looks at labels.
 from __future__ import annotations
 
 import warnings
+from typing import get_args
 
 import numpy as np
 from scipy import sparse
@@ -29,7 +30,7 @@ from deepcluster.errors import ConfigError
 from deepcluster.features import representation_features
 from deepcluster.loader import open_inputs
 
-GROUPING_METHODS: tuple[GroupingMethod, ...] = ("kmeans", "spectral", "snn")
+GROUPING_METHODS: tuple[GroupingMethod, ...] = get_args(GroupingMethod)
 KMEANS_INITS = 10
 GRAPH_NEIGHBOURS = 10
 GROUPING_SEED = 0  # fixed: a grouping never depends on the run's seed, only on the points
