@@ -105,10 +105,13 @@ def _epochs(folder: Path, size: int, runs_dir: Path) -> dict[str, Any]:
     return results
 
 
-def _growth(folder: Path, size: int, counts: list[int], samples: int, scratch: Path) -> list[dict[str, Any]]:
+def _growth(
+    folder: Path, size: int, counts: list[int], samples: int, batch_size: int, scratch: Path
+) -> list[dict[str, Any]]:
     """A run on the folder's first N images for each N, streamed and held, and its epoch 0 in a child process of
     its own: seconds and peak memory. Each epoch trains on `samples` images (max_epoch_samples), so that a large N
-    fits a benchmark's time; what grows with N is the rest: extraction, the features, the clustering."""
+    fits a benchmark's time; what grows with N is the rest: extraction, the features, the clustering. Training's
+    own memory is set by `batch_size`, whatever N."""
     from deepcluster.artifacts import RunLayout
 
     rows = []
@@ -123,6 +126,7 @@ def _growth(folder: Path, size: int, counts: list[int], samples: int, scratch: P
                     device="cpu",
                     device_budget_gb=budget,
                     max_epoch_samples=samples,
+                    batch_size=batch_size,
                 )
                 layout = RunLayout(scratch / "growth", f"{name}-{count}")
                 start = time.perf_counter()
@@ -163,6 +167,7 @@ def _ranks(ranks: int, epochs: int, limit: int | None, runs_dir: Path) -> dict[s
     from deepcluster import artifacts, metrics
     from deepcluster.artifacts import RunLayout
     from deepcluster.evaluate import evaluate_run, final_scores
+    from deepcluster.grouping import group_epoch
     from deepcluster.ranks import train_on_ranks
 
     results: dict[str, Any] = {"epochs": epochs, "limit": limit}
@@ -185,19 +190,28 @@ def _ranks(ranks: int, epochs: int, limit: int | None, runs_dir: Path) -> dict[s
     last = epochs - 1
     alone = artifacts.read_clusters(one.assignments(last))
     results["nmi_between_runs"] = round(metrics.nmi(alone, artifacts.read_clusters(many.assignments(last))), 4)
+    # The groups a user gets: each run's last epoch grouped into as many groups as the sample has classes.
+    classes = len(np.unique(artifacts.load_array(one.labels)))
+    groups = [group_epoch(layout, last, classes, config.grouping, "cpu")[1] for layout in (one, many)]
+    results["nmi_between_groupings"] = round(metrics.nmi(*groups), 4)
     # How far floating-point rounding alone moves a run: the same run in one process on 1 thread.
-    results["nmi_one_thread"] = round(metrics.nmi(alone, _one_thread_assignments(one, config)), 4)
+    one_thread, one_thread_groups = _one_thread_run(one, config, classes)
+    results["nmi_one_thread"] = round(metrics.nmi(alone, one_thread), 4)
+    results["nmi_one_thread_groupings"] = round(metrics.nmi(groups[0], one_thread_groups), 4)
     results["epoch_ratio"] = round(sum(results[str(ranks)]["epoch_seconds"]) / sum(results["1"]["epoch_seconds"]), 3)
     results["kmeans"] = _kmeans_on_ranks(one.features(last), ranks, runs_dir / "kmeans.json")
     return results
 
 
-def _one_thread_assignments(layout: Any, config: Config) -> Any:
-    """The last epoch's assignments of the run's config trained again in this process on one thread."""
+def _one_thread_run(layout: Any, config: Config, classes: int) -> tuple[Any, Any]:
+    """The run's config trained again in this process on one thread: its last epoch's assignments, and its
+    convnet's final grouping into `classes` groups."""
     import torch
 
     from deepcluster import runs
     from deepcluster.epoch import run_epoch
+    from deepcluster.features import representation_features
+    from deepcluster.grouping import group
 
     threads = torch.get_num_threads()
     runtime.configure_torch(config)
@@ -206,9 +220,10 @@ def _one_thread_assignments(layout: Any, config: Config) -> Any:
         session = runs.open_session(layout, config.model_copy(update={"nproc_per_node": 1}), 0, torch.device("cpu"))
         for epoch in range(config.epochs):
             run_epoch(session, epoch, progress=False)
+        representation = representation_features(session.model, session.inputs, config.batch_size, session.bf16)
     finally:
         torch.set_num_threads(threads)
-    return session.previous_assignments
+    return session.previous_assignments, group(representation.cpu().numpy(), classes, config.grouping)
 
 
 def _kmeans_on_ranks(features_path: Path, ranks: int, out: Path) -> dict[str, Any]:
@@ -268,6 +283,7 @@ def bench_scale(
     rank_images: int | None = None,
     growth: list[int] | None = None,
     growth_samples: int = 1000,
+    growth_batch_size: int = Config.model_fields["batch_size"].default,
 ) -> dict[str, Any]:
     """Time ingest with 1 and `workers` processes (and a quarter of the images), and optionally the epochs,
     an epoch's time and memory at growing numbers of images, and 1 rank against `ranks`."""
@@ -297,7 +313,8 @@ def bench_scale(
                 summary["epochs"] = _epochs(folder, size, scratch / "runs")
         if growth:
             summary["growth_samples"] = growth_samples
-            summary["growth"] = _growth(folder, size, sorted(growth), growth_samples, scratch)
+            summary["growth_batch_size"] = growth_batch_size
+            summary["growth"] = _growth(folder, size, sorted(growth), growth_samples, growth_batch_size, scratch)
         if ranks > 1:
             summary["ranks"] = _ranks(ranks, rank_epochs, rank_images, scratch / "rank-runs")
     finally:
@@ -328,7 +345,10 @@ def format_scale(summary: dict[str, Any]) -> str:
             f"(ratio {epochs['streamed_over_held']:.3f}); same train loss: {'yes' if epochs['same_loss'] else 'NO'}"
         )
     if "growth" in summary:
-        lines.append(f"one epoch on the first N images, training on {summary['growth_samples']} of them:")
+        lines.append(
+            f"one epoch on the first N images, training on {summary['growth_samples']} of them in batches of "
+            f"{summary['growth_batch_size']}:"
+        )
         lines.append(f"{'images':>8}{'inputs':>10}{'input MB':>10}{'seconds':>9}{'extract s':>11}{'peak MB':>9}")
         for row in summary["growth"]:
             lines.append(
@@ -343,8 +363,9 @@ def format_scale(summary: dict[str, Any]) -> str:
             f"the sample, {ranked['epochs']} epochs: 1 rank {sum(one['epoch_seconds']):.1f} s of epochs, {count} ranks "
             f"{sum(many['epoch_seconds']):.1f} s (ratio {ranked['epoch_ratio']:.3f}); NMI between their final "
             f"assignments {ranked['nmi_between_runs']:.3f} (1 rank against itself on 1 thread: "
-            f"{ranked['nmi_one_thread']:.3f}); final NMI vs labels {one['nmi_labels_final']:.3f} / "
-            f"{many['nmi_labels_final']:.3f}"
+            f"{ranked['nmi_one_thread']:.3f}); NMI between their final groupings {ranked['nmi_between_groupings']:.3f} "
+            f"(1 thread: {ranked['nmi_one_thread_groupings']:.3f}); final NMI vs labels "
+            f"{one['nmi_labels_final']:.3f} / {many['nmi_labels_final']:.3f}"
         )
         kmeans = ranked["kmeans"]
         lines.append(

@@ -217,6 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument(
         "--growth-samples", type=int, default=1000, help="images trained on in each of those epochs (default 1000)"
     )
+    scale.add_argument(
+        "--growth-batch-size",
+        type=int,
+        default=Config.model_fields["batch_size"].default,
+        help="the batch of those epochs, which sets their training's memory (default: the run default, %(default)s)",
+    )
     scale.add_argument("--json-out", type=Path, help="also write the results to this JSON file")
 
     bench_kmeans = command(
@@ -409,7 +415,7 @@ def command_bench_quality(args: argparse.Namespace) -> int:
 def command_bench_scale(args: argparse.Namespace) -> int:
     from benchmarks.scale import bench_scale
 
-    for name in ("images", "workers", "ranks", "rank_epochs", "rank_images", "growth_samples"):
+    for name in ("images", "workers", "ranks", "rank_epochs", "rank_images", "growth_samples", "growth_batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.growth is not None and (not args.growth or min(args.growth) < 1):
@@ -428,6 +434,7 @@ def command_bench_scale(args: argparse.Namespace) -> int:
         args.rank_images,
         args.growth,
         args.growth_samples,
+        args.growth_batch_size,
     )
     return 0
 

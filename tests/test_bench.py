@@ -102,8 +102,10 @@ def test_bench_kmeans_rejects_bad_sizes(args, message, capsys):
 def test_bench_scale_ingests_in_child_processes_and_reports_memory(tmp_path: Path, capsys):
     out = tmp_path / "scale.json"
     arguments = ["--images", "8", "--image-size", "28", "--workers", "1", "--json-out", str(out)]
-    assert main(["bench-scale", *arguments, "--growth", "40,32", "--growth-samples", "32"]) == 0
+    growth = ["--growth", "40,32", "--growth-samples", "32", "--growth-batch-size", "16"]
+    assert main(["bench-scale", *arguments, *growth]) == 0
     summary = json.loads(out.read_text())
+    assert summary["growth_batch_size"] == 16
     whole, quarter = summary["ingest"]
     assert (whole["images"], whole["workers"], quarter["images"]) == (40, 1, 10)  # the folder has the largest N
     assert whole["store_bytes"] > quarter["store_bytes"] and whole["peak_rss_mb"] > 50
@@ -114,6 +116,7 @@ def test_bench_scale_ingests_in_child_processes_and_reports_memory(tmp_path: Pat
     ]
     assert all(row["peak_rss_mb"] > 50 and row["stage_seconds"]["train"] > 0 for row in summary["growth"])
     assert "images/s" in capsys.readouterr().out
+    assert main(["bench-scale", "--growth-batch-size", "0"]) == 2
     assert main(["bench-scale", "--workers", "0"]) == 2
     assert main(["bench-scale", "--rank-images", "0"]) == 2
     assert main(["bench-scale", "--growth", "0"]) == 2
@@ -128,6 +131,9 @@ def test_bench_scale_compares_one_rank_with_two(tmp_path: Path, capsys):
     ranked = json.loads(out.read_text())["ranks"]
     assert len(ranked["1"]["epoch_seconds"]) == len(ranked["2"]["epoch_seconds"]) == 2
     assert 0 < ranked["nmi_between_runs"] <= 1 and ranked["epoch_ratio"] > 0
+    assert 0 <= ranked["nmi_between_groupings"] <= 1 and 0 <= ranked["nmi_one_thread_groupings"] <= 1
     assert ranked["kmeans"]["identical_assignments"] >= 0.999
     assert ranked["kmeans"]["objective_relative_difference"] < 1e-4
-    assert "k-means of the same features, 1 process vs 2 ranks" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "NMI between their final groupings" in printed
+    assert "k-means of the same features, 1 process vs 2 ranks" in printed
