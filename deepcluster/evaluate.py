@@ -1,15 +1,14 @@
 """Scoring a trained run against labels: the one place labels meet learned features.
 
 For one finished epoch of a run, with the convnet as trained at the end of that epoch:
-- the final clustering: k-means at k = the number of true classes (several initialisations, the
-  lowest objective kept) on the features as the run clusters them (the L2-normalised projection
-  with the prototype head; PCA-whitened and L2-normalised with the paper's head), scored by NMI,
-  ACC and ARI; the same on the L2-normalised trunk features (the classifier body's output);
-- frozen trunk features: a k-nearest-neighbour classifier (cosine) and a linear probe (logistic
+- every final grouping (`grouping.group`) at k = the number of true classes of the convolutional representation
+  and of the features as the run clusters them, scored by NMI, ACC and ARI;
+- the frozen representation: a k-nearest-neighbour classifier (cosine) and a linear probe (logistic
   regression), fitted on the train split and scored on the test split where the dataset has one,
   else on a fixed 20% of the run's images held out;
-- baselines on the same images: k-means on the raw pixels and on the Sobel-magnitude pixels, and
+- baselines on the same images: every grouping of the raw pixels and of the Sobel-magnitude pixels, and
   kNN on the network's input pixels (grayscale) and on their Sobel magnitudes, on the same split.
+A run of more than EVALUATION_MAX_IMAGES images is scored on a fixed random subset of that many.
 Nothing here feeds back into training.
 """
 
@@ -31,11 +30,16 @@ from deepcluster.data import load_dataset
 from deepcluster.errors import DatasetError, RunError
 from deepcluster.features import extract_features, representation_features
 from deepcluster.grouping import GRAPH_NEIGHBOURS, GROUPING_METHODS, KMEANS_INITS, group
+from deepcluster.loader import FileRows
 from deepcluster.sobel import SobelFilter, chunks, prepare_inputs
 
 KNN_NEIGHBOURS = 20
 HOLDOUT_FRACTION = 0.2
-EVALUATION_SEED = 0  # fixed: the held-out split never depends on the run
+EVALUATION_SEED = 0  # fixed: the held-out split and the scored subset never depend on the run
+# A run of more images is scored on a fixed random subset of this many, read from its files, so that memory stays
+# bounded whatever the run's size (every grouping and baseline holds all the scored images' values at once). As many
+# as Fashion-MNIST's, MNIST's or CIFAR-10's whole train split, which are scored whole.
+EVALUATION_MAX_IMAGES = 60_000
 PROBE_MAX_ITER = 1000
 DATASETS_WITH_TEST_SPLIT = ("fashion-mnist", "mnist", "cifar10")
 
@@ -101,7 +105,7 @@ class ProbeSplit:
             order = np.random.default_rng(EVALUATION_SEED).permutation(len(labels))
             self.held_out = order[: int(len(labels) * HOLDOUT_FRACTION)]
             self.kept = order[len(self.held_out) :]
-            self.description = f"holdout: {len(self.held_out)} of the run's {len(labels)} images ({missing})"
+            self.description = f"holdout: {len(self.held_out)} of the {len(labels)} images scored ({missing})"
         else:
             self.description = f"test split: {len(self.test[1])} images"
 
@@ -149,8 +153,10 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
         raise RunError(f"run {layout.run_id!r} has no labels ({config.dataset}): evaluate needs a labelled dataset")
 
     torch_device = runtime.resolve_device(device)
-    labels = artifacts.load_array(layout.labels)
-    inputs = artifacts.load_array(layout.inputs)
+    count = len(FileRows(layout.inputs))
+    scored = scored_rows(count)
+    labels = artifacts.load_array(layout.labels)[scored]
+    inputs = FileRows(layout.inputs, scored).read().numpy()
     model, _ = runs.load_model(layout.model(epoch), config, torch_device)
     bf16 = runtime.use_bf16(config, torch_device)
 
@@ -166,6 +172,7 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
 
     result = {
         "epoch": epoch,
+        "images": {"scored": len(labels), "of": count},
         "features": {"clustered": clustered.shape[1], "conv": conv.shape[1]},
         "grouping": config.grouping,
         "groupings": {"clustered": all_groupings(clustered, labels), "conv": all_groupings(conv, labels)},
@@ -175,7 +182,16 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
         "run_nmi_previous": epoch_metrics["nmi_previous"],
         "run_largest_over_fair_share": epoch_metrics["cluster_sizes"]["largest_over_fair_share"],
     }
-    return epoch, _merge(layout, record, result, inputs, probe)
+    return epoch, _merge(layout, record, result, FileRows(layout.ingested_images, scored), inputs, probe)
+
+
+def scored_rows(count: int) -> range | np.ndarray:
+    """The rows of a run of `count` images that evaluation scores: all of them, or beyond EVALUATION_MAX_IMAGES that
+    many drawn at random (a fixed seed: the same rows for every epoch and every run of that size), in index order."""
+    if count <= EVALUATION_MAX_IMAGES:
+        return range(count)
+    chosen = np.random.default_rng(EVALUATION_SEED).choice(count, EVALUATION_MAX_IMAGES, replace=False)
+    return np.sort(chosen)
 
 
 def _test_split(config: Config, input_size: int) -> tuple[tuple[np.ndarray, np.ndarray] | None, str]:
@@ -202,18 +218,23 @@ def read_evaluation(layout: RunLayout) -> dict[str, Any]:
 
 
 def _merge(
-    layout: RunLayout, record: dict[str, Any], result: dict[str, Any], inputs: np.ndarray, probe: ProbeSplit
+    layout: RunLayout,
+    record: dict[str, Any],
+    result: dict[str, Any],
+    images: FileRows,
+    inputs: np.ndarray,
+    probe: ProbeSplit,
 ) -> dict[str, Any]:
-    """Add `result` to evaluation.json under its epoch (computing the baselines once per run), atomically.
-
-    Baselines recorded before every grouping method and kNN baseline existed are computed again."""
+    """Add `result` to evaluation.json under its epoch (computing the baselines once per run, on `images`, the scored
+    rows as ingested), atomically. Baselines recorded before every grouping method and kNN baseline existed are
+    computed again."""
     path = layout.evaluation
     with artifacts.FileLock(layout.evaluation_lock):
         evaluation: dict[str, Any] = (
             read_evaluation(layout) if path.is_file() else {"run_id": layout.run_id, "epochs": {}}
         )
         if set(GROUPING_METHODS) - set(evaluation.get("baselines", {}).get("pixels", {}).get("groupings", {})):
-            evaluation["baselines"] = baselines(artifacts.load_array(layout.ingested_images), inputs, probe)
+            evaluation["baselines"] = baselines(images.read().numpy(), inputs, probe)
         evaluation["dataset"] = record["dataset"]["source"]
         evaluation["num_classes"] = int(len(np.unique(probe.labels)))
         evaluation["epochs"][str(result["epoch"])] = result
@@ -252,6 +273,9 @@ def format_evaluation(evaluation: dict[str, Any], epoch: int) -> str:
             probes = extra if index == 0 else {}  # kNN and probe accuracy do not depend on the grouping
             rows.append({**probes, "features": features, "grouping": method, **scores})
     final = f"; the run's final grouping: {result['grouping']} on the conv features" if "grouping" in result else ""
+    images = result.get("images", {})
+    if images and images["scored"] < images["of"]:
+        final += f"; scored on a fixed random {images['scored']:,} of the run's {images['of']:,} images"
     return "\n".join(
         [
             run_metrics.format_table(rows, TABLE_COLUMNS),

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deepcluster import artifacts
+from deepcluster import artifacts, evaluate
 from deepcluster.artifacts import RunLayout
 from deepcluster.cli import main
 from deepcluster.config import Config
 from deepcluster.data import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC
 from deepcluster.errors import RunError
-from deepcluster.evaluate import evaluate_run, grouping_scores, knn_accuracy, linear_probe_accuracy
+from deepcluster.evaluate import evaluate_run, flat_pixels, grouping_scores, knn_accuracy, linear_probe_accuracy
 from tests.helpers import write_idx
 
 
@@ -46,8 +46,8 @@ def test_evaluate_writes_every_score_and_is_repeatable(finished_run: Path, tmp_p
     for features in ("clustered", "conv"):
         for scores in result["groupings"][features].values():
             assert 0 <= scores["nmi"] <= 1 and 0 <= scores["acc"] <= 1
-    assert 0 <= result["knn_accuracy"] <= 1
-    assert result["probe_split"].startswith("holdout: 60 of the run's 300 images")
+    assert 0 <= result["knn_accuracy"] <= 1 and result["images"] == {"scored": 300, "of": 300}
+    assert result["probe_split"].startswith("holdout: 60 of the 300 images scored")
     # both groupings find real structure in the pixels of these 3 classes (NMI 0.42 and 0.83 on the full sample)
     assert evaluation["baselines"]["pixels"]["groupings"]["kmeans"]["nmi"] > 0.2
     assert evaluation["baselines"]["pixels"]["groupings"]["spectral"]["nmi"] > 0.2
@@ -62,6 +62,24 @@ def test_evaluate_writes_every_score_and_is_repeatable(finished_run: Path, tmp_p
     assert again["baselines"] == evaluation["baselines"]
     assert set(again["epochs"]) == {"0", "1"} and again["epochs"]["1"] == result  # kept, and deterministic
     assert json.loads(capsys.readouterr().out)["epoch"] == 0
+
+
+def test_a_large_run_is_scored_on_a_fixed_subset(finished_run: Path, tmp_path: Path, monkeypatch, capsys):
+    shutil.copytree(finished_run / "tiny", tmp_path / "tiny")
+    monkeypatch.setattr(evaluate, "EVALUATION_MAX_IMAGES", 100)
+    rows = evaluate.scored_rows(300)
+    assert len(rows) == 100 and np.all(np.diff(rows) > 0) and np.array_equal(rows, evaluate.scored_rows(300))
+    assert evaluate.scored_rows(100) == range(100)
+    assert main(["--runs-dir", str(tmp_path), "evaluate", "tiny"]) == 0
+    assert "scored on a fixed random 100 of the run's 300 images" in capsys.readouterr().out
+    evaluation = json.loads((tmp_path / "tiny" / "evaluation.json").read_text())
+    result = evaluation["epochs"]["1"]
+    assert result["images"] == {"scored": 100, "of": 300}
+    assert result["probe_split"].startswith("holdout: 20 of the 100 images scored")
+    images = artifacts.load_array(tmp_path / "tiny" / "data" / "images.npy")[rows]
+    labels = artifacts.load_array(tmp_path / "tiny" / "data" / "labels.npy")[rows]
+    # the baselines score the same images, and nothing else
+    assert evaluation["baselines"]["pixels"]["groupings"]["kmeans"] == grouping_scores(flat_pixels(images), labels)
 
 
 def test_evaluate_refuses_unfinished_epochs_and_unlabelled_runs(finished_run: Path, tmp_path: Path, capsys):
