@@ -106,10 +106,10 @@ def _epochs(folder: Path, size: int, runs_dir: Path) -> dict[str, Any]:
 
 
 def _growth(
-    folder: Path, size: int, counts: list[int], samples: int, batch_size: int, scratch: Path
+    folder: Path, size: int, counts: list[int], inputs: tuple[str, ...], samples: int, batch_size: int, scratch: Path
 ) -> list[dict[str, Any]]:
-    """A run on the folder's first N images for each N, streamed and held, and its epoch 0 in a child process of
-    its own: seconds and peak memory. Each epoch trains on `samples` images (max_epoch_samples), so that a large N
+    """A run on the folder's first N images for each N, with its `inputs` streamed or held (or each in turn), and
+    its epoch 0 in a child process of its own: seconds and peak memory. Each epoch trains on `samples` images (max_epoch_samples), so that a large N
     fits a benchmark's time; what grows with N is the rest: extraction, the features, the clustering. Training's
     own memory is set by `batch_size`, whatever N."""
     from deepcluster.artifacts import RunLayout
@@ -117,14 +117,14 @@ def _growth(
     rows = []
     with _store_dir(scratch / "store"):
         for count in counts:
-            for name, budget in (("streamed", 0.0), ("held", 1e6)):
+            for name in inputs:
                 config = Config(
                     dataset=str(folder),
                     image_size=size,
                     limit=count,
                     epochs=1,
                     device="cpu",
-                    device_budget_gb=budget,
+                    device_budget_gb={"streamed": 0.0, "held": 1e6}[name],
                     max_epoch_samples=samples,
                     batch_size=batch_size,
                 )
@@ -284,6 +284,7 @@ def bench_scale(
     growth: list[int] | None = None,
     growth_samples: int = 1000,
     growth_batch_size: int = Config.model_fields["batch_size"].default,
+    growth_streamed_only: bool = False,
 ) -> dict[str, Any]:
     """Time ingest with 1 and `workers` processes (and a quarter of the images), and optionally the epochs,
     an epoch's time and memory at growing numbers of images, and 1 rank against `ranks`."""
@@ -314,7 +315,10 @@ def bench_scale(
         if growth:
             summary["growth_samples"] = growth_samples
             summary["growth_batch_size"] = growth_batch_size
-            summary["growth"] = _growth(folder, size, sorted(growth), growth_samples, growth_batch_size, scratch)
+            inputs = ("streamed",) if growth_streamed_only else ("streamed", "held")
+            summary["growth"] = _growth(
+                folder, size, sorted(growth), inputs, growth_samples, growth_batch_size, scratch
+            )
         if ranks > 1:
             summary["ranks"] = _ranks(ranks, rank_epochs, rank_images, scratch / "rank-runs")
     finally:

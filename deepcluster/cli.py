@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=Config.model_fields["batch_size"].default,
         help="the batch of those epochs, which sets their training's memory (default: the run default, %(default)s)",
     )
+    scale.add_argument(
+        "--growth-streamed-only", action="store_true", help="those epochs streamed only, none with the inputs held"
+    )
     scale.add_argument("--json-out", type=Path, help="also write the results to this JSON file")
 
     bench_kmeans = command(
@@ -435,6 +438,7 @@ def command_bench_scale(args: argparse.Namespace) -> int:
         args.growth,
         args.growth_samples,
         args.growth_batch_size,
+        args.growth_streamed_only,
     )
     return 0
 

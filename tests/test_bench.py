@@ -116,6 +116,8 @@ def test_bench_scale_ingests_in_child_processes_and_reports_memory(tmp_path: Pat
     ]
     assert all(row["peak_rss_mb"] > 50 and row["stage_seconds"]["train"] > 0 for row in summary["growth"])
     assert "images/s" in capsys.readouterr().out
+    assert main(["bench-scale", *arguments, "--growth", "32", "--growth-streamed-only"]) == 0
+    assert [row["inputs"] for row in json.loads(out.read_text())["growth"]] == ["streamed"]
     assert main(["bench-scale", "--growth-batch-size", "0"]) == 2
     assert main(["bench-scale", "--workers", "0"]) == 2
     assert main(["bench-scale", "--rank-images", "0"]) == 2
