@@ -109,9 +109,9 @@ def _growth(
     folder: Path, size: int, counts: list[int], inputs: tuple[str, ...], samples: int, batch_size: int, scratch: Path
 ) -> list[dict[str, Any]]:
     """A run on the folder's first N images for each N, with its `inputs` streamed or held (or each in turn), and
-    its epoch 0 in a child process of its own: seconds and peak memory. Each epoch trains on `samples` images (max_epoch_samples), so that a large N
-    fits a benchmark's time; what grows with N is the rest: extraction, the features, the clustering. Training's
-    own memory is set by `batch_size`, whatever N."""
+    its epoch 0 in a child process of its own: seconds and peak memory. Each epoch trains on `samples` images
+    (max_epoch_samples), so that a large N fits a benchmark's time; what grows with N is the rest: extraction, the
+    features, the clustering. Training's own memory is set by `batch_size`, whatever N."""
     from deepcluster.artifacts import RunLayout
 
     rows = []

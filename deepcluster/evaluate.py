@@ -226,15 +226,18 @@ def _merge(
     probe: ProbeSplit,
 ) -> dict[str, Any]:
     """Add `result` to evaluation.json under its epoch (computing the baselines once per run, on `images`, the scored
-    rows as ingested), atomically. Baselines recorded before every grouping method and kNN baseline existed are
-    computed again."""
+    rows as ingested), atomically. Baselines recorded before every grouping method and kNN baseline existed, or on
+    other images than `result`'s, are computed again."""
     path = layout.evaluation
     with artifacts.FileLock(layout.evaluation_lock):
         evaluation: dict[str, Any] = (
             read_evaluation(layout) if path.is_file() else {"run_id": layout.run_id, "epochs": {}}
         )
-        if set(GROUPING_METHODS) - set(evaluation.get("baselines", {}).get("pixels", {}).get("groupings", {})):
+        missing = set(GROUPING_METHODS) - set(evaluation.get("baselines", {}).get("pixels", {}).get("groupings", {}))
+        scored_before = evaluation.get("baselines_scored", result["images"]["of"])  # before subsets: every image
+        if missing or scored_before != result["images"]["scored"]:
             evaluation["baselines"] = baselines(images.read().numpy(), inputs, probe)
+            evaluation["baselines_scored"] = result["images"]["scored"]
         evaluation["dataset"] = record["dataset"]["source"]
         evaluation["num_classes"] = int(len(np.unique(probe.labels)))
         evaluation["epochs"][str(result["epoch"])] = result

@@ -66,6 +66,7 @@ def test_evaluate_writes_every_score_and_is_repeatable(finished_run: Path, tmp_p
 
 def test_a_large_run_is_scored_on_a_fixed_subset(finished_run: Path, tmp_path: Path, monkeypatch, capsys):
     shutil.copytree(finished_run / "tiny", tmp_path / "tiny")
+    assert main(["--runs-dir", str(tmp_path), "evaluate", "tiny"]) == 0  # every image, baselines included
     monkeypatch.setattr(evaluate, "EVALUATION_MAX_IMAGES", 100)
     rows = evaluate.scored_rows(300)
     assert len(rows) == 100 and np.all(np.diff(rows) > 0) and np.array_equal(rows, evaluate.scored_rows(300))
@@ -78,7 +79,7 @@ def test_a_large_run_is_scored_on_a_fixed_subset(finished_run: Path, tmp_path: P
     assert result["probe_split"].startswith("holdout: 20 of the 100 images scored")
     images = artifacts.load_array(tmp_path / "tiny" / "data" / "images.npy")[rows]
     labels = artifacts.load_array(tmp_path / "tiny" / "data" / "labels.npy")[rows]
-    # the baselines score the same images, and nothing else
+    # the baselines, computed on every image before, score the same images now, and nothing else
     assert evaluation["baselines"]["pixels"]["groupings"]["kmeans"] == grouping_scores(flat_pixels(images), labels)
 
 
