@@ -70,6 +70,7 @@ SUITES: dict[str, Suite] = {
             "k-100": ["--k", "100"],  # over-clustering: 100 pseudo-classes instead of 30
             "lr-x2": ["--lr", "0.1"],  # twice the paper's learning rate
             "batch-128": ["--batch-size", "128"],  # twice the optimiser steps an epoch (learning rate scaled)
+            "batch-64": ["--batch-size", "64"],  # four times the optimiser steps an epoch
             # DeepCluster-v2's multi-crop: besides the two views, 2 crops of 20-60% of the area at half the side
             "small-crops-2": ["--small-crops", "2"],
             "intensity": ["--intensity"],  # the grayscale beside the Sobel gradients
