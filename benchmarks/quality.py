@@ -31,7 +31,7 @@ from deepcluster.runtime import machine_description
 PAPER = [
     *("--head", "linear", "--pca-dim", "256", "--kmeans-init", "random"),
     *("--crop-scale", "0.5,1", "--rotation", "0", "--views", "1", "--min-epoch-samples", "0", "--grouping", "kmeans"),
-    *("--neighbours", "0"),
+    *("--neighbours", "0", "--batch-size", "256"),
 ]
 FASHION_MNIST = ["--dataset", "fashion-mnist"]  # found in data/fashion-mnist/ or Debian's /usr/share/datasets/
 
@@ -69,8 +69,8 @@ SUITES: dict[str, Suite] = {
             "epochs-15": ["--epochs", "15"],
             "k-100": ["--k", "100"],  # over-clustering: 100 pseudo-classes instead of 30
             "lr-x2": ["--lr", "0.1"],  # twice the paper's learning rate
-            "batch-128": ["--batch-size", "128"],  # twice the optimiser steps an epoch (learning rate scaled)
-            "batch-64": ["--batch-size", "64"],  # four times the optimiser steps an epoch
+            "batch-256": ["--batch-size", "256"],  # the paper's batch: half the optimiser steps (learning rate scaled)
+            "batch-64": ["--batch-size", "64"],  # twice the optimiser steps an epoch
             # DeepCluster-v2's multi-crop: besides the two views, 2 crops of 20-60% of the area at half the side
             "small-crops-2": ["--small-crops", "2"],
             "intensity": ["--intensity"],  # the grayscale beside the Sobel gradients
@@ -89,6 +89,8 @@ SUITES: dict[str, Suite] = {
                 "kmeans",
                 "--neighbours",
                 "0",
+                "--batch-size",
+                "256",
             ],
             "paper": PAPER,
         },

@@ -8,7 +8,7 @@ from deepcluster.errors import ConfigError
 
 def test_defaults_follow_the_paper_optimiser_and_deepcluster_v2_head():
     config = Config()
-    assert (config.lr, config.momentum, config.weight_decay, config.batch_size) == (0.05, 0.9, 1e-5, 256)
+    assert (config.lr, config.momentum, config.weight_decay, config.batch_size) == (0.05, 0.9, 1e-5, 128)
     assert (config.head, config.pca_dim, config.temperature) == ("prototypes", None, 0.1)
     assert config.dataset == "fashion-mnist-sample"
 
