@@ -126,10 +126,10 @@ def test_rotation_is_drawn_after_the_crop_and_reproducible():
 
 
 def test_warmup_then_cosine_schedule():
-    config = Config(lr=0.1, epochs=10, warmup_epochs=2, lr_schedule="cosine")
+    config = Config(lr=0.1, batch_size=256, epochs=10, warmup_epochs=2, lr_schedule="cosine")  # lr as given
     rates = [scheduled_learning_rate(config, epoch) for epoch in (0, 1, 2, 6, 10)]
     assert rates == pytest.approx([0.0, 0.05, 0.1, 0.05, 0.0])
-    constant = Config(lr=0.1, epochs=10, warmup_epochs=2)
+    constant = Config(lr=0.1, batch_size=256, epochs=10, warmup_epochs=2)
     assert scheduled_learning_rate(constant, 1) == pytest.approx(0.05) and scheduled_learning_rate(constant, 9) == 0.1
 
 
