@@ -95,6 +95,14 @@ SUITES: dict[str, Suite] = {
             "paper": PAPER,
         },
     ),
+    # Sets of the same kinds outside the dev suite, never used to choose a default: whether the choices carry.
+    "check": Suite(
+        datasets={
+            "fmnist-2-4-6": [*FASHION_MNIST, "--classes", "2,4,6", "--limit", "5000"],  # pullover, coat, shirt
+            "fmnist-5-7-9": [*FASHION_MNIST, "--classes", "5,7,9", "--limit", "5000"],  # sandal, sneaker, boot
+        },
+        configurations={"default": [], "batch-256": ["--batch-size", "256"]},
+    ),
     "fashion-mnist": Suite(
         datasets={"fashion-mnist": FASHION_MNIST},
         configurations={"default": [], "paper": ["--k", "100", *PAPER]},

@@ -179,7 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
         "bench-quality",
         help="train and evaluate the quality suite's configurations over seeds; write docs/RESULTS.md",
     )
-    quality.add_argument("--suite", default="dev", help="dev (default: six small labelled sets) or fashion-mnist")
+    quality.add_argument(
+        "--suite",
+        default="dev",
+        help="dev (default: six small labelled sets), check (two more, for checking the defaults) or fashion-mnist",
+    )
     quality.add_argument(
         "--seeds", type=_integers("--seeds"), default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)"
     )
