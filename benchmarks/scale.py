@@ -42,6 +42,10 @@ if TYPE_CHECKING:
     from deepcluster.runs import DatasetInfo
 
 
+# device_budget_gb that holds a run's inputs in memory, and one that streams them from their file
+INPUT_BUDGETS_GB = {"held": 1e6, "streamed": 0.0}
+
+
 def synthetic_folder(folder: Path, count: int, size: int, seed: int = 0) -> None:
     """`count` colour JPEGs, sides drawn between `size` and 2 * `size`, in 10 sub-folders (classes)."""
     from PIL import Image
@@ -91,7 +95,7 @@ def _epochs(folder: Path, size: int, runs_dir: Path) -> dict[str, Any]:
     from deepcluster.epoch import run_epoch
 
     results = {}
-    for name, budget in (("held", 1e6), ("streamed", 0.0)):
+    for name, budget in INPUT_BUDGETS_GB.items():
         config = Config(dataset=str(folder), image_size=size, epochs=1, device="cpu", device_budget_gb=budget)
         runtime.configure_torch(config)
         layout = RunLayout(runs_dir, name)
@@ -124,7 +128,7 @@ def _growth(
                     limit=count,
                     epochs=1,
                     device="cpu",
-                    device_budget_gb={"streamed": 0.0, "held": 1e6}[name],
+                    device_budget_gb=INPUT_BUDGETS_GB[name],
                     max_epoch_samples=samples,
                     batch_size=batch_size,
                 )
