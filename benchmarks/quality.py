@@ -36,6 +36,27 @@ PAPER = [
 FASHION_MNIST = ["--dataset", "fashion-mnist"]  # found in data/fashion-mnist/ or Debian's /usr/share/datasets/
 
 
+# Each changes one choice of the default: the measured ablations of docs/RESULTS.md.
+ABLATIONS: dict[str, list[str]] = {
+    "one-view": ["--views", "1"],
+    "crops-30": ["--crop-scale", "0.3,1"],  # crops of 30-100% of the area
+    "crops-80": ["--crop-scale", "0.8,1"],  # crops of 80-100% of the area
+    "neighbours-0": ["--neighbours", "0"],  # hard targets: each image's own cluster alone
+    "neighbours-20": ["--neighbours", "20"],  # soft targets over twice as many neighbours
+    "extra-k-10": ["--extra-k", "10"],
+    "instance": ["--instance-weight", "0.5"],
+    "cosine": ["--lr-schedule", "cosine"],  # learning rate decayed to 0 over the run
+    "epochs-15": ["--epochs", "15"],
+    "k-100": ["--k", "100"],  # over-clustering: 100 pseudo-classes instead of 30
+    "lr-x2": ["--lr", "0.1"],  # twice the paper's learning rate
+    "batch-256": ["--batch-size", "256"],  # the paper's batch: half the optimiser steps (learning rate scaled)
+    "batch-64": ["--batch-size", "64"],  # twice the optimiser steps an epoch
+    # DeepCluster-v2's multi-crop: besides the two views, 2 crops of 20-60% of the area at half the side
+    "small-crops-2": ["--small-crops", "2"],
+    "intensity": ["--intensity"],  # the grayscale beside the Sobel gradients
+}
+
+
 @dataclass(frozen=True)
 class Suite:
     """Labelled datasets (each: the `run` flags that select it) and configurations (each: `run` flags)."""
@@ -57,23 +78,7 @@ SUITES: dict[str, Suite] = {
         },
         configurations={
             "default": [],
-            # each changes one choice of the default (the measured ablations of docs/RESULTS.md)
-            "one-view": ["--views", "1"],
-            "crops-30": ["--crop-scale", "0.3,1"],  # crops of 30-100% of the area
-            "crops-80": ["--crop-scale", "0.8,1"],  # crops of 80-100% of the area
-            "neighbours-0": ["--neighbours", "0"],  # hard targets: each image's own cluster alone
-            "neighbours-20": ["--neighbours", "20"],  # soft targets over twice as many neighbours
-            "extra-k-10": ["--extra-k", "10"],
-            "instance": ["--instance-weight", "0.5"],
-            "cosine": ["--lr-schedule", "cosine"],  # learning rate decayed to 0 over the run
-            "epochs-15": ["--epochs", "15"],
-            "k-100": ["--k", "100"],  # over-clustering: 100 pseudo-classes instead of 30
-            "lr-x2": ["--lr", "0.1"],  # twice the paper's learning rate
-            "batch-256": ["--batch-size", "256"],  # the paper's batch: half the optimiser steps (learning rate scaled)
-            "batch-64": ["--batch-size", "64"],  # twice the optimiser steps an epoch
-            # DeepCluster-v2's multi-crop: besides the two views, 2 crops of 20-60% of the area at half the side
-            "small-crops-2": ["--small-crops", "2"],
-            "intensity": ["--intensity"],  # the grayscale beside the Sobel gradients
+            **ABLATIONS,
             # only change something where images are smaller than 28 pixels or fewer than 5,000 (digits)
             "native-size": ["--image-size", "8"],
             "one-pass": ["--min-epoch-samples", "0"],
@@ -101,7 +106,7 @@ SUITES: dict[str, Suite] = {
             "fmnist-2-4-6": [*FASHION_MNIST, "--classes", "2,4,6", "--limit", "5000"],  # pullover, coat, shirt
             "fmnist-5-7-9": [*FASHION_MNIST, "--classes", "5,7,9", "--limit", "5000"],  # sandal, sneaker, boot
         },
-        configurations={"default": [], "batch-256": ["--batch-size", "256"]},
+        configurations={"default": [], **ABLATIONS},
     ),
     "fashion-mnist": Suite(
         datasets={"fashion-mnist": FASHION_MNIST},
@@ -155,24 +160,78 @@ def run_suite(
     return results
 
 
+def evaluate_again(
+    suite: str,
+    raw: dict[str, Any],
+    runs_dir: Path,
+    cli: Callable[[list[str]], int],
+    names: list[str] | None = None,
+    datasets: list[str] | None = None,
+    produced_by: str = "",
+) -> dict[str, Any]:
+    """Evaluate again, without training, the runs that `raw` (the saved results of `suite`) records for the
+    configurations `names` and the datasets `datasets` (default: all; names as the results spell them), each
+    at the epoch it was evaluated at: its scores by today's evaluation (after a grouping changed, say). Every
+    such run must still be in `runs_dir`, which is checked before any is evaluated. Returns those records, each
+    naming `produced_by` after the command that trained its runs."""
+    for kind, asked, known in (
+        ("configuration", names, {name for records in raw.values() for name in records}),
+        ("dataset", datasets, set(raw)),
+    ):
+        unknown = sorted(set(asked or []) - known)
+        if unknown:
+            raise RunError(f"the results of suite {suite!r} hold no {kind} {', '.join(unknown)}")
+    chosen = {
+        dataset: {name: record for name, record in records.items() if not names or name in names}
+        for dataset, records in raw.items()
+        if not datasets or dataset in datasets
+    }
+    recorded = [run for records in chosen.values() for record in records.values() for run in record["runs"]]
+    absent = [run["run_id"] for run in recorded if not RunLayout(runs_dir, run["run_id"]).root.is_dir()]
+    if absent:
+        raise RunError(
+            f"{len(absent)} of the {len(recorded)} runs to evaluate again are not in {runs_dir}: {', '.join(absent)}"
+        )
+    stamp = f"`{produced_by}` ({datetime.now(UTC):%Y-%m-%d}, {machine_description()})"
+    results: dict[str, Any] = {}
+    for dataset, records in chosen.items():
+        for name, record in records.items():
+            earlier = [part for part in re.split(r"; (?=`)", record["produced_by"]) if "--evaluate-again" not in part]
+            runs = [
+                {**run, **_evaluated(cli, runs_dir, run["run_id"], run["evaluation"]["epoch"])}
+                for run in record["runs"]
+            ]
+            results.setdefault(dataset, {})[name] = {
+                **record,
+                "produced_by": "; ".join([*earlier, stamp]),
+                "runs": runs,
+            }
+    return results
+
+
 def _run_seed(
     cli: Callable[[list[str]], int], runs_dir: Path, run_id: str, flags: list[str], seed: int
 ) -> dict[str, Any]:
     """Train (or finish) one run and evaluate its last epoch; its evaluation, baselines and training time."""
     run_args = ["run", *flags, "--seed", str(seed), "--run-id", run_id, "--no-progress"]
-    for args in (run_args, ["evaluate", run_id]):
-        if cli(["--runs-dir", str(runs_dir), *args]) != 0:
-            raise RunError(f"`deepcluster {shlex.join(args)}` failed (see above)")
+    if cli(["--runs-dir", str(runs_dir), *run_args]) != 0:
+        raise RunError(f"`deepcluster {shlex.join(run_args)}` failed (see above)")
     layout = RunLayout(runs_dir, run_id)
-    evaluation = artifacts.read_json(layout.evaluation)
-    last_epoch = str(layout.completed_epochs()[-1])
     return {
         "seed": seed,
         "run_id": run_id,
-        "evaluation": evaluation["epochs"][last_epoch],
-        "baselines": evaluation["baselines"],
+        **_evaluated(cli, runs_dir, run_id, layout.completed_epochs()[-1]),
         "seconds": sum(row["seconds"] for row in metric_rows(layout)),
     }
+
+
+def _evaluated(cli: Callable[[list[str]], int], runs_dir: Path, run_id: str, epoch: int) -> dict[str, Any]:
+    """Evaluate `epoch` of a run: its evaluation and the baselines."""
+    args = ["evaluate", run_id, "--epoch", str(epoch)]
+    if cli(["--runs-dir", str(runs_dir), *args]) != 0:
+        raise RunError(f"`deepcluster {shlex.join(args)}` failed (see above)")
+    evaluation = artifacts.read_json(RunLayout(runs_dir, run_id).evaluation)
+    return {"evaluation": evaluation["epochs"][str(epoch)], "baselines": evaluation["baselines"]}
 
 
 def _grouped(features: str, method: str) -> Callable[[dict[str, Any]], float]:

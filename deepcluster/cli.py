@@ -190,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument("--configs", help="comma-separated configurations of the suite (default: all)")
     quality.add_argument("--datasets", help="comma-separated datasets of the suite (default: all)")
     quality.add_argument("--epochs", type=int, help="train every configuration this many epochs")
+    quality.add_argument(
+        "--evaluate-again",
+        action="store_true",
+        help="train nothing: evaluate again the runs that the raw results record (of --configs and --datasets, "
+        "named as the results name them), at the epochs recorded, and rewrite their scores (--seeds does not apply)",
+    )
     quality.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"), help="results file to update")
     quality.add_argument(
         "--json-out",
@@ -401,17 +407,24 @@ def command_bench_quality(args: argparse.Namespace) -> int:
 
     if not args.seeds:
         raise ConfigError("--seeds must name at least one seed")
+    if args.evaluate_again and args.epochs is not None:
+        raise ConfigError("--evaluate-again trains nothing: it takes no --epochs")
     extra = [] if args.epochs is None else ["--epochs", str(args.epochs)]
     names = args.configs.split(",") if args.configs else None
     datasets = args.datasets.split(",") if args.datasets else None
     runs_dir = args.runs_dir or default_runs_dir()
-    command = f"deepcluster bench-quality --suite {args.suite} --seeds {','.join(map(str, args.seeds))}"
+    command = f"deepcluster bench-quality --suite {args.suite}"
+    command += " --evaluate-again" if args.evaluate_again else f" --seeds {','.join(map(str, args.seeds))}"
     command += f" --configs {args.configs}" if args.configs else ""
     command += f" --datasets {args.datasets}" if args.datasets else ""
     command += f" --epochs {args.epochs}" if args.epochs is not None else ""
     raw = args.json_out or Path(f"docs/bench/quality-{args.suite}.json")
-    results = quality.run_suite(args.suite, args.seeds, runs_dir, main, extra, names, datasets, command)
-    results = quality.merge(quality.load_raw(raw), results)
+    earlier = quality.load_raw(raw)
+    if args.evaluate_again:
+        results = quality.evaluate_again(args.suite, earlier, runs_dir, main, names, datasets, command)
+    else:
+        results = quality.run_suite(args.suite, args.seeds, runs_dir, main, extra, names, datasets, command)
+    results = quality.merge(earlier, results)
     section = quality.suite_markdown(args.suite, results)
     quality.write_results(args.out, args.suite, section)
     quality.save_raw(raw, results)

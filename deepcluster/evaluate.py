@@ -175,6 +175,7 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
         "images": {"scored": len(labels), "of": count},
         "features": {"clustered": clustered.shape[1], "conv": conv.shape[1]},
         "grouping": config.grouping,
+        "graph_neighbours": GRAPH_NEIGHBOURS,
         "groupings": {"clustered": all_groupings(clustered, labels), "conv": all_groupings(conv, labels)},
         "knn_accuracy": knn_accuracy(*probe_data),
         "linear_probe_accuracy": linear_probe_accuracy(*probe_data),
@@ -226,8 +227,8 @@ def _merge(
     probe: ProbeSplit,
 ) -> dict[str, Any]:
     """Add `result` to evaluation.json under its epoch (computing the baselines once per run, on `images`, the scored
-    rows as ingested), atomically. Baselines recorded before every grouping method and kNN baseline existed, or on
-    other images than `result`'s, are computed again."""
+    rows as ingested), atomically. Baselines recorded before every grouping method and kNN baseline existed, on
+    other images than `result`'s, or with graphs of other sizes, are computed again."""
     path = layout.evaluation
     with artifacts.FileLock(layout.evaluation_lock):
         evaluation: dict[str, Any] = (
@@ -235,9 +236,11 @@ def _merge(
         )
         missing = set(GROUPING_METHODS) - set(evaluation.get("baselines", {}).get("pixels", {}).get("groupings", {}))
         scored_before = evaluation.get("baselines_scored", result["images"]["of"])  # before subsets: every image
-        if missing or scored_before != result["images"]["scored"]:
+        graphs_before = evaluation.get("baselines_graph_neighbours")
+        if missing or scored_before != result["images"]["scored"] or graphs_before != GRAPH_NEIGHBOURS:
             evaluation["baselines"] = baselines(images.read().numpy(), inputs, probe)
             evaluation["baselines_scored"] = result["images"]["scored"]
+            evaluation["baselines_graph_neighbours"] = GRAPH_NEIGHBOURS
         evaluation["dataset"] = record["dataset"]["source"]
         evaluation["num_classes"] = int(len(np.unique(probe.labels)))
         evaluation["epochs"][str(result["epoch"])] = result
@@ -284,8 +287,9 @@ def format_evaluation(evaluation: dict[str, Any], epoch: int) -> str:
             run_metrics.format_table(rows, TABLE_COLUMNS),
             (
                 f"grouped into k = {evaluation['num_classes']} classes (k-means: best of {KMEANS_INITS} k-means++ "
-                f"starts; spectral: {GRAPH_NEIGHBOURS}-nearest-neighbour graph; snn: that graph weighted by shared "
-                f"neighbours){final}; kNN (k = {KNN_NEIGHBOURS}, "
+                f"starts; spectral: {GRAPH_NEIGHBOURS['spectral']}-nearest-neighbour graph; snn: "
+                f"{GRAPH_NEIGHBOURS['snn']}-nearest-neighbour graph weighted by shared neighbours){final}; "
+                f"kNN (k = {KNN_NEIGHBOURS}, "
                 f"cosine) and linear probe on the conv features, the baselines' kNN on the input pixels: "
                 f"{result['probe_split']}"
             ),

@@ -2,14 +2,15 @@
 
 A run trains on an over-clustering (k = 30 by default); a user wants k groups. Three ways:
 - `kmeans`: k-means at k, the best of several k-means++ starts (spherical on L2-normalised features);
-- `spectral`: spectral clustering of the symmetric k-nearest-neighbour graph of the points (Shi & Malik
+- `spectral`: spectral clustering of the symmetric 10-nearest-neighbour graph of the points (Shi & Malik
   2000; Ng, Jordan & Weiss 2002), which follows the neighbourhoods instead of assuming round clusters of
   similar size: learned features keep classes locally (their nearest neighbours share a class) long
   before a class is one round blob;
-- `snn` (the default): spectral clustering of the same graph with each edge's weight multiplied by the number of
-  nearest neighbours its two ends share (Jarvis & Patrick 1973). An edge between two points whose neighbourhoods do not
-  overlap, the kind that bridges two groups, weighs nothing, so a class's outlying mode stays with its class
-  instead of joining the group it touches.
+- `snn` (the default): spectral clustering of such a graph over 20 neighbours with each edge's weight multiplied by
+  the number of nearest neighbours its two ends share (Jarvis & Patrick 1973). An edge between two points whose
+  neighbourhoods do not overlap, the kind that bridges two groups, weighs nothing, so a class's outlying mode stays
+  with its class instead of joining the group it touches; the larger graph keeps the modes of one class joined where
+  10 neighbours left one mode a group of its own (measured: docs/RESULTS.md).
 All are deterministic for given points (fixed seeds); none looks at labels.
 """
 
@@ -32,7 +33,7 @@ from deepcluster.loader import open_inputs
 
 GROUPING_METHODS: tuple[GroupingMethod, ...] = get_args(GroupingMethod)
 KMEANS_INITS = 10
-GRAPH_NEIGHBOURS = 10
+GRAPH_NEIGHBOURS: dict[GroupingMethod, int] = {"spectral": 10, "snn": 20}  # each point's neighbours in the graph
 GROUPING_SEED = 0  # fixed: a grouping never depends on the run's seed, only on the points
 
 
@@ -46,7 +47,7 @@ def group(points: np.ndarray, num_groups: int, method: GroupingMethod) -> np.nda
         model = KMeans(num_groups, n_init=KMEANS_INITS, random_state=GROUPING_SEED)
         return model.fit_predict(points).astype(np.int64)
     if method == "spectral":
-        neighbours = min(GRAPH_NEIGHBOURS, len(points) - 1)
+        neighbours = min(GRAPH_NEIGHBOURS["spectral"], len(points) - 1)
         model = SpectralClustering(
             num_groups,
             affinity="nearest_neighbors",
@@ -56,7 +57,7 @@ def group(points: np.ndarray, num_groups: int, method: GroupingMethod) -> np.nda
         )
         return model.fit_predict(points).astype(np.int64)
     if method == "snn":
-        graph = shared_neighbour_graph(points, min(GRAPH_NEIGHBOURS, len(points) - 1))
+        graph = shared_neighbour_graph(points, min(GRAPH_NEIGHBOURS["snn"], len(points) - 1))
         model = SpectralClustering(
             num_groups, affinity="precomputed", assign_labels="cluster_qr", random_state=GROUPING_SEED
         )

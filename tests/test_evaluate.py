@@ -62,6 +62,15 @@ def test_evaluate_writes_every_score_and_is_repeatable(finished_run: Path, tmp_p
     assert again["baselines"] == evaluation["baselines"]
     assert set(again["epochs"]) == {"0", "1"} and again["epochs"]["1"] == result  # kept, and deterministic
     assert json.loads(capsys.readouterr().out)["epoch"] == 0
+    assert result["graph_neighbours"] == again["baselines_graph_neighbours"] == evaluate.GRAPH_NEIGHBOURS
+    # baselines grouped on graphs of other sizes are computed again
+    stale = {**again, "baselines_graph_neighbours": {"spectral": 10, "snn": 10}}
+    stale["baselines"]["pixels"]["groupings"]["snn"]["nmi"] = -1.0
+    (tmp_path / "tiny" / "evaluation.json").write_text(json.dumps(stale))
+    assert main(["--runs-dir", str(tmp_path), "evaluate", "tiny"]) == 0
+    again = json.loads((tmp_path / "tiny" / "evaluation.json").read_text())
+    assert again["baselines"] == evaluation["baselines"]
+    assert again["baselines_graph_neighbours"] == evaluate.GRAPH_NEIGHBOURS
 
 
 def test_a_large_run_is_scored_on_a_fixed_subset(finished_run: Path, tmp_path: Path, monkeypatch, capsys):

@@ -38,6 +38,18 @@ def test_suite_machinery_on_tiny_data(prefect_harness, tmp_path: Path, monkeypat
     assert set(merged["digits-100"]) == {"default", "one-view"} and set(merged["sample-120"]) == {"default"}
     assert merged["sample-120"] == results["sample-120"]
     assert "| one-view |  | " in out.read_text()  # not run on sample-120: an empty cell there
+    # evaluated again, nothing trained: the same scores (evaluation is deterministic), the command named
+    assert main([*args[:-2], "--evaluate-again", "--datasets", "digits-100", "--configs", "default"]) == 0
+    again = json.loads(raw.read_text())
+    assert again["digits-100"]["default"]["runs"] == merged["digits-100"]["default"]["runs"]
+    assert (
+        "`deepcluster bench-quality --suite toy --evaluate-again --configs default --datasets digits-100` ("
+        in (again["digits-100"]["default"]["produced_by"])
+    )
+    assert (
+        again["sample-120"] == results["sample-120"]
+        and again["digits-100"]["one-view"] == merged["digits-100"]["one-view"]
+    )
     capsys.readouterr()
 
 
@@ -46,14 +58,15 @@ def test_quality_suite_trains_evaluates_and_writes_results(tmp_path: Path, monke
 
     def fake_cli(args: list[str]) -> int:  # stands in for `deepcluster`: what the suite asks of it
         calls.append(args)
-        run_id = args[args.index("evaluate") + 1] if "evaluate" in args else None
-        if run_id:
-            root = Path(args[1]) / run_id
+        if "run" in args:
+            root = Path(args[1]) / args[args.index("--run-id") + 1]
             (root / "epochs" / "0000").mkdir(parents=True)
             (root / "epochs" / "0000" / "metrics.json").write_text(json.dumps(METRICS))
+        else:
+            run_id = args[args.index("evaluate") + 1]
             seed = int(run_id.rsplit("seed", 1)[1])
             shift = 0.2 if "-two-" in run_id else 0.0
-            (root / "evaluation.json").write_text(json.dumps(evaluation(0.5 + seed / 10 + shift)))
+            (Path(args[1]) / run_id / "evaluation.json").write_text(json.dumps(evaluation(0.5 + seed / 10 + shift)))
         return 0
 
     toy = quality.Suite(
@@ -72,7 +85,7 @@ def test_quality_suite_trains_evaluates_and_writes_results(tmp_path: Path, monke
         *("--runs-dir", str(tmp_path), "run", "--limit", "9", "--epochs", "1"),
         *("--seed", "0", "--run-id", "quality-toy-one-default-seed0", "--no-progress"),
     ]
-    assert calls[1] == ["--runs-dir", str(tmp_path), "evaluate", "quality-toy-one-default-seed0"]
+    assert calls[1] == ["--runs-dir", str(tmp_path), "evaluate", "quality-toy-one-default-seed0", "--epoch", "0"]
     assert calls[4][:7] == ["--runs-dir", str(tmp_path), "run", "--limit", "9", "--k", "3"]
     assert len(calls) == 2 * 2 * 2 * 2  # datasets x configurations x seeds x (run, evaluate)
     section = quality.suite_markdown("toy", results)
@@ -88,6 +101,40 @@ def test_quality_suite_trains_evaluates_and_writes_results(tmp_path: Path, monke
     quality.write_results(path, "toy", section.replace("default", "renamed"))
     text = path.read_text()
     assert "renamed" in text and "| default |" not in text and "other section" in text
+
+
+def test_recorded_runs_are_evaluated_again_without_training(tmp_path: Path):
+    calls: list[list[str]] = []
+
+    def fake_cli(args: list[str]) -> int:  # `deepcluster evaluate`, its grouping changed since: NMI 0.9 now
+        calls.append(args)
+        (Path(args[1]) / args[3] / "evaluation.json").write_text(json.dumps(evaluation(0.9, epoch=4)))
+        return 0
+
+    def record(run_ids: list[str]) -> dict:
+        old = evaluation(0.5, epoch=4)
+        runs = [{"seed": 0, "run_id": run_id, "evaluation": old["epochs"]["4"], "seconds": 60.0} for run_id in run_ids]
+        return {"command": ["deepcluster", "run"], "produced_by": "`bench --suite toy` (then)", "runs": runs}
+
+    raw = {"one": {"default": record(["a-seed0"]), "k3": record(["b-seed0"])}, "two": {"default": record(["c-seed0"])}}
+    for run_id in ("a-seed0", "c-seed0"):
+        (tmp_path / run_id).mkdir()
+    with pytest.raises(RunError, match="the results of suite 'toy' hold no configuration k5"):
+        quality.evaluate_again("toy", raw, tmp_path, fake_cli, ["k5"])
+    with pytest.raises(RunError, match=f"1 of the 3 runs to evaluate again are not in {tmp_path}: b-seed0"):
+        quality.evaluate_again("toy", raw, tmp_path, fake_cli)
+    assert not calls  # checked before any run is evaluated
+    again = quality.evaluate_again("toy", raw, tmp_path, fake_cli, ["default"], None, "bench --evaluate-again")
+    assert calls == [
+        ["--runs-dir", str(tmp_path), "evaluate", run_id, "--epoch", "4"] for run_id in ("a-seed0", "c-seed0")
+    ]
+    assert set(again) == {"one", "two"} and set(again["one"]) == {"default"}
+    run = again["one"]["default"]["runs"][0]
+    assert run["evaluation"]["groupings"]["conv"]["kmeans"]["nmi"] == 0.9 and run["seconds"] == 60.0
+    assert run["baselines"] == evaluation(0.9)["baselines"]
+    assert again["one"]["default"]["produced_by"].startswith("`bench --suite toy` (then); `bench --evaluate-again` (")
+    twice = quality.evaluate_again("toy", again, tmp_path, fake_cli, ["default"], ["two"], "bench --evaluate-again")
+    assert twice["two"]["default"]["produced_by"].count("--evaluate-again") == 1  # the latest evaluation named
 
 
 def test_new_results_replace_their_dataset_and_configuration_only():
@@ -119,7 +166,7 @@ METRICS = {
 }
 
 
-def evaluation(nmi: float) -> dict:
+def evaluation(nmi: float, epoch: int = 0) -> dict:
     def scores(value: float) -> dict:
         return {"nmi": value, "acc": value, "ari": value, "largest_over_fair_share": 1.0}
 
@@ -131,8 +178,8 @@ def evaluation(nmi: float) -> dict:
             "sobel_pixels": {"groupings": sobel, "knn_accuracy": 0.7},
         },
         "epochs": {
-            "0": {
-                "epoch": 0,
+            str(epoch): {
+                "epoch": epoch,
                 "grouping": "kmeans",
                 "groupings": {
                     "conv": {"kmeans": scores(nmi), "spectral": scores(nmi - 0.05)},
