@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     quality.add_argument(
         "--suite",
         default="dev",
-        help="dev (default: six small labelled sets), check (two more, for checking the defaults) or fashion-mnist",
+        help="dev (default: six small labelled sets), check (two more, for checking the defaults), holdout (three "
+        "more, run on the defaults only) or fashion-mnist",
     )
     quality.add_argument(
         "--seeds", type=_integers("--seeds"), default=[0, 1, 2], help="comma-separated seeds (default 0,1,2)"
