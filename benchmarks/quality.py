@@ -13,7 +13,7 @@ import math
 import re
 import shlex
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -146,10 +146,7 @@ def run_suite(
     if suite not in SUITES:
         raise RunError(f"unknown suite {suite!r}: expected one of {', '.join(SUITES)}")
     chosen = SUITES[suite]
-    for kind, asked, known in (("configuration", names, chosen.configurations), ("dataset", datasets, chosen.datasets)):
-        unknown = sorted(set(asked or []) - set(known))
-        if unknown:
-            raise RunError(f"suite {suite!r} has no {kind} {', '.join(unknown)} (it has {', '.join(known)})")
+    _refuse_unknown(f"suite {suite!r} has no", names, datasets, chosen.configurations, chosen.datasets)
     results: dict[str, Any] = {}
     for dataset, data_flags in chosen.datasets.items():
         if datasets and dataset not in datasets:
@@ -185,13 +182,8 @@ def evaluate_again(
     at the epoch it was evaluated at: its scores by today's evaluation (after a grouping changed, say). Every
     such run must still be in `runs_dir`, which is checked before any is evaluated. Returns those records, each
     naming `produced_by` after the command that trained its runs."""
-    for kind, asked, known in (
-        ("configuration", names, {name for records in raw.values() for name in records}),
-        ("dataset", datasets, set(raw)),
-    ):
-        unknown = sorted(set(asked or []) - known)
-        if unknown:
-            raise RunError(f"the results of suite {suite!r} hold no {kind} {', '.join(unknown)}")
+    recorded_names = dict.fromkeys(name for records in raw.values() for name in records)
+    _refuse_unknown(f"the results of suite {suite!r} hold no", names, datasets, recorded_names, raw)
     chosen = {
         dataset: {name: record for name, record in records.items() if not names or name in names}
         for dataset, records in raw.items()
@@ -218,6 +210,23 @@ def evaluate_again(
                 "runs": runs,
             }
     return results
+
+
+def _refuse_unknown(
+    holder: str,
+    names: list[str] | None,
+    datasets: list[str] | None,
+    known_names: Iterable[str],
+    known_datasets: Iterable[str],
+) -> None:
+    """A RunError naming the asked configurations and datasets that are not among the known ones, and those known."""
+    for kind, asked, known in (
+        ("configuration", names, list(known_names)),
+        ("dataset", datasets, list(known_datasets)),
+    ):
+        unknown = sorted(set(asked or []) - set(known))
+        if unknown:
+            raise RunError(f"{holder} {kind} {', '.join(unknown)} (it has {', '.join(known)})")
 
 
 def _run_seed(
