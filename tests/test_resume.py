@@ -44,8 +44,11 @@ def start_run(runs_dir: Path, run_id: str, slow_writes: bool = False) -> subproc
 
 
 def kill_when(process: subprocess.Popen, path: Path, timeout: float = 180) -> None:
+    """SIGKILL `process` once `path` is written after its start (a file left by an earlier killed run does not
+    count)."""
+    started = time.time_ns()
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not (path.exists() and path.stat().st_mtime_ns >= started):
         if process.poll() is not None:
             pytest.fail(
                 f"the run ended (code {process.returncode}) before {path.name} appeared: {process.stderr.read()}"
@@ -58,31 +61,42 @@ def kill_when(process: subprocess.Popen, path: Path, timeout: float = 180) -> No
     process.wait()
 
 
-@pytest.mark.parametrize(
-    ("kill_at", "finished_before_kill"),
-    [
-        ("data/inputs.npy", []),  # right after preprocessing, before any epoch
-        ("staging/0001/features.parquet", [0]),  # mid-epoch, after PCA
-        ("staging/0001/assignments.parquet", [0]),  # mid-epoch, while training
-        # The writer commits epoch 1 before it writes anything of epoch 2 (one thread, in order).
-        ("staging/0002/features.parquet", [0, 1]),
-    ],
-)
-def test_killed_and_resumed_run_equals_an_uninterrupted_one(
-    prefect_harness, tmp_path: Path, kill_at: str, finished_before_kill: list[int]
+@pytest.fixture(scope="module")
+def straight(prefect_harness, tmp_path_factory) -> RunLayout:
+    """The run left alone, that every killed and resumed one must equal."""
+    from flows.deepcluster_flow import deepcluster_flow
+
+    runs_dir = tmp_path_factory.mktemp("straight")
+    deepcluster_flow(config=CONFIG, run_id="straight", runs_dir=str(runs_dir), progress=False)
+    return RunLayout(runs_dir, "straight")
+
+
+# Where the run is killed, in turn, and the epochs finished by then.
+KILLS = [
+    ("data/inputs.npy", []),  # right after preprocessing, before any epoch
+    ("staging/0001/features.parquet", [0]),  # mid-epoch, after PCA
+    ("staging/0001/assignments.parquet", [0]),  # mid-epoch, while training
+    # The writer commits epoch 1 before it writes anything of epoch 2 (one thread, in order).
+    ("staging/0002/features.parquet", [0, 1]),
+]
+
+
+def test_a_run_killed_at_each_stage_and_resumed_equals_an_uninterrupted_one(
+    prefect_harness, straight: RunLayout, tmp_path: Path
 ):
+    """The same run killed at each point of KILLS in turn (each time started again, so resuming what the last kill
+    left), then resumed to its end."""
     from flows.deepcluster_flow import deepcluster_flow
 
     layout = RunLayout(tmp_path, "killed")
-    process = start_run(tmp_path, "killed", slow_writes=True)
-    kill_when(process, layout.root / kill_at)
-    assert process.returncode == -signal.SIGKILL
-    assert layout.completed_epochs() == finished_before_kill  # a half-written epoch does not look finished
+    for kill_at, finished_before_kill in KILLS:
+        process = start_run(tmp_path, "killed", slow_writes=True)
+        kill_when(process, layout.root / kill_at)
+        assert process.returncode == -signal.SIGKILL
+        assert layout.completed_epochs() == finished_before_kill, kill_at  # a half-written epoch does not look finished
 
     deepcluster_flow(config=CONFIG, run_id="killed", runs_dir=str(tmp_path), progress=False)
-    deepcluster_flow(config=CONFIG, run_id="straight", runs_dir=str(tmp_path), progress=False)
 
-    straight = RunLayout(tmp_path, "straight")
     assert layout.completed_epochs() == straight.completed_epochs() == [0, 1, 2]
     assert not list(layout.staging.glob("*"))
     assert artifacts.verify_manifest(layout.data_dir) == []
@@ -108,7 +122,9 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(
         assert torch.equal(resumed_weights["optimizer"]["state"][index]["momentum_buffer"], state["momentum_buffer"])
 
 
-def test_kills_at_random_moments_then_a_resume_equal_an_uninterrupted_run(prefect_harness, tmp_path: Path):
+def test_kills_at_random_moments_then_a_resume_equal_an_uninterrupted_run(
+    prefect_harness, straight: RunLayout, tmp_path: Path
+):
     """SIGKILL at moments drawn at random (Prefect start-up, ingest, any stage, a commit), several times over
     the same run, then a resume: the same epochs, byte for byte. Bounded in count (4 kills) and time."""
     from flows.deepcluster_flow import deepcluster_flow
@@ -124,8 +140,6 @@ def test_kills_at_random_moments_then_a_resume_equal_an_uninterrupted_run(prefec
         process.send_signal(signal.SIGKILL)
         process.wait()
     deepcluster_flow(config=CONFIG, run_id="random", runs_dir=str(tmp_path), progress=False)
-    deepcluster_flow(config=CONFIG, run_id="straight", runs_dir=str(tmp_path), progress=False)
-    straight = RunLayout(tmp_path, "straight")
     assert layout.completed_epochs() == straight.completed_epochs() == [0, 1, 2]
     assert all(problems == [] for problems in artifacts.verify_run(layout).values())
     for epoch in (0, 1, 2):
