@@ -16,7 +16,7 @@ import torch
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
-from deepcluster import grouping, html_report, ranks, runs, stages
+from deepcluster import ranks, runs, stages
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import Config, GroupingMethod
 from deepcluster.kmeans import Clustering
@@ -126,6 +126,8 @@ def run_as_task(function: Callable[..., Any], *args: Any) -> Any:
 @stage
 def write_groups(layout: RunLayout, num_groups: int, method: GroupingMethod, device: str) -> Path:
     """The last epoch's images in `num_groups` groups by `method` on the learned features (RUN/groups/)."""
+    from deepcluster import grouping  # scikit-learn: imported when a run is grouped, not by every training process
+
     epoch, _ = grouping.group_epoch(layout, None, num_groups, method, device)
     return layout.groups(epoch, num_groups, method)
 
@@ -133,4 +135,6 @@ def write_groups(layout: RunLayout, num_groups: int, method: GroupingMethod, dev
 @stage
 def write_report(layout: RunLayout) -> Path:
     """The run's HTML report (RUN/report/index.html) from its artifacts."""
+    from deepcluster import html_report  # matplotlib: imported once training is over
+
     return html_report.write_report(layout)

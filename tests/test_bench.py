@@ -99,11 +99,13 @@ def test_bench_kmeans_rejects_bad_sizes(args, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_bench_scale_ingests_in_child_processes_and_reports_memory(tmp_path: Path, capsys):
+def test_bench_scale_ingests_streams_and_compares_ranks_in_child_processes(tmp_path: Path, capsys):
+    """One call of each part (a child process, or two ranks, for each line), to keep it short."""
     out = tmp_path / "scale.json"
     arguments = ["--images", "8", "--image-size", "28", "--workers", "1", "--json-out", str(out)]
-    growth = ["--growth", "40,32", "--growth-samples", "32", "--growth-batch-size", "16"]
-    assert main(["bench-scale", *arguments, *growth]) == 0
+    growth = ["--growth", "40,32", "--growth-samples", "32", "--growth-batch-size", "16", "--growth-streamed-only"]
+    ranks = ["--ranks", "2", "--rank-epochs", "2", "--rank-images", "300"]
+    assert main(["bench-scale", *arguments, *growth, *ranks]) == 0
     summary = json.loads(out.read_text())
     assert summary["growth_batch_size"] == 16
     whole, quarter = summary["ingest"]
@@ -111,31 +113,20 @@ def test_bench_scale_ingests_in_child_processes_and_reports_memory(tmp_path: Pat
     assert whole["store_bytes"] > quarter["store_bytes"] and whole["peak_rss_mb"] > 50
     assert whole["bare_seconds"] > 0 and whole["over_bare"] > 0
     lines = [(row["images"], row["inputs"], row["input_mb"]) for row in summary["growth"]]
-    assert lines == [
-        (count, inputs, round(count * 28 * 28 / 2**20, 1)) for count in (32, 40) for inputs in ("streamed", "held")
-    ]
+    assert lines == [(count, "streamed", round(count * 28 * 28 / 2**20, 1)) for count in (32, 40)]
     assert all(row["peak_rss_mb"] > 50 and row["stage_seconds"]["train"] > 0 for row in summary["growth"])
-    assert "images/s" in capsys.readouterr().out
-    assert main(["bench-scale", *arguments, "--growth", "32", "--growth-streamed-only"]) == 0
-    assert [row["inputs"] for row in json.loads(out.read_text())["growth"]] == ["streamed"]
-    assert main(["bench-scale", "--growth-batch-size", "0"]) == 2
-    assert main(["bench-scale", "--workers", "0"]) == 2
-    assert main(["bench-scale", "--rank-images", "0"]) == 2
-    assert main(["bench-scale", "--growth", "0"]) == 2
-    assert main(["bench-scale", "--folder", str(tmp_path), "--growth", "5"]) == 2  # holds only scale.json
-    assert "--growth 5" in capsys.readouterr().err
-
-
-def test_bench_scale_compares_one_rank_with_two(tmp_path: Path, capsys):
-    out = tmp_path / "scale.json"
-    arguments = ["--images", "4", "--image-size", "16", "--workers", "1", "--json-out", str(out)]
-    assert main(["bench-scale", *arguments, "--ranks", "2", "--rank-epochs", "2", "--rank-images", "300"]) == 0
-    ranked = json.loads(out.read_text())["ranks"]
+    ranked = summary["ranks"]
     assert len(ranked["1"]["epoch_seconds"]) == len(ranked["2"]["epoch_seconds"]) == 2
     assert 0 < ranked["nmi_between_runs"] <= 1 and ranked["epoch_ratio"] > 0
     assert 0 <= ranked["nmi_between_groupings"] <= 1 and 0 <= ranked["nmi_one_thread_groupings"] <= 1
     assert ranked["kmeans"]["identical_assignments"] >= 0.999
     assert ranked["kmeans"]["objective_relative_difference"] < 1e-4
     printed = capsys.readouterr().out
-    assert "NMI between their final groupings" in printed
+    assert "images/s" in printed and "NMI between their final groupings" in printed
     assert "k-means of the same features, 1 process vs 2 ranks" in printed
+    assert main(["bench-scale", "--growth-batch-size", "0"]) == 2
+    assert main(["bench-scale", "--workers", "0"]) == 2
+    assert main(["bench-scale", "--rank-images", "0"]) == 2
+    assert main(["bench-scale", "--growth", "0"]) == 2
+    assert main(["bench-scale", "--folder", str(tmp_path), "--growth", "5"]) == 2  # holds only scale.json
+    assert "--growth 5" in capsys.readouterr().err

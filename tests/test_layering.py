@@ -50,3 +50,14 @@ def test_the_entry_point_and_the_decoding_workers_import_no_torch():
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_a_training_process_imports_no_scikit_learn_or_matplotlib():
+    """What the flow and a rank import to train: scikit-learn (about a second and 150 MB) comes with grouping and
+    evaluation, matplotlib with the report, both after training; SciPy with the first epoch scored against labels."""
+    code = (
+        "import sys, flows.deepcluster_flow, deepcluster.ranks, deepcluster.epoch\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'sklearn', 'scipy', 'matplotlib', 'pandas'}))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

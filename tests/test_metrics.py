@@ -37,3 +37,26 @@ def test_contingency_keeps_empty_clusters_and_fair_share():
     counts = contingency(clusters, labels, num_clusters=4)
     assert counts.tolist() == [[0, 2], [0, 0], [2, 1], [0, 0]]
     assert largest_over_fair_share(counts.sum(axis=1)) == 3 * 4 / 5
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    first=st.lists(st.integers(-2, 6), min_size=1, max_size=80),
+    seed=st.integers(0, 999),
+    groups=st.integers(1, 9),
+)
+def test_nmi_and_ari_equal_scikit_learns(first, seed, groups):
+    """Computed here to keep scikit-learn out of a training process; the same numbers as scikit-learn's, including
+    its limit cases (one group each, one item per group, a labeling against itself)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    first = np.array(first)
+    rng = np.random.default_rng(seed)
+    for second in (rng.integers(0, groups, len(first)), first, np.zeros_like(first), np.arange(len(first))):
+        assert nmi(first, second) == pytest.approx(normalized_mutual_info_score(first, second), abs=1e-12)
+        assert ari(first, second) == pytest.approx(adjusted_rand_score(first, second), abs=1e-12)
+
+
+def test_nmi_and_ari_refuse_labelings_of_different_lengths():
+    with pytest.raises(ValueError, match="same number of items, got 3 and 2"):
+        nmi(np.array([0, 1, 1]), np.array([0, 1]))
