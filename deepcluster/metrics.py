@@ -44,7 +44,7 @@ def ari(first: np.ndarray, second: np.ndarray) -> float:
 def _table(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """The contingency table (float) of two labelings of any values."""
     if len(first) != len(second) or len(first) == 0:
-        raise ValueError(f"need two labelings of the same number of items, got {len(first)} and {len(second)}")
+        raise ValueError(f"need two non-empty labelings of the same length, got {len(first)} and {len(second)} items")
     first_values, first_ids = np.unique(np.asarray(first), return_inverse=True)
     second_values, second_ids = np.unique(np.asarray(second), return_inverse=True)
     shape = (len(first_values), len(second_values))

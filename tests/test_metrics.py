@@ -57,6 +57,8 @@ def test_nmi_and_ari_equal_scikit_learns(first, seed, groups):
         assert ari(first, second) == pytest.approx(adjusted_rand_score(first, second), abs=1e-12)
 
 
-def test_nmi_and_ari_refuse_labelings_of_different_lengths():
-    with pytest.raises(ValueError, match="same number of items, got 3 and 2"):
+def test_nmi_and_ari_refuse_empty_labelings_or_different_lengths():
+    with pytest.raises(ValueError, match="same length, got 3 and 2 items"):
         nmi(np.array([0, 1, 1]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="non-empty"):
+        ari(np.array([]), np.array([]))
