@@ -45,11 +45,9 @@ def _table(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """The contingency table (float) of two labelings of any values."""
     if len(first) != len(second) or len(first) == 0:
         raise ValueError(f"need two non-empty labelings of the same length, got {len(first)} and {len(second)} items")
-    first_values, first_ids = np.unique(np.asarray(first), return_inverse=True)
-    second_values, second_ids = np.unique(np.asarray(second), return_inverse=True)
-    shape = (len(first_values), len(second_values))
-    cells = np.ravel_multi_index((first_ids.ravel(), second_ids.ravel()), shape)
-    return np.bincount(cells, minlength=shape[0] * shape[1]).reshape(shape).astype(np.float64)
+    _, first_ids = np.unique(np.asarray(first), return_inverse=True)
+    _, second_ids = np.unique(np.asarray(second), return_inverse=True)
+    return contingency(first_ids.ravel(), second_ids.ravel()).astype(np.float64)
 
 
 def accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
@@ -59,9 +57,7 @@ def accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
     """
     from scipy.optimize import linear_sum_assignment  # here: only runs with labels need it
 
-    _, label_ids = np.unique(np.asarray(labels), return_inverse=True)
-    _, cluster_ids = np.unique(np.asarray(clusters), return_inverse=True)
-    counts = contingency(cluster_ids, label_ids)
+    counts = _table(clusters, labels)
     rows, cols = linear_sum_assignment(counts, maximize=True)
     return float(counts[rows, cols].sum() / len(labels))
 
@@ -69,10 +65,9 @@ def accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
 def contingency(clusters: np.ndarray, labels: np.ndarray, num_clusters: int | None = None) -> np.ndarray:
     """Counts (num_clusters, num_labels) of the images of each cluster with each label; clusters and labels are
     ids from 0 (num_clusters: at least the largest cluster id + 1, for clusters left empty)."""
-    rows = max(int(clusters.max()) + 1, num_clusters or 0)
-    counts = np.zeros((rows, int(labels.max()) + 1), dtype=np.int64)
-    np.add.at(counts, (clusters, labels), 1)
-    return counts
+    shape = (max(int(clusters.max()) + 1, num_clusters or 0), int(labels.max()) + 1)
+    cells = np.ravel_multi_index((clusters, labels), shape)
+    return np.bincount(cells, minlength=shape[0] * shape[1]).reshape(shape)
 
 
 def largest_over_fair_share(sizes: np.ndarray) -> float:
