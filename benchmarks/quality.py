@@ -44,6 +44,8 @@ ABLATIONS: dict[str, list[str]] = {
     "neighbours-0": ["--neighbours", "0"],  # hard targets: each image's own cluster alone
     "neighbours-20": ["--neighbours", "20"],  # soft targets over twice as many neighbours
     "extra-k-10": ["--extra-k", "10"],
+    "heads-3": ["--heads", "3"],  # DeepCluster-v2's several prototype sets: 3 clusterings at k, each its own seed
+    "balanced": ["--assignment", "balanced"],  # SeLa's equal-share pseudo-labels
     "instance": ["--instance-weight", "0.5"],
     "cosine": ["--lr-schedule", "cosine"],  # learning rate decayed to 0 over the run
     "epochs-15": ["--epochs", "15"],

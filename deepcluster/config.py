@@ -98,6 +98,11 @@ class Config(BaseModel):
         description="k-means seeding: k random points (paper), greedy k-means++, or previous: the previous "
         "epoch's clusters' means in the new features (head 0; k-means++ at epoch 0 and for other heads)",
     )
+    assignment: Literal["kmeans", "balanced"] = Field(
+        "kmeans",
+        description="pseudo-labels: each image's k-means cluster, or balanced: SeLa's equal shares, each image "
+        "reassigned to the k-means centroids by Sinkhorn-Knopp so that every cluster takes N/k images",
+    )
 
     grouping: GroupingMethod = Field(
         "snn",
@@ -289,6 +294,7 @@ PREDATED_KEYS: dict[str, Any] = {
     "max_epoch_samples": None,
     "small_crops": 0,
     "intensity": False,
+    "assignment": "kmeans",
 }
 
 

@@ -209,7 +209,7 @@ def kmeans(
             break  # converged: the centroids below would equal the current ones
         centroids = centroid_means(points, assignments, num_clusters)
         previous = assignments
-    return Clustering(assignments, centroids, _loss(points, assignments, centroids), done, assigned_to)
+    return Clustering(assignments, centroids, mean_squared_distance(points, assignments, centroids), done, assigned_to)
 
 
 def _changed(assignments: torch.Tensor, previous: torch.Tensor) -> bool:
@@ -218,7 +218,7 @@ def _changed(assignments: torch.Tensor, previous: torch.Tensor) -> bool:
     return bool(all_reduce_sum(changed))
 
 
-def _loss(points: torch.Tensor, assignments: torch.Tensor, centroids: torch.Tensor) -> float:
+def mean_squared_distance(points: torch.Tensor, assignments: torch.Tensor, centroids: torch.Tensor) -> float:
     """Mean squared distance of each point (of all ranks) to the centroid it is assigned to."""
     totals = torch.stack(
         [((points - centroids[assignments]) ** 2).sum(), torch.tensor(len(points), device=points.device)]
@@ -258,4 +258,4 @@ def faiss_kmeans(
     assignments, _ = assign(points, centroids)
     fill_empty_clusters(points, assignments, centroids, generator)
     means = centroid_means(points, assignments, num_clusters)
-    return Clustering(assignments, means, _loss(points, assignments, means), int(ran), centroids)
+    return Clustering(assignments, means, mean_squared_distance(points, assignments, means), int(ran), centroids)

@@ -5,7 +5,9 @@ clustered (the weights trained in the previous epoch, or the initial ones for ep
 reduction (PCA-whitening where configured: pca_mean.npy, pca_projection.npy; then L2 normalisation)
 and the centroids its k-means last assigned to (centroids.npy). New images go through the same
 preprocessing and land in the nearest centroid, so the training images themselves get the epoch's
-assignments back.
+assignments back (with assignment=balanced, the centroids are the means of the equal-share clusters, and an image
+at a cluster's border may land in the neighbouring one: the equal shares are a property of the whole epoch, not of
+one image).
 
 A folder, for a run trained on one, is read as the run read its own: through the input store, a batch at a
 time, so that a folder larger than memory can be assigned. Other images are read into memory.

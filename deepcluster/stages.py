@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from deepcluster import distributed, metrics
+from deepcluster.balance import balance
 from deepcluster.config import Config
 from deepcluster.errors import DivergedError
 from deepcluster.features import extract_features
@@ -63,7 +64,8 @@ def reduce(features: torch.Tensor, pca_dim: int | None) -> tuple[torch.Tensor, P
 
 def cluster(points: torch.Tensor, config: Config, epoch: int, previous: np.ndarray | None = None) -> list[Clustering]:
     """One k-means with the empty-cluster fix per head, each seeded per (run, epoch, head), of the points of all
-    ranks; each clustering's assignments are those of all points.
+    ranks (with assignment='balanced', reassigned in equal shares: `balance`); each clustering's assignments are
+    those of all points.
 
     points: this rank's shard. previous: the previous epoch's assignments (head 0, all images), for
     kmeans_init='previous'.
@@ -80,10 +82,13 @@ def cluster(points: torch.Tensor, config: Config, epoch: int, previous: np.ndarr
                 init = centroid_means(points, torch.from_numpy(previous).to(points.device), num_clusters)
         if config.kmeans_backend == "faiss":
             seed = stage_seed(config.seed, epoch, name)
-            clusterings.append(faiss_kmeans(points, num_clusters, seed, config.kmeans_iters, init))
+            clustering = faiss_kmeans(points, num_clusters, seed, config.kmeans_iters, init)
         else:
             generator = stage_generator(config.seed, epoch, name)
-            clusterings.append(kmeans(points, num_clusters, generator, config.kmeans_iters, init))
+            clustering = kmeans(points, num_clusters, generator, config.kmeans_iters, init)
+        if config.assignment == "balanced":
+            clustering = balance(points, clustering, stage_generator(config.seed, epoch, _per_head("balance", head)))
+        clusterings.append(clustering)
     return [replace(each, assignments=distributed.all_gather_rows(each.assignments)) for each in clusterings]
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from deepcluster import distributed, stages
+from deepcluster.balance import balance
 from deepcluster.kmeans import centroid_means, kmeans
 from deepcluster.neighbours import nearest_neighbours
 from deepcluster.reduce import fit_pca_whitening
@@ -37,9 +38,11 @@ def _clusterings(points: torch.Tensor) -> list[dict[str, object]]:
             previous = (torch.arange(len(points)) % k)[distributed.shard(len(points))]
             start = centroid_means(mine, previous, k)
         clustering = kmeans(mine, k, torch.Generator().manual_seed(5), 30, start)
+        balanced = balance(mine, clustering, torch.Generator().manual_seed(6))
         results.append(
             {
                 "assignments": distributed.all_gather_rows(clustering.assignments),
+                "balanced": distributed.all_gather_rows(balanced.assignments),
                 "centroids": clustering.centroids,
                 "every_rank_centroids": distributed.all_gather_rows(clustering.centroids),
                 "loss": clustering.loss,
@@ -64,6 +67,8 @@ def test_two_ranks_cluster_as_one_process(tmp_path: Path) -> None:
     for (init, k, _), one, two in zip(CASES, alone, ranked, strict=False):
         same = float((one["assignments"] == two["assignments"]).double().mean())
         assert same >= 0.999, f"{init}, k={k}: {same:.4f} of the assignments agree"
+        same = float((one["balanced"] == two["balanced"]).double().mean())
+        assert same >= 0.999, f"{init}, k={k}: {same:.4f} of the balanced assignments agree"
         assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
         assert len(two["assignments"]) == 1203 and int(two["assignments"].max()) < k
         assert len(torch.unique(two["assignments"])) == k  # no empty cluster

@@ -43,7 +43,7 @@ def test_one_epoch_of_the_library_loop(tmp_path: Path):
 @pytest.mark.parametrize(
     "overrides",
     [
-        {"num_heads": 2, "intensity": True},
+        {"num_heads": 2, "intensity": True, "assignment": "balanced"},
         {
             "extra_clusters": (4, 20),
             "neighbours": 5,
@@ -70,6 +70,8 @@ def test_epochs_with_several_heads_and_the_paper_head(overrides: dict[str, objec
     assert [len(clustering.centroids) for clustering in clusterings] == stages.head_clusters(config)
     if config.num_heads > 1:  # each head draws its own k-means seeds
         assert not torch.equal(clusterings[0].assignments, clusterings[1].assignments)
+    if config.assignment == "balanced":  # 30 images a cluster, but for the argmax of equal shares
+        assert all(torch.bincount(each.assignments).max() <= 40 for each in clusterings)
     targets = stages.training_targets(features, clusterings, config)
     # soft (neighbours, the default): each cluster's share among an image and its neighbours
     assert [tuple(target.shape) for target in targets] == [(300, k) for k in stages.head_clusters(config)]
