@@ -46,6 +46,8 @@ ABLATIONS: dict[str, list[str]] = {
     "extra-k-10": ["--extra-k", "10"],
     "heads-3": ["--heads", "3"],  # DeepCluster-v2's several prototype sets: 3 clusterings at k, each its own seed
     "balanced": ["--assignment", "balanced"],  # SeLa's equal-share pseudo-labels
+    # the soft targets' neighbours found in the convolutional representation instead of the clustered features
+    "neighbours-conv": ["--neighbour-features", "representation"],
     "instance": ["--instance-weight", "0.5"],
     "cosine": ["--lr-schedule", "cosine"],  # learning rate decayed to 0 over the run
     "epochs-15": ["--epochs", "15"],
@@ -474,11 +476,25 @@ def load_raw(path: Path) -> dict[str, Any]:
 
 
 def merge(earlier: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """Earlier results with the new ones added, a new result replacing the earlier one of its dataset and
-    configuration; datasets and configurations keep their first order."""
+    """Earlier results with the new ones added; datasets and configurations keep their first order. A new result
+    replaces the earlier one of its dataset and configuration, but where both ran the same `run` command, the
+    earlier seeds that did not run again are kept beside the new ones (a suite's seeds may run in several calls),
+    and both benchmark commands are named."""
     merged = {dataset: dict(configurations) for dataset, configurations in earlier.items()}
     for dataset, configurations in new.items():
-        merged.setdefault(dataset, {}).update(configurations)
+        for name, result in configurations.items():
+            before = merged.setdefault(dataset, {}).get(name)
+            if before is not None and before["command"] == result["command"]:
+                seeds = {run["seed"] for run in result["runs"]}
+                kept = [run for run in before["runs"] if run["seed"] not in seeds]
+                if kept:
+                    runs = sorted([*kept, *result["runs"]], key=lambda run: run["seed"])
+                    result = {
+                        **result,
+                        "runs": runs,
+                        "produced_by": f"{before['produced_by']}; {result['produced_by']}",
+                    }
+            merged[dataset][name] = result
     return merged
 
 

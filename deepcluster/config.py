@@ -76,6 +76,12 @@ class Config(BaseModel):
         description="train on each cluster's share among an image and its nearest neighbours (soft targets); "
         "0: on the image's own cluster alone",
     )
+    neighbour_features: Literal["clustered", "representation"] = Field(
+        "clustered",
+        description="where those neighbours are found: among the features k-means clusters, or in the convolutional "
+        "representation (what kNN and the final grouping use; one more pass over the images an epoch, and the "
+        "representation of every image in memory: 2,048 floats an image on the small convnet)",
+    )
     arch: Literal["small", "alexnet", "vgg16"] = Field("small", description="convnet architecture")
     head: Literal["linear", "prototypes"] = Field(
         "prototypes",
@@ -295,6 +301,7 @@ PREDATED_KEYS: dict[str, Any] = {
     "small_crops": 0,
     "intensity": False,
     "assignment": "kmeans",
+    "neighbour_features": "clustered",
 }
 
 

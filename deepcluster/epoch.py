@@ -74,6 +74,9 @@ def run_epoch(
         outputs.features(epoch, gathered.cpu().numpy())
     del gathered
     clusterings = run("kmeans", stages.cluster, features, config, epoch, session.previous_assignments)
+    if config.neighbours and config.neighbour_features == "representation":
+        features = run("represent", stages.represent, session)
+        require_finite(features, "representation", epoch, config)
     targets = run("targets", stages.training_targets, features, clusterings, config)
     del features
     assignments = clusterings[0].assignments.cpu().numpy()

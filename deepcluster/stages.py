@@ -21,7 +21,7 @@ from deepcluster import distributed, metrics
 from deepcluster.balance import balance
 from deepcluster.config import Config
 from deepcluster.errors import DivergedError
-from deepcluster.features import extract_features
+from deepcluster.features import extract_features, representation_features
 from deepcluster.kmeans import Clustering, centroid_means, faiss_kmeans, kmeans
 from deepcluster.loader import Inputs
 from deepcluster.models import ClusterHead, DeepClusterNet, PrototypeHead
@@ -52,6 +52,13 @@ def extract(session: Session, progress: bool | None = None) -> torch.Tensor:
     """Features (N, D) of every image of this rank's shard with the current convnet, float32 on the device."""
     inputs = session.inputs[distributed.shard(len(session.inputs))]
     return extract_features(session.model, inputs, session.config.batch_size, progress, session.bf16)
+
+
+def represent(session: Session) -> torch.Tensor:
+    """The L2-normalised convolutional representation (N, D) of every image of this rank's shard, on the device:
+    where the soft targets' neighbours are found with neighbour_features='representation'."""
+    inputs = session.inputs[distributed.shard(len(session.inputs))]
+    return representation_features(session.model, inputs, session.config.batch_size, session.bf16)
 
 
 def reduce(features: torch.Tensor, pca_dim: int | None) -> tuple[torch.Tensor, PCAWhitening | None]:
@@ -99,7 +106,8 @@ def head_clusters(config: Config) -> list[int]:
 
 def training_targets(points: torch.Tensor, clusterings: list[Clustering], config: Config) -> list[torch.Tensor]:
     """Each clustering's training targets: its cluster ids, or (config.neighbours > 0) soft targets, the
-    share of each cluster among an image and its nearest neighbours in `points` (of all ranks)."""
+    share of each cluster among an image and its nearest neighbours in `points` (of all ranks): the clustered
+    features, or the representation (`represent`)."""
     if config.neighbours == 0:
         return [clustering.assignments for clustering in clusterings]
     neighbours = distributed.all_gather_rows(_nearest_neighbours(points, config.neighbours))

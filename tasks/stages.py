@@ -67,6 +67,13 @@ def cluster_kmeans(
 
 
 @stage
+def represent(session: Session) -> torch.Tensor:
+    """The convolutional representation of every image (where the soft targets' neighbours are found, if so
+    configured)."""
+    return stages.represent(session)
+
+
+@stage
 def training_targets(points: torch.Tensor, clusterings: list[Clustering], config: Config) -> list[torch.Tensor]:
     """Each clustering's training targets: its cluster ids, or their share among each image's neighbours."""
     return stages.training_targets(points, clusterings, config)
@@ -111,6 +118,7 @@ EPOCH_TASKS: dict[Callable[..., Any], Task[..., Any]] = {
     stages.extract: extract_features,
     stages.reduce: pca_reduce,
     stages.cluster: cluster_kmeans,
+    stages.represent: represent,
     stages.training_targets: training_targets,
     stages.resample: balanced_resample,
     stages.retrain: retrain,

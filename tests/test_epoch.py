@@ -47,6 +47,7 @@ def test_one_epoch_of_the_library_loop(tmp_path: Path):
         {
             "extra_clusters": (4, 20),
             "neighbours": 5,
+            "neighbour_features": "representation",
             "views": 2,
             "small_crops": 2,
             "instance_weight": 0.5,

@@ -143,6 +143,25 @@ def test_task_functions_run_without_prefect(tmp_path: Path):
     assert tasks.score_clusters.fn(session, clusterings[0].assignments.numpy())["cluster_sizes"]["empty"] == 0
 
 
+def test_every_stage_an_epoch_calls_has_its_task():
+    """The flow runs each stage of an epoch as its task (`tasks.run_as_task`): one without a task would fail the
+    flow's epochs only, with the options that call it."""
+    from deepcluster import runs, stages
+    from deepcluster.epoch import run_epoch
+    from tasks.stages import EPOCH_TASKS
+
+    called = []
+
+    def recorded(function, *args):
+        called.append(function)
+        return function(*args)
+
+    config = tiny_config(neighbour_features="representation")
+    inputs, labels = runs.load_inputs(config)
+    run_epoch(runs.new_session(config, inputs, labels, torch.device("cpu")), 0, False, recorded)
+    assert stages.represent in called and set(called) <= set(EPOCH_TASKS)
+
+
 def test_flow_and_library_loop_compute_the_same_epochs(finished_run: Path):
     """The library runs the flow's epoch loop without Prefect and without writing: the same epochs."""
     from deepcluster import runs

@@ -137,15 +137,19 @@ def test_recorded_runs_are_evaluated_again_without_training(tmp_path: Path):
     assert twice["two"]["default"]["produced_by"].count("--evaluate-again") == 1  # the latest evaluation named
 
 
-def test_new_results_replace_their_dataset_and_configuration_only():
-    earlier = {"one": {"default": {"runs": [1]}, "k3": {"runs": [2]}}, "two": {"default": {"runs": [3]}}}
-    merged = quality.merge(earlier, {"one": {"k3": {"runs": [4]}}, "three": {"default": {"runs": [5]}}})
+def test_new_results_replace_their_own_seeds_of_their_dataset_and_configuration():
+    def result(command: str, *seeds: int, by: str = "bench") -> dict[str, object]:
+        return {"command": [command], "produced_by": by, "runs": [{"seed": seed, "nmi": command} for seed in seeds]}
+
+    earlier = {"one": {"default": result("a", 0), "k3": result("k", 0, 1)}, "two": {"default": result("a", 0)}}
+    new = {"one": {"k3": result("k", 1, 2, by="again")}, "three": {"default": result("a", 0)}}
+    merged = quality.merge(earlier, {**new, "two": {"default": result("changed", 1, by="changed")}})
     assert merged == {
-        "one": {"default": {"runs": [1]}, "k3": {"runs": [4]}},
-        "two": {"default": {"runs": [3]}},
-        "three": {"default": {"runs": [5]}},
+        "one": {"default": result("a", 0), "k3": result("k", 0, 1, 2, by="bench; again")},  # seed 0 kept
+        "two": {"default": result("changed", 1, by="changed")},  # another command: the seeds before are not its own
+        "three": {"default": result("a", 0)},
     }
-    assert earlier["one"]["k3"] == {"runs": [2]}  # the earlier results are not changed
+    assert earlier["one"]["k3"] == result("k", 0, 1)  # the earlier results are not changed
 
 
 def test_goal_is_not_met_when_the_worst_seed_is_at_the_baseline():
