@@ -59,6 +59,8 @@ def balance(points: torch.Tensor, clustering: Clustering, generator: torch.Gener
     """A k-means clustering's points reassigned to its centroids in equal shares (`balanced_assign`), then the
     empty-cluster fix (a cluster whose share is spread over points that each prefer another) and each cluster's
     mean as its centroid. `assigned_to` is those means: a new image (`predict`) goes to the nearest of them."""
+    if clustering.loss <= 0:  # every point on its centroid: nothing at a border to move
+        return clustering
     assignments = balanced_assign(points, clustering.centroids, clustering.loss)
     num_clusters = len(clustering.centroids)
     fill_empty_clusters(points, assignments, centroid_means(points, assignments, num_clusters), generator)
@@ -69,7 +71,6 @@ def balance(points: torch.Tensor, clustering: Clustering, generator: torch.Gener
 
 def _scores(points: torch.Tensor, centroids: torch.Tensor, spread: float) -> Iterator[torch.Tensor]:
     """The similarities S / eps of the points to the centroids, float64, a chunk of rows at a time (never N x k)."""
-    spread = max(spread, torch.finfo(torch.float32).tiny)  # every point on its centroid: any unit will do
     halved_norms = (centroids * centroids).sum(dim=1) / 2
     rows_per_chunk = max(1, CHUNK_ELEMENTS.get(points.device.type, CHUNK_ELEMENTS["cpu"]) // len(centroids))
     for start in range(0, len(points), rows_per_chunk):

@@ -45,3 +45,10 @@ def test_the_shift_is_found_a_chunk_at_a_time(monkeypatch):
     whole = balanced_assign(points, clustering.centroids, clustering.loss)
     monkeypatch.setitem(kmeans_module.CHUNK_ELEMENTS, "cpu", 6 * 100)  # 7 chunks of 100 rows
     assert torch.equal(balanced_assign(points, clustering.centroids, clustering.loss), whole)
+
+
+def test_points_on_their_centroids_keep_their_clusters():
+    points = torch.eye(4).repeat_interleave(torch.tensor([5, 1, 1, 1]), dim=0)  # k-means loss 0
+    clustering = kmeans(points, 4, torch.Generator().manual_seed(0), 20, "k-means++")
+    assert clustering.loss == 0
+    assert balance(points, clustering, torch.Generator().manual_seed(1)) is clustering
