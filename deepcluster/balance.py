@@ -62,9 +62,8 @@ def balance(points: torch.Tensor, clustering: Clustering, generator: torch.Gener
     if clustering.loss <= 0:  # every point on its centroid: nothing at a border to move
         return clustering
     assignments = balanced_assign(points, clustering.centroids, clustering.loss)
-    num_clusters = len(clustering.centroids)
-    fill_empty_clusters(points, assignments, centroid_means(points, assignments, num_clusters), generator)
-    centroids = centroid_means(points, assignments, num_clusters)
+    centroids = centroid_means(points, assignments, len(clustering.centroids))
+    fill_empty_clusters(points, assignments, centroids, generator)  # leaves each centroid its cluster's mean
     loss = mean_squared_distance(points, assignments, centroids)
     return Clustering(assignments, centroids, loss, clustering.iterations, centroids)
 
