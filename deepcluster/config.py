@@ -79,8 +79,8 @@ class Config(BaseModel):
     neighbour_features: Literal["clustered", "representation"] = Field(
         "clustered",
         description="where those neighbours are found: among the features k-means clusters, or in the convolutional "
-        "representation (what kNN and the final grouping use; one more pass over the images an epoch, and the "
-        "representation of every image in memory: 2,048 floats an image on the small convnet)",
+        "representation (what kNN and the final grouping use; taken in the same pass as the features, it holds "
+        "2,048 floats an image in memory on the small convnet, where the clustered features take 128)",
     )
     arch: Literal["small", "alexnet", "vgg16"] = Field("small", description="convnet architecture")
     head: Literal["linear", "prototypes"] = Field(

@@ -65,8 +65,10 @@ def run_epoch(
 
     if outputs:
         outputs.begin(epoch)
-    features = run("extract", stages.extract, session, progress)
+    features, representation = run("extract", stages.extract, session, progress)
     require_finite(features, "features", epoch, config)
+    if representation is not None:
+        require_finite(representation, "representation", epoch, config)
     features, pca = run("pca", stages.reduce, features, config.pca_dim)
     require_finite(features, "reduced features (PCA-whitened)", epoch, config)
     gathered = distributed.gather_rows(features)  # of all ranks, on the writer (every rank takes part)
@@ -74,11 +76,9 @@ def run_epoch(
         outputs.features(epoch, gathered.cpu().numpy())
     del gathered
     clusterings = run("kmeans", stages.cluster, features, config, epoch, session.previous_assignments)
-    if config.neighbours and config.neighbour_features == "representation":
-        features = run("represent", stages.represent, session)
-        require_finite(features, "representation", epoch, config)
-    targets = run("targets", stages.training_targets, features, clusterings, config)
-    del features
+    neighbour_space = features if representation is None else representation
+    targets = run("targets", stages.training_targets, neighbour_space, clusterings, config)
+    del features, representation, neighbour_space
     assignments = clusterings[0].assignments.cpu().numpy()
     if outputs:
         outputs.clusters(epoch, assignments, clusterings[0], pca)

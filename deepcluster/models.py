@@ -147,15 +147,28 @@ class DeepClusterNet(nn.Module):
         probe and the final grouping use. The paper evaluates its convnets on their convolutional layers (Caron et
         al. 2018, Sec. 5.1); the classifier body above them is trained for the pseudo-labels of the moment and
         keeps less of the image (measured: docs/RESULTS.md)."""
-        convolved = self.convs[:-1](self.sobel(grayscale))  # every trunk ends in its classifier's adaptive pooling
-        return F.adaptive_avg_pool2d(convolved, REPRESENTATION_GRID).flatten(1)
+        return self._pooled(self._convolved(grayscale))
 
     def trunk(self, grayscale: torch.Tensor) -> torch.Tensor:
         """The classifier body's output (N, trunk_dim), before any projection."""
         return self.classifier(self.convs(self.sobel(grayscale)))
 
     def forward(self, grayscale: torch.Tensor) -> torch.Tensor:
-        features = self.trunk(grayscale)
+        return self._projected(self.trunk(grayscale))
+
+    def features_and_representation(self, grayscale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` and `representation` of the same images from one pass through the convolutions."""
+        convolved = self._convolved(grayscale)
+        return self._projected(self.classifier(self.convs[-1](convolved))), self._pooled(convolved)
+
+    def _convolved(self, grayscale: torch.Tensor) -> torch.Tensor:
+        """The last convolutional block's output: every trunk ends in its classifier's adaptive pooling."""
+        return self.convs[:-1](self.sobel(grayscale))
+
+    def _pooled(self, convolved: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(convolved, REPRESENTATION_GRID).flatten(1)
+
+    def _projected(self, features: torch.Tensor) -> torch.Tensor:
         if self.projection is None:
             return features
         return nn.functional.normalize(self.projection(torch.relu(features)), dim=1)

@@ -21,7 +21,7 @@ from deepcluster import distributed, metrics
 from deepcluster.balance import balance
 from deepcluster.config import Config
 from deepcluster.errors import DivergedError
-from deepcluster.features import extract_features, representation_features
+from deepcluster.features import extract_features, features_and_representation
 from deepcluster.kmeans import Clustering, centroid_means, faiss_kmeans, kmeans
 from deepcluster.loader import Inputs
 from deepcluster.models import ClusterHead, DeepClusterNet, PrototypeHead
@@ -48,17 +48,15 @@ class Session:
     previous_assignments: np.ndarray | None = None
 
 
-def extract(session: Session, progress: bool | None = None) -> torch.Tensor:
-    """Features (N, D) of every image of this rank's shard with the current convnet, float32 on the device."""
+def extract(session: Session, progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Features (N, D) of every image of this rank's shard with the current convnet, float32 on the device, and
+    from the same pass, where the soft targets' neighbours are found in it (neighbour_features='representation'),
+    the L2-normalised convolutional representation (N, R); else None."""
     inputs = session.inputs[distributed.shard(len(session.inputs))]
-    return extract_features(session.model, inputs, session.config.batch_size, progress, session.bf16)
-
-
-def represent(session: Session) -> torch.Tensor:
-    """The L2-normalised convolutional representation (N, D) of every image of this rank's shard, on the device:
-    where the soft targets' neighbours are found with neighbour_features='representation'."""
-    inputs = session.inputs[distributed.shard(len(session.inputs))]
-    return representation_features(session.model, inputs, session.config.batch_size, session.bf16)
+    config = session.config
+    if config.neighbours and config.neighbour_features == "representation":
+        return features_and_representation(session.model, inputs, config.batch_size, progress, session.bf16)
+    return extract_features(session.model, inputs, config.batch_size, progress, session.bf16), None
 
 
 def reduce(features: torch.Tensor, pca_dim: int | None) -> tuple[torch.Tensor, PCAWhitening | None]:
@@ -107,7 +105,7 @@ def head_clusters(config: Config) -> list[int]:
 def training_targets(points: torch.Tensor, clusterings: list[Clustering], config: Config) -> list[torch.Tensor]:
     """Each clustering's training targets: its cluster ids, or (config.neighbours > 0) soft targets, the
     share of each cluster among an image and its nearest neighbours in `points` (of all ranks): the clustered
-    features, or the representation (`represent`)."""
+    features, or the representation (`extract`)."""
     if config.neighbours == 0:
         return [clustering.assignments for clustering in clusterings]
     neighbours = distributed.all_gather_rows(_nearest_neighbours(points, config.neighbours))

@@ -47,8 +47,9 @@ def load_session(layout: RunLayout, config: Config, epoch: int, device: str) -> 
 
 
 @stage
-def extract_features(session: Session, progress: bool | None) -> torch.Tensor:
-    """Features of every image with the current convnet."""
+def extract_features(session: Session, progress: bool | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Features of every image with the current convnet (and its convolutional representation, where the soft
+    targets' neighbours are found in it)."""
     return stages.extract(session, progress)
 
 
@@ -64,13 +65,6 @@ def cluster_kmeans(
 ) -> list[Clustering]:
     """k-means with the empty-cluster fix, once per head (seeded from `previous` where configured)."""
     return stages.cluster(points, config, epoch, previous)
-
-
-@stage
-def represent(session: Session) -> torch.Tensor:
-    """The convolutional representation of every image (where the soft targets' neighbours are found, if so
-    configured)."""
-    return stages.represent(session)
 
 
 @stage
@@ -118,7 +112,6 @@ EPOCH_TASKS: dict[Callable[..., Any], Task[..., Any]] = {
     stages.extract: extract_features,
     stages.reduce: pca_reduce,
     stages.cluster: cluster_kmeans,
-    stages.represent: represent,
     stages.training_targets: training_targets,
     stages.resample: balanced_resample,
     stages.retrain: retrain,

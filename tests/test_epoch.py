@@ -66,7 +66,7 @@ def test_epochs_with_several_heads_and_the_paper_head(overrides: dict[str, objec
     for epoch in range(2):
         metrics = run_epoch(session, epoch, progress=False)
         assert metrics["train_loss"] > 0 and metrics["cluster_sizes"]["empty"] == 0
-    features, _ = stages.reduce(stages.extract(session), config.pca_dim)
+    features, _ = stages.reduce(stages.extract(session)[0], config.pca_dim)
     clusterings = stages.cluster(features, config, 2)
     assert [len(clustering.centroids) for clustering in clusterings] == stages.head_clusters(config)
     if config.num_heads > 1:  # each head draws its own k-means seeds
@@ -98,7 +98,7 @@ def test_previous_init_starts_k_means_from_last_epochs_clusters():
     run_epoch(session, 0, progress=False)
     previous = session.previous_assignments
     assert previous is not None
-    features, _ = stages.reduce(stages.extract(session), config.pca_dim)
+    features, _ = stages.reduce(stages.extract(session)[0], config.pca_dim)
     start = centroid_means(features, torch.from_numpy(previous), config.num_clusters)
     expected = kmeans(features, config.num_clusters, stage_generator(config.seed, 1, "kmeans"), 20, start)
     assert torch.equal(stages.cluster(features, config, 1, previous)[0].assignments, expected.assignments)

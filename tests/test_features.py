@@ -2,7 +2,7 @@
 
 import torch
 
-from deepcluster.features import extract_features, representation_features
+from deepcluster.features import extract_features, features_and_representation, representation_features
 from deepcluster.models import DeepClusterNet
 
 
@@ -28,3 +28,11 @@ def test_the_representation_is_l2_normalised_and_its_own_dimension():
     features = representation_features(model, inputs, batch_size=4)
     assert features.shape == (6, model.representation_dim)
     assert torch.allclose(features.norm(dim=1), torch.ones(6), atol=1e-5)
+
+
+def test_one_pass_gives_the_features_and_the_representation_of_two():
+    model = small_model()
+    inputs = torch.randint(0, 256, (7, 1, 28, 28), dtype=torch.uint8)
+    features, representation = features_and_representation(model, inputs, batch_size=4)
+    assert torch.equal(features, extract_features(model, inputs, batch_size=4))
+    assert torch.equal(representation, representation_features(model, inputs, batch_size=4))
