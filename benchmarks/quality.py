@@ -58,6 +58,8 @@ ABLATIONS: dict[str, list[str]] = {
     # DeepCluster-v2's multi-crop: besides the two views, 2 crops of 20-60% of the area at half the side
     "small-crops-2": ["--small-crops", "2"],
     "intensity": ["--intensity"],  # the grayscale beside the Sobel gradients
+    "temperature-x2": ["--temperature", "0.2"],  # softer prototype logits: twice DeepCluster-v2's 0.1, the default
+    "rotation-0": ["--rotation", "0"],  # no rotation of the training crops (the paper's augmentation)
 }
 
 
