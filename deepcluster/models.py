@@ -151,7 +151,7 @@ class DeepClusterNet(nn.Module):
 
     def trunk(self, grayscale: torch.Tensor) -> torch.Tensor:
         """The classifier body's output (N, trunk_dim), before any projection."""
-        return self.classifier(self.convs(self.sobel(grayscale)))
+        return self._classified(self._convolved(grayscale))
 
     def forward(self, grayscale: torch.Tensor) -> torch.Tensor:
         return self._projected(self.trunk(grayscale))
@@ -159,11 +159,15 @@ class DeepClusterNet(nn.Module):
     def features_and_representation(self, grayscale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`forward` and `representation` of the same images from one pass through the convolutions."""
         convolved = self._convolved(grayscale)
-        return self._projected(self.classifier(self.convs[-1](convolved))), self._pooled(convolved)
+        return self._projected(self._classified(convolved)), self._pooled(convolved)
 
     def _convolved(self, grayscale: torch.Tensor) -> torch.Tensor:
         """The last convolutional block's output: every trunk ends in its classifier's adaptive pooling."""
         return self.convs[:-1](self.sobel(grayscale))
+
+    def _classified(self, convolved: torch.Tensor) -> torch.Tensor:
+        """The classifier body on the last block's output, after the trunk's final adaptive pooling."""
+        return self.classifier(self.convs[-1](convolved))
 
     def _pooled(self, convolved: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(convolved, REPRESENTATION_GRID).flatten(1)
