@@ -1,6 +1,6 @@
 """The final grouping: a run's features (or any points) into the k groups a user asks for.
 
-A run trains on an over-clustering (k = 30 by default); a user wants k groups. Three ways:
+A run trains on an over-clustering (k = 30 by default); a user wants k groups. Four ways:
 - `kmeans`: k-means at k, the best of several k-means++ starts (spherical on L2-normalised features);
 - `spectral`: spectral clustering of the symmetric 10-nearest-neighbour graph of the points (Shi & Malik
   2000; Ng, Jordan & Weiss 2002), which follows the neighbourhoods instead of assuming round clusters of
@@ -10,15 +10,22 @@ A run trains on an over-clustering (k = 30 by default); a user wants k groups. T
   the number of nearest neighbours its two ends share (Jarvis & Patrick 1973). An edge between two points whose
   neighbourhoods do not overlap, the kind that bridges two groups, weighs nothing, so a class's outlying mode stays
   with its class instead of joining the group it touches; the larger graph keeps the modes of one class joined where
-  10 neighbours left one mode a group of its own (measured: docs/RESULTS.md).
+  10 neighbours left one mode a group of its own (measured: docs/RESULTS.md);
+- `leiden`: the communities of that same weighted graph, found by the Leiden algorithm (Traag, Waltman & van Eck
+  2019) maximising modularity at the lowest resolution that gives k or more of them, then (where no resolution gives
+  exactly k) merged two at a time, the most joined first, down to k. Modularity weighs each group's inner edges
+  against what the group's volume alone would give, with no preference for parts of equal volume, which the
+  normalised cut of spectral clustering has.
 All are deterministic for given points (fixed seeds); none looks at labels.
 """
 
 from __future__ import annotations
 
+import random
 import warnings
 from typing import get_args
 
+import igraph
 import numpy as np
 from scipy import sparse
 from sklearn.cluster import KMeans, SpectralClustering
@@ -33,7 +40,9 @@ from deepcluster.loader import open_inputs
 
 GROUPING_METHODS: tuple[GroupingMethod, ...] = get_args(GroupingMethod)
 KMEANS_INITS = 10
-GRAPH_NEIGHBOURS: dict[GroupingMethod, int] = {"spectral": 10, "snn": 20}  # each point's neighbours in the graph
+# each point's neighbours in the graph
+GRAPH_NEIGHBOURS: dict[GroupingMethod, int] = {"spectral": 10, "snn": 20, "leiden": 20}
+RESOLUTION_STEPS = 20  # bisections of `leiden`'s resolution towards exactly k communities
 GROUPING_SEED = 0  # fixed: a grouping never depends on the run's seed, only on the points
 
 
@@ -64,6 +73,10 @@ def group(points: np.ndarray, num_groups: int, method: GroupingMethod) -> np.nda
         with warnings.catch_warnings():  # a graph in several pieces is expected here: each piece its own eigenvector
             warnings.filterwarnings("ignore", "Graph is not fully connected")
             return model.fit_predict(graph).astype(np.int64)
+    if method == "leiden":
+        return modularity_groups(
+            shared_neighbour_graph(points, min(GRAPH_NEIGHBOURS["leiden"], len(points) - 1)), num_groups
+        )
     raise ValueError(f"unknown grouping method {method!r}: expected one of {', '.join(GROUPING_METHODS)}")
 
 
@@ -76,6 +89,63 @@ def shared_neighbour_graph(points: np.ndarray, neighbours: int) -> sparse.csr_ma
     rows = np.repeat(np.arange(count), neighbours)
     lists = sparse.csr_matrix((np.ones(nearest.size), (rows, nearest.ravel())), shape=(count, count))
     return sparse.csr_matrix((lists @ lists.T).multiply(0.5 * (lists + lists.T)))
+
+
+def modularity_groups(graph: sparse.csr_matrix, num_groups: int) -> np.ndarray:
+    """`leiden`'s groups of a symmetric weighted graph: Leiden's communities of highest modularity at the lowest
+    resolution (found by bisection) that gives at least `num_groups` of them, merged down to `num_groups` where
+    there are more."""
+    upper = sparse.triu(graph, k=1).tocoo()
+    network = igraph.Graph(n=graph.shape[0], edges=np.column_stack([upper.row, upper.col]).tolist())
+    network.es["weight"] = upper.data.tolist()
+
+    def communities(resolution: float) -> np.ndarray:
+        igraph.set_random_number_generator(random.Random(GROUPING_SEED))
+        try:
+            found = network.community_leiden("modularity", weights="weight", resolution=resolution, n_iterations=-1)
+        finally:
+            igraph.set_random_number_generator(random)
+        return np.asarray(found.membership, dtype=np.int64)
+
+    low, high = 0.0, 1.0  # fewer than num_groups communities at low; at least num_groups at high
+    membership = communities(high)
+    while membership.max() + 1 < num_groups:  # a point each at a high enough resolution, and num_groups <= points
+        low, high = high, 2 * high
+        membership = communities(high)
+    for _ in range(RESOLUTION_STEPS):
+        if membership.max() + 1 == num_groups:
+            break
+        middle = (low + high) / 2
+        trial = communities(middle)
+        if trial.max() + 1 >= num_groups:
+            high, membership = middle, trial
+        else:
+            low = middle
+    return _merged(graph, membership, num_groups)
+
+
+def _merged(graph: sparse.csr_matrix, membership: np.ndarray, num_groups: int) -> np.ndarray:
+    """Communities merged two at a time until `num_groups` are left, each time the two whose edges between them most
+    exceed what their volumes alone would give (the ratio of the weight between them to the product of their
+    volumes, as modularity's null model expects it); ids renumbered 0..num_groups-1."""
+    count = int(membership.max()) + 1
+    indicator = sparse.csr_matrix((np.ones(len(membership)), (np.arange(len(membership)), membership)))
+    between = np.asarray((indicator.T @ graph @ indicator).todense())  # edge weight from each community to each
+    volume = between.sum(axis=1)
+    alive = np.ones(count, dtype=bool)
+    for _ in range(count - num_groups):
+        expected = np.outer(volume, volume)
+        linkage = np.divide(between, expected, out=np.zeros_like(between), where=expected > 0)
+        linkage[~alive] = -np.inf
+        linkage[:, ~alive] = -np.inf
+        np.fill_diagonal(linkage, -np.inf)
+        kept, gone = sorted(np.unravel_index(int(np.argmax(linkage)), linkage.shape))
+        between[kept] += between[gone]
+        between[:, kept] += between[:, gone]
+        volume[kept] += volume[gone]
+        alive[gone] = False
+        membership = np.where(membership == gone, kept, membership)
+    return np.unique(membership, return_inverse=True)[1].astype(np.int64)
 
 
 def group_epoch(

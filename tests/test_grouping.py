@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import sparse
 
 from deepcluster import grouping, loader, metrics
 from deepcluster.artifacts import RunLayout
@@ -24,7 +25,32 @@ def test_spectral_follows_neighbourhoods_where_kmeans_cannot():
     points, labels = rings()
     assert metrics.nmi(labels, group(points, 2, "spectral")) == pytest.approx(1.0)
     assert metrics.nmi(labels, group(points, 2, "snn")) == pytest.approx(1.0)
+    assert metrics.nmi(labels, group(points, 2, "leiden")) == pytest.approx(1.0)
     assert metrics.nmi(labels, group(points, 2, "kmeans")) < 0.1
+
+
+def cliques(sizes: list[int], links: dict[tuple[int, int], int]) -> tuple[sparse.csr_matrix, np.ndarray]:
+    """A graph of cliques of the given sizes, clique a joined to clique b by links[a, b] edges; the cliques' ids."""
+    ids = np.repeat(np.arange(len(sizes)), sizes)
+    graph = (ids[:, None] == ids[None]).astype(float)
+    starts = np.cumsum([0, *sizes])
+    for (a, b), count in links.items():
+        for n in range(count):
+            graph[starts[a] + n, starts[b] + n] = graph[starts[b] + n, starts[a] + n] = 1.0
+    np.fill_diagonal(graph, 0)
+    return sparse.csr_matrix(graph), ids
+
+
+def test_leiden_merges_the_communities_most_joined_down_to_k():
+    # four communities, 0 and 1 joined by many edges, 2 and 3 too, 1 and 2 by one: two groups, {0, 1} and {2, 3}
+    graph, ids = cliques([30, 10, 20, 20], {(0, 1): 8, (2, 3): 8, (1, 2): 1})
+    for k, expected in ((4, ids), (2, ids // 2)):
+        found = grouping.modularity_groups(graph, k)
+        assert metrics.nmi(expected, found) == pytest.approx(1.0)
+    assert grouping.modularity_groups(graph, 3).max() == 2  # exactly k, whatever the resolution gives
+    assert np.array_equal(grouping._merged(graph, ids, 2), ids // 2)  # the merging alone
+    # more groups than the graph has communities: a resolution high enough to split them
+    assert len(np.unique(grouping.modularity_groups(graph, 7))) == 7
 
 
 def test_snn_weighs_each_edge_by_the_neighbours_its_ends_share():
@@ -55,8 +81,8 @@ def test_bad_groupings_are_refused():
     points, _ = rings(5)
     with pytest.raises(ValueError, match="into 11 groups"):
         group(points, 11, "kmeans")
-    with pytest.raises(ValueError, match="unknown grouping method 'leiden'"):
-        group(points, 2, "leiden")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown grouping method 'louvain'"):
+        group(points, 2, "louvain")  # type: ignore[arg-type]
 
 
 def test_group_command_writes_the_groups_of_an_epoch(finished_run: Path, tmp_path: Path, capsys, monkeypatch):
