@@ -95,6 +95,8 @@ def modularity_groups(graph: sparse.csr_matrix, num_groups: int) -> np.ndarray:
     """`leiden`'s groups of a symmetric weighted graph: Leiden's communities of highest modularity at the lowest
     resolution (found by bisection) that gives at least `num_groups` of them, merged down to `num_groups` where
     there are more."""
+    if not 2 <= num_groups <= graph.shape[0]:
+        raise ValueError(f"cannot group a graph of {graph.shape[0]} points into {num_groups} groups")
     upper = sparse.triu(graph, k=1).tocoo()
     network = igraph.Graph(n=graph.shape[0], edges=np.column_stack([upper.row, upper.col]).tolist())
     network.es["weight"] = upper.data.tolist()

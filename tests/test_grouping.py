@@ -51,6 +51,8 @@ def test_leiden_merges_the_communities_most_joined_down_to_k():
     assert np.array_equal(grouping._merged(graph, ids, 2), ids // 2)  # the merging alone
     # more groups than the graph has communities: a resolution high enough to split them
     assert len(np.unique(grouping.modularity_groups(graph, 7))) == 7
+    with pytest.raises(ValueError, match="graph of 80 points into 81 groups"):
+        grouping.modularity_groups(graph, 81)
 
 
 def test_snn_weighs_each_edge_by_the_neighbours_its_ends_share():
