@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import random
 import warnings
+from collections.abc import Callable, Sequence
 from typing import get_args
 
 import igraph
@@ -48,36 +49,59 @@ GROUPING_SEED = 0  # fixed: a grouping never depends on the run's seed, only on 
 
 def group(points: np.ndarray, num_groups: int, method: GroupingMethod) -> np.ndarray:
     """Group points (N, D) into `num_groups`; returns int64 (N,) group ids in [0, num_groups)."""
+    return group_by_each(points, num_groups, (method,))[method]
+
+
+def group_by_each(
+    points: np.ndarray, num_groups: int, methods: Sequence[GroupingMethod]
+) -> dict[GroupingMethod, np.ndarray]:
+    """`group` by each of `methods`, by method; the shared-neighbour graph that `snn` and `leiden` both group is
+    built once."""
     if not 2 <= num_groups <= len(points):
         raise ValueError(f"cannot group {len(points)} points into {num_groups} groups (need 2 <= groups <= points)")
-    if num_groups == len(points):
-        return np.arange(num_groups, dtype=np.int64)  # a group each (the graph methods need more points than groups)
+    unknown = [method for method in methods if method not in GROUPING_METHODS]
+    if unknown:
+        raise ValueError(f"unknown grouping method {unknown[0]!r}: expected one of {', '.join(GROUPING_METHODS)}")
+    if num_groups == len(points):  # a group each (the graph methods need more points than groups)
+        return {method: np.arange(num_groups, dtype=np.int64) for method in methods}
+    graphs: dict[int, sparse.csr_matrix] = {}
+
+    def graph(method: GroupingMethod) -> sparse.csr_matrix:
+        neighbours = min(GRAPH_NEIGHBOURS[method], len(points) - 1)
+        if neighbours not in graphs:
+            graphs[neighbours] = shared_neighbour_graph(points, neighbours)
+        return graphs[neighbours]
+
+    return {method: _grouped(points, num_groups, method, graph) for method in methods}
+
+
+def _grouped(
+    points: np.ndarray,
+    num_groups: int,
+    method: GroupingMethod,
+    graph: Callable[[GroupingMethod], sparse.csr_matrix],
+) -> np.ndarray:
+    """One method's groups; `graph` gives a method's shared-neighbour graph of the points."""
     if method == "kmeans":
         model = KMeans(num_groups, n_init=KMEANS_INITS, random_state=GROUPING_SEED)
         return model.fit_predict(points).astype(np.int64)
     if method == "spectral":
-        neighbours = min(GRAPH_NEIGHBOURS["spectral"], len(points) - 1)
-        model = SpectralClustering(
+        spectral = SpectralClustering(
             num_groups,
             affinity="nearest_neighbors",
-            n_neighbors=neighbours,
+            n_neighbors=min(GRAPH_NEIGHBOURS["spectral"], len(points) - 1),
             assign_labels="cluster_qr",
             random_state=GROUPING_SEED,
         )
-        return model.fit_predict(points).astype(np.int64)
+        return spectral.fit_predict(points).astype(np.int64)
     if method == "snn":
-        graph = shared_neighbour_graph(points, min(GRAPH_NEIGHBOURS["snn"], len(points) - 1))
-        model = SpectralClustering(
+        precomputed = SpectralClustering(
             num_groups, affinity="precomputed", assign_labels="cluster_qr", random_state=GROUPING_SEED
         )
         with warnings.catch_warnings():  # a graph in several pieces is expected here: each piece its own eigenvector
             warnings.filterwarnings("ignore", "Graph is not fully connected")
-            return model.fit_predict(graph).astype(np.int64)
-    if method == "leiden":
-        return modularity_groups(
-            shared_neighbour_graph(points, min(GRAPH_NEIGHBOURS["leiden"], len(points) - 1)), num_groups
-        )
-    raise ValueError(f"unknown grouping method {method!r}: expected one of {', '.join(GROUPING_METHODS)}")
+            return precomputed.fit_predict(graph("snn")).astype(np.int64)
+    return modularity_groups(graph("leiden"), num_groups)
 
 
 def shared_neighbour_graph(points: np.ndarray, neighbours: int) -> sparse.csr_matrix:

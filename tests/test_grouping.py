@@ -79,6 +79,17 @@ def test_groupings_are_deterministic_and_in_range(method):
     assert group(points[:2], 2, method).tolist() == [0, 1]  # as many groups as points: one each
 
 
+def test_grouping_by_each_method_builds_the_shared_graph_once(monkeypatch):
+    points, _ = rings(50)
+    alone = {method: group(points, 3, method) for method in grouping.GROUPING_METHODS}
+    built: list[int] = []
+    build = grouping.shared_neighbour_graph
+    monkeypatch.setattr(grouping, "shared_neighbour_graph", lambda *args: built.append(args[1]) or build(*args))
+    together = grouping.group_by_each(points, 3, grouping.GROUPING_METHODS)
+    assert all(np.array_equal(together[method], alone[method]) for method in grouping.GROUPING_METHODS)
+    assert built == [grouping.GRAPH_NEIGHBOURS["snn"]]  # one graph for snn and leiden
+
+
 def test_bad_groupings_are_refused():
     points, _ = rings(5)
     with pytest.raises(ValueError, match="into 11 groups"):
