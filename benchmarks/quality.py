@@ -250,6 +250,7 @@ def _run_seed(
         "run_id": run_id,
         **_evaluated(cli, runs_dir, run_id, layout.completed_epochs()[-1]),
         "seconds": sum(row["seconds"] for row in metric_rows(layout)),
+        "machine": machine_description(),
     }
 
 
@@ -483,25 +484,58 @@ def load_raw(path: Path) -> dict[str, Any]:
 
 def merge(earlier: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """Earlier results with the new ones added; datasets and configurations keep their first order. A new result
-    replaces the earlier one of its dataset and configuration, but where both ran the same `run` command, the
-    earlier seeds that did not run again are kept beside the new ones (a suite's seeds may run in several calls),
-    and both benchmark commands are named."""
+    replaces the earlier one of its dataset and configuration, but where both ran the same `run` command:
+    - on the same machine, the earlier seeds that did not run again are kept beside the new ones (a suite's seeds
+      may run in several calls), and both benchmark commands are named;
+    - on another machine, the earlier result is kept whole beside the new one, named after its machine (e.g.
+      `default (AMD EPYC (AVX2))`), and the new one joins the seeds of its own machine kept so before: the same
+      seed trains a different network on a CPU with other vector instructions, so one mean never mixes machines."""
     merged = {dataset: dict(configurations) for dataset, configurations in earlier.items()}
     for dataset, configurations in new.items():
         for name, result in configurations.items():
-            before = merged.setdefault(dataset, {}).get(name)
-            if before is not None and before["command"] == result["command"]:
-                seeds = {run["seed"] for run in result["runs"]}
-                kept = [run for run in before["runs"] if run["seed"] not in seeds]
-                if kept:
-                    runs = sorted([*kept, *result["runs"]], key=lambda run: run["seed"])
-                    result = {
-                        **result,
-                        "runs": runs,
-                        "produced_by": f"{before['produced_by']}; {result['produced_by']}",
-                    }
-            merged[dataset][name] = result
+            records = merged.setdefault(dataset, {})
+            before = records.get(name)
+            if before is not None and before["command"] == result["command"] and not _same_machine(before, result):
+                records[_unused_name(records, _machine_named(name, before))] = before
+                before = records.get(_machine_named(name, result))
+                if before is not None and before["command"] == result["command"] and _same_machine(before, result):
+                    del records[_machine_named(name, result)]
+            if before is not None and before["command"] == result["command"] and _same_machine(before, result):
+                result = _with_earlier_seeds(before, result)
+            records[name] = result
     return merged
+
+
+def machine_of(result: dict[str, Any]) -> str:
+    """The machine a result's runs trained on, as `machine_description` gave it: "an unnamed machine" where they do
+    not say, "several machines" where they name more than one."""
+    machines = {run.get("machine", "an unnamed machine") for run in result["runs"]}
+    return machines.pop() if len(machines) == 1 else "several machines"
+
+
+def _same_machine(one: dict[str, Any], other: dict[str, Any]) -> bool:
+    return machine_of(one) == machine_of(other)
+
+
+def _machine_named(name: str, result: dict[str, Any]) -> str:
+    """A configuration's name with the CPU (or the words) that `machine_of` gives for the result."""
+    return f"{name} ({machine_of(result).split(',')[0]})"
+
+
+def _with_earlier_seeds(before: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    """`result` with the runs of `before` whose seeds it did not run again."""
+    seeds = {run["seed"] for run in result["runs"]}
+    kept = [run for run in before["runs"] if run["seed"] not in seeds]
+    if not kept:
+        return result
+    runs = sorted([*kept, *result["runs"]], key=lambda run: run["seed"])
+    return {**result, "runs": runs, "produced_by": f"{before['produced_by']}; {result['produced_by']}"}
+
+
+def _unused_name(records: dict[str, Any], name: str) -> str:
+    """`name`, or where a record has it, the first of `name 2`, `name 3`, ... that none has."""
+    candidates = (name if count == 1 else f"{name} {count}" for count in range(1, len(records) + 2))
+    return next(candidate for candidate in candidates if candidate not in records)
 
 
 def save_raw(path: Path, results: dict[str, Any]) -> None:

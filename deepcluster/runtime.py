@@ -51,7 +51,9 @@ def cpu_count() -> int:
 
 
 def machine_description() -> str:
-    """The CPU model, its cores and the GPU if any, and the torch version, in words (what benchmarks record)."""
+    """The CPU model with the vector instructions torch's CPU kernels use (two CPUs of one model name may differ in
+    them, and so in the last bits of every result), its cores, the GPU if any, and the torch version, in words (what
+    benchmarks record)."""
     cpu = platform.machine()
     try:
         models = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
@@ -59,7 +61,7 @@ def machine_description() -> str:
     except OSError:
         pass
     gpu = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {cpu_count()} cores, {gpu}; torch {torch.__version__}"
+    return f"{cpu} ({torch.backends.cpu.get_cpu_capability()}), {cpu_count()} cores, {gpu}; torch {torch.__version__}"
 
 
 @cache

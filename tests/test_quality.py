@@ -152,6 +152,29 @@ def test_new_results_replace_their_own_seeds_of_their_dataset_and_configuration(
     assert earlier["one"]["k3"] == result("k", 0, 1)  # the earlier results are not changed
 
 
+def test_a_result_from_another_machine_is_kept_beside_the_new_one_never_averaged_with_it():
+    def result(machine: str, *seeds: int, by: str = "bench", command: str = "a") -> dict[str, object]:
+        runs = [{"seed": seed, "machine": f"{machine}, 2 cores, no GPU; torch 2"} for seed in seeds]
+        return {"command": [command], "produced_by": by, "runs": runs}
+
+    earlier = {"one": {"default": result("CPU A (AVX512)", 0, 1, 2), "k3": result("CPU A (AVX512)", 0)}}
+    new = {"one": {"default": result("CPU A (AVX2)", 0, by="again"), "k3": result("CPU B (AVX2)", 0, command="b")}}
+    merged = quality.merge(earlier, new)
+    assert merged["one"] == {
+        "default": result("CPU A (AVX2)", 0, by="again"),  # seeds 1 and 2 of the other machine not kept beside it
+        "k3": result("CPU B (AVX2)", 0, command="b"),  # another command: replaced, whatever the machine
+        "default (CPU A (AVX512))": result("CPU A (AVX512)", 0, 1, 2),
+    }
+    again = quality.merge(merged, {"one": {"default": result("CPU A (AVX512)", 2, 3, by="third")}})
+    assert list(again["one"]) == ["default", "k3", "default (CPU A (AVX2))"]  # the new one joins its machine's
+    assert again["one"]["default"] == result("CPU A (AVX512)", 0, 1, 2, 3, by="bench; third")
+    assert again["one"]["default (CPU A (AVX2))"] == result("CPU A (AVX2)", 0, by="again")
+    other = quality.merge(again, {"one": {"default": result("CPU A (AVX2)", 1, command="b")}})
+    assert other["one"]["default (CPU A (AVX2))"] == again["one"]["default (CPU A (AVX2))"]  # not its command
+    unnamed = {"one": {"default": {"command": ["a"], "produced_by": "old", "runs": [{"seed": 0}]}}}
+    assert "default (an unnamed machine)" in quality.merge(unnamed, new)["one"]
+
+
 def test_goal_is_not_met_when_the_worst_seed_is_at_the_baseline():
     run = {"seed": 0, "evaluation": evaluation(0.9)["epochs"]["0"], "baselines": evaluation(0.9)["baselines"]}
     worst = {**run, "seed": 1, "evaluation": evaluation(0.25)["epochs"]["0"]}

@@ -18,3 +18,7 @@ def test_cuda_requested_without_gpu(monkeypatch):
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         runtime.resolve_device("cuda")
     assert str(runtime.resolve_device("auto")) == "cpu"
+
+
+def test_the_machine_is_described_with_the_vector_instructions_that_torch_s_kernels_use():
+    assert f" ({torch.backends.cpu.get_cpu_capability()}), " in runtime.machine_description()
