@@ -497,13 +497,18 @@ def merge(earlier: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
             before = records.get(name)
             if before is not None and before["command"] == result["command"] and not _same_machine(before, result):
                 records[_unused_name(records, _machine_named(name, before))] = before
-                before = records.get(_machine_named(name, result))
-                if before is not None and before["command"] == result["command"] and _same_machine(before, result):
+                before = records.get(_machine_named(name, result))  # this machine's, kept so by an earlier merge
+                if before is not None and _same_runs(before, result):
                     del records[_machine_named(name, result)]
-            if before is not None and before["command"] == result["command"] and _same_machine(before, result):
+            if before is not None and _same_runs(before, result):
                 result = _with_earlier_seeds(before, result)
             records[name] = result
     return merged
+
+
+def _same_runs(before: dict[str, Any], result: dict[str, Any]) -> bool:
+    """Whether two results are seeds of one configuration: the same `run` command on the same machine."""
+    return before["command"] == result["command"] and _same_machine(before, result)
 
 
 def machine_of(result: dict[str, Any]) -> str:
