@@ -274,6 +274,7 @@ SCORES: dict[str, Callable[[dict[str, Any]], float]] = {
     "NMI k-means": _grouped("conv", "kmeans"),
     "NMI spectral": _grouped("conv", "spectral"),
     "NMI snn": _grouped("conv", "snn"),
+    "NMI snn-kmeans": _grouped("conv", "snn-kmeans"),
     "NMI leiden": _grouped("conv", "leiden"),
     "NMI k-means, clustered": _grouped("clustered", "kmeans"),
     "kNN acc": lambda run: run["evaluation"]["knn_accuracy"],
@@ -288,6 +289,7 @@ BASELINE_SCORES: dict[str, Callable[[dict[str, Any]], float]] = {
     "NMI k-means": lambda scores: scores["groupings"]["kmeans"]["nmi"],
     "NMI spectral": lambda scores: scores["groupings"]["spectral"]["nmi"],
     "NMI snn": lambda scores: scores["groupings"].get("snn", {}).get("nmi", math.nan),
+    "NMI snn-kmeans": lambda scores: scores["groupings"].get("snn-kmeans", {}).get("nmi", math.nan),
     "NMI leiden": lambda scores: scores["groupings"].get("leiden", {}).get("nmi", math.nan),
     "kNN acc": lambda scores: scores["knn_accuracy"],
 }
@@ -318,11 +320,11 @@ def suite_markdown(suite: str, results: dict[str, Any]) -> str:
         (
             "Scores of the last epoch of every run (never an epoch picked by labels), mean ± standard deviation "
             "over seeds, and the worst seed. NMI/ACC: the run's convolutional features grouped into k = number of "
-            "classes by the run's final grouping (`grouping`); NMI k-means / spectral / snn / leiden: by each "
-            "grouping; NMI k-means, clustered: k-means on the features the run clusters each epoch (`deepcluster "
-            "evaluate`). kNN and the linear probe use the convolutional features. Baselines: the same groupings of "
-            "the raw pixels and of the Sobel-magnitude pixels (NMI/ACC: plain k-means, the baseline a user tries "
-            "first), kNN on the same views of the network's (grayscale) inputs."
+            "classes by the run's final grouping (`grouping`); NMI k-means / spectral / snn / snn-kmeans / leiden: "
+            "by each grouping; NMI k-means, clustered: k-means on the features the run clusters each epoch "
+            "(`deepcluster evaluate`). kNN and the linear probe use the convolutional features. Baselines: the same "
+            "groupings of the raw pixels and of the Sobel-magnitude pixels (NMI/ACC: plain k-means, the baseline a "
+            "user tries first), kNN on the same views of the network's (grayscale) inputs."
         ),
         "",
     ]
@@ -475,6 +477,23 @@ RESULTS_PREAMBLE = """# Clustering quality
 Written by `deepcluster bench-quality` (one section per suite; rerunning a suite replaces its section).
 Raw results per run: `docs/bench/quality-SUITE.json`.
 """
+
+
+def save(suite: str, results: dict[str, Any], raw: Path, out: Path) -> str:
+    """Merge `results` into the raw results saved in `raw` and write them, and the suite's section of the results
+    file `out`; returns the section. The saved results are read only now, under a lock on each file (`.NAME.lock`
+    beside it): two benchmarks that end together each merge into what the other saved, and neither's results are
+    lost."""
+    with artifacts.FileLock(_lock_path(out)), artifacts.FileLock(_lock_path(raw)):
+        merged = merge(load_raw(raw), results)
+        section = suite_markdown(suite, merged)
+        write_results(out, suite, section)
+        save_raw(raw, merged)
+    return section
+
+
+def _lock_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.lock")
 
 
 def load_raw(path: Path) -> dict[str, Any]:

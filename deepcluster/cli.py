@@ -420,16 +420,11 @@ def command_bench_quality(args: argparse.Namespace) -> int:
     command += f" --datasets {args.datasets}" if args.datasets else ""
     command += f" --epochs {args.epochs}" if args.epochs is not None else ""
     raw = args.json_out or Path(f"docs/bench/quality-{args.suite}.json")
-    earlier = quality.load_raw(raw)
     if args.evaluate_again:
-        results = quality.evaluate_again(args.suite, earlier, runs_dir, main, names, datasets, command)
+        results = quality.evaluate_again(args.suite, quality.load_raw(raw), runs_dir, main, names, datasets, command)
     else:
         results = quality.run_suite(args.suite, args.seeds, runs_dir, main, extra, names, datasets, command)
-    results = quality.merge(earlier, results)
-    section = quality.suite_markdown(args.suite, results)
-    quality.write_results(args.out, args.suite, section)
-    quality.save_raw(raw, results)
-    print(section)
+    print(quality.save(args.suite, results, raw, args.out))
     return 0
 
 

@@ -33,7 +33,7 @@ from deepcluster.errors import ConfigError
 
 DATASET_NAMES = ("fashion-mnist-sample", "fashion-mnist", "mnist", "cifar10", "digits")
 
-GroupingMethod = Literal["kmeans", "spectral", "snn", "leiden"]
+GroupingMethod = Literal["kmeans", "spectral", "snn", "snn-kmeans", "leiden"]
 
 # Keys that may change when an existing run is continued, because they do not change what it has trained:
 # asking for more epochs extends the run, the final grouping is computed from what was trained, where the
@@ -113,8 +113,9 @@ class Config(BaseModel):
     grouping: GroupingMethod = Field(
         "snn",
         description="final grouping of the learned convolutional features into the groups a user asks for: k-means, "
-        "spectral clustering of their nearest-neighbour graph, snn: of that graph weighted by shared neighbours, or "
-        "leiden: that weighted graph's communities of highest modularity",
+        "spectral clustering of their nearest-neighbour graph, snn: of that graph weighted by shared neighbours, "
+        "snn-kmeans: the same with its spectral embedding divided by k-means, or leiden: that weighted graph's "
+        "communities of highest modularity",
     )
     groups: int | None = Field(
         None, ge=2, description="at the end of a run, group its images into this many groups (RUN/groups/)"

@@ -293,8 +293,9 @@ def format_evaluation(evaluation: dict[str, Any], epoch: int) -> str:
             (
                 f"grouped into k = {evaluation['num_classes']} classes (k-means: best of {KMEANS_INITS} k-means++ "
                 f"starts; spectral: {GRAPH_NEIGHBOURS['spectral']}-nearest-neighbour graph; snn: "
-                f"{GRAPH_NEIGHBOURS['snn']}-nearest-neighbour graph weighted by shared neighbours; leiden: that graph's "
-                f"communities of highest modularity){final}; "
+                f"{GRAPH_NEIGHBOURS['snn']}-nearest-neighbour graph weighted by shared neighbours; snn-kmeans: its "
+                f"spectral embedding divided by k-means; leiden: that graph's communities of highest modularity)"
+                f"{final}; "
                 f"kNN (k = {KNN_NEIGHBOURS}, "
                 f"cosine) and linear probe on the conv features, the baselines' kNN on the input pixels: "
                 f"{result['probe_split']}"

@@ -1,6 +1,6 @@
 """The final grouping: a run's features (or any points) into the k groups a user asks for.
 
-A run trains on an over-clustering (k = 30 by default); a user wants k groups. Four ways:
+A run trains on an over-clustering (k = 30 by default); a user wants k groups. Five ways:
 - `kmeans`: k-means at k, the best of several k-means++ starts (spherical on L2-normalised features);
 - `spectral`: spectral clustering of the symmetric 10-nearest-neighbour graph of the points (Shi & Malik
   2000; Ng, Jordan & Weiss 2002), which follows the neighbourhoods instead of assuming round clusters of
@@ -11,6 +11,8 @@ A run trains on an over-clustering (k = 30 by default); a user wants k groups. F
   neighbourhoods do not overlap, the kind that bridges two groups, weighs nothing, so a class's outlying mode stays
   with its class instead of joining the group it touches; the larger graph keeps the modes of one class joined where
   10 neighbours left one mode a group of its own (measured: docs/RESULTS.md);
+- `snn-kmeans`: `snn`'s spectral embedding (its graph's first k eigenvectors) divided into k groups by k-means (the
+  best of several starts) instead of by `snn`'s column-pivoted QR of the embedding (Damle, Minden & Ying 2019);
 - `leiden`: the communities of that same weighted graph, found by the Leiden algorithm (Traag, Waltman & van Eck
   2019) maximising modularity at the lowest resolution that gives k or more of them, then (where no resolution gives
   exactly k) merged two at a time, the most joined first, down to k. Modularity weighs each group's inner edges
@@ -42,7 +44,7 @@ from deepcluster.loader import open_inputs
 GROUPING_METHODS: tuple[GroupingMethod, ...] = get_args(GroupingMethod)
 KMEANS_INITS = 10
 # each point's neighbours in the graph
-GRAPH_NEIGHBOURS: dict[GroupingMethod, int] = {"spectral": 10, "snn": 20, "leiden": 20}
+GRAPH_NEIGHBOURS: dict[GroupingMethod, int] = {"spectral": 10, "snn": 20, "snn-kmeans": 20, "leiden": 20}
 RESOLUTION_STEPS = 20  # bisections of `leiden`'s resolution towards exactly k communities
 GROUPING_SEED = 0  # fixed: a grouping never depends on the run's seed, only on the points
 
@@ -55,8 +57,8 @@ def group(points: np.ndarray, num_groups: int, method: GroupingMethod) -> np.nda
 def group_by_each(
     points: np.ndarray, num_groups: int, methods: Sequence[GroupingMethod]
 ) -> dict[GroupingMethod, np.ndarray]:
-    """`group` by each of `methods`, by method; the shared-neighbour graph that `snn` and `leiden` both group is
-    built once."""
+    """`group` by each of `methods`, by method; the shared-neighbour graph that `snn`, `snn-kmeans` and `leiden` all
+    group is built once."""
     if not 2 <= num_groups <= len(points):
         raise ValueError(f"cannot group {len(points)} points into {num_groups} groups (need 2 <= groups <= points)")
     unknown = [method for method in methods if method not in GROUPING_METHODS]
@@ -94,13 +96,17 @@ def _grouped(
             random_state=GROUPING_SEED,
         )
         return spectral.fit_predict(points).astype(np.int64)
-    if method == "snn":
+    if method in ("snn", "snn-kmeans"):
         precomputed = SpectralClustering(
-            num_groups, affinity="precomputed", assign_labels="cluster_qr", random_state=GROUPING_SEED
+            num_groups,
+            affinity="precomputed",
+            assign_labels="cluster_qr" if method == "snn" else "kmeans",
+            n_init=KMEANS_INITS,
+            random_state=GROUPING_SEED,
         )
         with warnings.catch_warnings():  # a graph in several pieces is expected here: each piece its own eigenvector
             warnings.filterwarnings("ignore", "Graph is not fully connected")
-            return precomputed.fit_predict(graph("snn")).astype(np.int64)
+            return precomputed.fit_predict(graph(method)).astype(np.int64)
     return modularity_groups(graph("leiden"), num_groups)
 
 

@@ -25,6 +25,7 @@ def test_spectral_follows_neighbourhoods_where_kmeans_cannot():
     points, labels = rings()
     assert metrics.nmi(labels, group(points, 2, "spectral")) == pytest.approx(1.0)
     assert metrics.nmi(labels, group(points, 2, "snn")) == pytest.approx(1.0)
+    assert metrics.nmi(labels, group(points, 2, "snn-kmeans")) == pytest.approx(1.0)
     assert metrics.nmi(labels, group(points, 2, "leiden")) == pytest.approx(1.0)
     assert metrics.nmi(labels, group(points, 2, "kmeans")) < 0.1
 
@@ -87,7 +88,7 @@ def test_grouping_by_each_method_builds_the_shared_graph_once(monkeypatch):
     monkeypatch.setattr(grouping, "shared_neighbour_graph", lambda *args: built.append(args[1]) or build(*args))
     together = grouping.group_by_each(points, 3, grouping.GROUPING_METHODS)
     assert all(np.array_equal(together[method], alone[method]) for method in grouping.GROUPING_METHODS)
-    assert built == [grouping.GRAPH_NEIGHBOURS["snn"]]  # one graph for snn and leiden
+    assert built == [grouping.GRAPH_NEIGHBOURS["snn"]]  # one graph for snn, snn-kmeans and leiden
 
 
 def test_bad_groupings_are_refused():

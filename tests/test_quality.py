@@ -269,3 +269,22 @@ def test_each_benchmark_command_is_named_once():
         "two": {"default": {"produced_by": "`b` (day 2), when x"}},
     }
     assert quality._producers(results) == ["`a` (day 1)", "`b` (day 2), when x", "`b` (day 2)"]
+
+
+def test_two_benchmarks_of_one_suite_that_end_together_both_keep_their_results(tmp_path: Path, monkeypatch):
+    def result(nmi: float) -> dict:
+        run = {"seed": 0, "evaluation": evaluation(nmi)["epochs"]["0"], "baselines": evaluation(nmi)["baselines"]}
+        return {"command": ["deepcluster", "run"], "produced_by": "`bench`", "runs": [{**run, "seconds": 60.0}]}
+
+    out, raw = tmp_path / "RESULTS.md", tmp_path / "raw.json"
+
+    def run_suite(*args: object) -> dict:  # while this benchmark trains, another of the same suite saves its own
+        quality.save("toy", {"two": {"default": result(0.7)}}, raw, out)
+        return {"one": {"default": result(0.6)}}
+
+    monkeypatch.setattr(quality, "run_suite", run_suite)
+    args = ["bench-quality", "--suite", "toy", "--seeds", "0", "--out", str(out), "--json-out", str(raw)]
+    assert main(args) == 0
+    assert set(json.loads(raw.read_text())) == {"one", "two"}
+    assert "### one" in out.read_text() and "### two" in out.read_text()
+    assert not list(tmp_path.glob(".*.lock"))  # each lock's file removed when it is released
