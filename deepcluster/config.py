@@ -111,7 +111,7 @@ class Config(BaseModel):
     )
 
     grouping: GroupingMethod = Field(
-        "snn",
+        "snn-kmeans",
         description="final grouping of the learned convolutional features into the groups a user asks for: k-means, "
         "spectral clustering of their nearest-neighbour graph, snn: of that graph weighted by shared neighbours, "
         "snn-kmeans: the same with its spectral embedding divided by k-means, or leiden: that weighted graph's "

@@ -27,7 +27,7 @@ def test_suite_machinery_on_tiny_data(prefect_harness, tmp_path: Path, monkeypat
     results = json.loads(raw.read_text())
     assert list(results) == ["sample-120", "digits-100"] and len(results["digits-100"]["default"]["runs"]) == 2
     evaluation = results["sample-120"]["default"]["runs"][0]["evaluation"]
-    assert evaluation["grouping"] == "snn" and set(evaluation["groupings"]) == {"clustered", "conv"}
+    assert evaluation["grouping"] == "snn-kmeans" and set(evaluation["groupings"]) == {"clustered", "conv"}
     text = out.read_text()
     for line in ("### Default configuration against the goals", "### sample-120", "### digits-100"):
         assert line in text
