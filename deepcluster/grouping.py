@@ -13,8 +13,8 @@ A run trains on an over-clustering (k = 30 by default); a user wants k groups. F
   10 neighbours left one mode a group of its own (measured: docs/RESULTS.md);
 - `snn-kmeans` (the default): `snn`'s spectral embedding (its graph's first k eigenvectors) divided into k groups by
   k-means (the best of several starts) instead of by `snn`'s column-pivoted QR of the embedding (Damle, Minden & Ying
-  2019): the same groups within 0.01 of NMI where they are clear, and far better where QR cut a class in two
-  (measured: docs/RESULTS.md);
+  2019): nearly the same groups where `snn`'s are good, far better where they were worst (measured:
+  docs/RESULTS.md);
 - `leiden`: the communities of that same weighted graph, found by the Leiden algorithm (Traag, Waltman & van Eck
   2019) maximising modularity at the lowest resolution that gives k or more of them, then (where no resolution gives
   exactly k) merged two at a time, the most joined first, down to k. Modularity weighs each group's inner edges
