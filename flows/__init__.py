@@ -17,6 +17,10 @@ def load_flow() -> Any:
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     from flows.deepcluster_flow import deepcluster_flow
 
+    # Its database pool logs those cancelled writes too, through the root logger. Set once Prefect has set up
+    # this process's logging (on import), so only the temporary server, started later, takes it: this
+    # process's library warnings still show.
+    os.environ.setdefault("PREFECT_LOGGING_ROOT_LEVEL", "CRITICAL")
     # Task states show in the UI; on the terminal, the flow's per-epoch lines are enough.
     logging.getLogger("prefect.task_runs").setLevel(logging.WARNING)
     return deepcluster_flow

@@ -246,8 +246,9 @@ def test_ctrl_c_and_sigterm_stop_at_once_and_cleanly(tmp_path: Path, number: sig
     assert process.poll() is None, process.stderr.read().decode()
     server = children(process.pid)
     assert server, "the command runs its own temporary Prefect server"
-    quiet = b"PREFECT_SERVER_LOGGING_LEVEL=CRITICAL"  # no tracebacks of the writes a signal cancels in it
-    assert any(quiet in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in server)
+    quiet = {b"PREFECT_SERVER_LOGGING_LEVEL=CRITICAL", b"PREFECT_LOGGING_ROOT_LEVEL=CRITICAL"}  # no tracebacks of
+    # the writes a signal cancels in it
+    assert any(quiet <= set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")) for pid in server)
     if to_group:
         os.killpg(process.pid, number)
     else:
@@ -259,6 +260,24 @@ def test_ctrl_c_and_sigterm_stop_at_once_and_cleanly(tmp_path: Path, number: sig
     assert not layout.lock_file.exists()
     assert all(problems == [] for problems in artifacts.verify_run(layout).values())
     assert layout.completed_epochs() and not any(Path(f"/proc/{pid}").exists() for pid in server)
+
+
+@pytest.mark.slow  # two child processes that import Prefect
+def test_the_temporary_server_logs_no_library_errors_and_the_command_still_does():
+    """What a signal cancels in the temporary server, its database pool logs as an error with a traceback; the
+    server inherits the command's environment once the flow is loaded, and the command's own logging is set."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_LOGGING_")}
+    command = (
+        "import logging, os, sys; from flows import load_flow; load_flow(); "
+        "logging.getLogger('a.library').warning('the command shows this'); "
+        "sys.stdout.write(os.environ['PREFECT_LOGGING_ROOT_LEVEL'])"
+    )
+    shown = subprocess.run([sys.executable, "-c", command], cwd=ROOT, env=env, capture_output=True, check=True)
+    assert "the command shows this" in shown.stderr.decode()
+    server = {**env, "PREFECT_LOGGING_ROOT_LEVEL": shown.stdout.decode()}
+    command = "import logging, prefect.main; logging.getLogger('sqlalchemy.pool').error('Exception during reset')"
+    quiet = subprocess.run([sys.executable, "-c", command], cwd=ROOT, env=server, capture_output=True, check=True)
+    assert "Exception during reset" not in quiet.stderr.decode()
 
 
 def test_damage_to_any_file_of_a_run_is_named_by_the_command_that_reads_it(finished_run: Path, tmp_path: Path, capsys):
