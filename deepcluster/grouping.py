@@ -28,12 +28,13 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Callable, Sequence
-from typing import get_args
+from typing import Any, get_args
 
 import igraph
 import numpy as np
-from scipy import sparse
+from scipy import linalg, sparse
 from sklearn.cluster import KMeans, SpectralClustering
+from sklearn.manifold import spectral_embedding
 from sklearn.neighbors import NearestNeighbors
 
 from deepcluster import artifacts, run_metrics, runs, runtime
@@ -60,7 +61,7 @@ def group_by_each(
     points: np.ndarray, num_groups: int, methods: Sequence[GroupingMethod]
 ) -> dict[GroupingMethod, np.ndarray]:
     """`group` by each of `methods`, by method; the shared-neighbour graph that `snn`, `snn-kmeans` and `leiden` all
-    group is built once."""
+    group is built once, and its spectral embedding, which `snn` and `snn-kmeans` divide, computed once."""
     if not 2 <= num_groups <= len(points):
         raise ValueError(f"cannot group {len(points)} points into {num_groups} groups (need 2 <= groups <= points)")
     unknown = [method for method in methods if method not in GROUPING_METHODS]
@@ -69,6 +70,7 @@ def group_by_each(
     if num_groups == len(points):  # a group each (the graph methods need more points than groups)
         return {method: np.arange(num_groups, dtype=np.int64) for method in methods}
     graphs: dict[int, sparse.csr_matrix] = {}
+    embeddings: dict[int, Embedding] = {}
 
     def graph(method: GroupingMethod) -> sparse.csr_matrix:
         neighbours = min(GRAPH_NEIGHBOURS[method], len(points) - 1)
@@ -76,7 +78,13 @@ def group_by_each(
             graphs[neighbours] = shared_neighbour_graph(points, neighbours)
         return graphs[neighbours]
 
-    return {method: _grouped(points, num_groups, method, graph) for method in methods}
+    def embedding(method: GroupingMethod) -> Embedding:
+        neighbours = min(GRAPH_NEIGHBOURS[method], len(points) - 1)
+        if neighbours not in embeddings:
+            embeddings[neighbours] = Embedding.of(graph(method), num_groups)
+        return embeddings[neighbours]
+
+    return {method: _grouped(points, num_groups, method, graph, embedding) for method in methods}
 
 
 def _grouped(
@@ -84,8 +92,10 @@ def _grouped(
     num_groups: int,
     method: GroupingMethod,
     graph: Callable[[GroupingMethod], sparse.csr_matrix],
+    embedding: Callable[[GroupingMethod], Embedding],
 ) -> np.ndarray:
-    """One method's groups; `graph` gives a method's shared-neighbour graph of the points."""
+    """One method's groups; `graph` gives a method's shared-neighbour graph of the points, `embedding` its spectral
+    embedding."""
     if method == "kmeans":
         model = KMeans(num_groups, n_init=KMEANS_INITS, random_state=GROUPING_SEED)
         return model.fit_predict(points).astype(np.int64)
@@ -98,18 +108,48 @@ def _grouped(
             random_state=GROUPING_SEED,
         )
         return spectral.fit_predict(points).astype(np.int64)
-    if method in ("snn", "snn-kmeans"):
-        precomputed = SpectralClustering(
-            num_groups,
-            affinity="precomputed",
-            assign_labels="cluster_qr" if method == "snn" else "kmeans",
-            n_init=KMEANS_INITS,
-            random_state=GROUPING_SEED,
-        )
+    if method == "snn":
+        return embedding(method).pivoted_qr_groups()
+    if method == "snn-kmeans":
+        return embedding(method).kmeans_groups()
+    return modularity_groups(graph("leiden"), num_groups)
+
+
+class Embedding:
+    """A graph's spectral embedding: each point's entries in the first k eigenvectors of the graph's normalised
+    Laplacian (Ng, Jordan & Weiss 2002), and two ways to divide it into k groups. Its groups equal those of
+    scikit-learn's SpectralClustering of the graph (affinity "precomputed", random_state GROUPING_SEED) with the
+    same way of assigning labels: one random state seeds the eigensolver and then k-means."""
+
+    def __init__(self, vectors: np.ndarray, state: Any) -> None:
+        self.vectors = vectors  # (N, k)
+        self.state = state  # of the random state once the eigensolver has drawn its start
+
+    @classmethod
+    def of(cls, graph: sparse.csr_matrix, num_groups: int) -> Embedding:
+        random_state = np.random.RandomState(GROUPING_SEED)
         with warnings.catch_warnings():  # a graph in several pieces is expected here: each piece its own eigenvector
             warnings.filterwarnings("ignore", "Graph is not fully connected")
-            return precomputed.fit_predict(graph(method)).astype(np.int64)
-    return modularity_groups(graph("leiden"), num_groups)
+            vectors = spectral_embedding(graph, n_components=num_groups, random_state=random_state, drop_first=False)
+        return cls(vectors, random_state.get_state())
+
+    def kmeans_groups(self) -> np.ndarray:
+        """`snn-kmeans`: k-means of the embedding, the best of KMEANS_INITS starts."""
+        random_state = np.random.RandomState()
+        random_state.set_state(self.state)
+        model = KMeans(self.vectors.shape[1], n_init=KMEANS_INITS, random_state=random_state)
+        return model.fit_predict(self.vectors).astype(np.int64)
+
+    def pivoted_qr_groups(self) -> np.ndarray:
+        """`snn`: Damle, Minden & Ying's direct assignment. A QR factorisation of the embedding's transpose with
+        column pivoting picks the k points whose rows are the most independent; the orthogonal matrix nearest to
+        those rows (their polar factor, from an SVD) turns the embedding so that each of them lies on one axis;
+        each point joins the axis on which its turned row is largest in magnitude."""
+        count = self.vectors.shape[1]
+        _, _, pivots = linalg.qr(self.vectors.T, pivoting=True)
+        left, _, right = linalg.svd(self.vectors[pivots[:count]].T)
+        turned = np.abs(self.vectors @ (left @ right))
+        return turned.argmax(axis=1).astype(np.int64)
 
 
 def shared_neighbour_graph(points: np.ndarray, neighbours: int) -> sparse.csr_matrix:

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import sparse
+from sklearn.cluster import SpectralClustering
 
 from deepcluster import grouping, loader, metrics
 from deepcluster.artifacts import RunLayout
@@ -80,15 +81,31 @@ def test_groupings_are_deterministic_and_in_range(method):
     assert group(points[:2], 2, method).tolist() == [0, 1]  # as many groups as points: one each
 
 
-def test_grouping_by_each_method_builds_the_shared_graph_once(monkeypatch):
+def test_grouping_by_each_method_builds_the_shared_graph_and_its_embedding_once(monkeypatch):
     points, _ = rings(50)
     alone = {method: group(points, 3, method) for method in grouping.GROUPING_METHODS}
     built: list[int] = []
     build = grouping.shared_neighbour_graph
     monkeypatch.setattr(grouping, "shared_neighbour_graph", lambda *args: built.append(args[1]) or build(*args))
+    embedded: list[int] = []
+    embed = grouping.spectral_embedding
+    monkeypatch.setattr(grouping, "spectral_embedding", lambda *args, **kw: embedded.append(1) or embed(*args, **kw))
     together = grouping.group_by_each(points, 3, grouping.GROUPING_METHODS)
     assert all(np.array_equal(together[method], alone[method]) for method in grouping.GROUPING_METHODS)
     assert built == [grouping.GRAPH_NEIGHBOURS["snn"]]  # one graph for snn, snn-kmeans and leiden
+    assert embedded == [1]  # one embedding for snn and snn-kmeans
+
+
+@pytest.mark.parametrize(("method", "assign_labels"), [("snn", "cluster_qr"), ("snn-kmeans", "kmeans")])
+def test_snn_groups_are_scikit_learns_spectral_clustering_of_the_graph(method, assign_labels):
+    # blobs that overlap, in more dimensions than groups: where the ways of dividing the embedding differ
+    rng = np.random.default_rng(3)
+    points = np.concatenate([rng.normal(loc, 1.0, size=(150, 8)) for loc in (0.0, 1.5, 3.0, 4.5)])
+    graph = grouping.shared_neighbour_graph(points, grouping.GRAPH_NEIGHBOURS[method])
+    spectral = SpectralClustering(
+        4, affinity="precomputed", assign_labels=assign_labels, n_init=grouping.KMEANS_INITS, random_state=0
+    )
+    assert np.array_equal(group(points, 4, method), spectral.fit_predict(graph))
 
 
 def test_bad_groupings_are_refused():
