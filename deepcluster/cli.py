@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -403,6 +404,17 @@ def command_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_quality_command(args: argparse.Namespace) -> str:
+    """The bench-quality command as the results name it: the words that matter, quoted for a shell (a
+    configuration's name can hold spaces and brackets)."""
+    words = ["deepcluster", "bench-quality", "--suite", args.suite]
+    words += ["--evaluate-again"] if args.evaluate_again else ["--seeds", ",".join(map(str, args.seeds))]
+    words += ["--configs", args.configs] if args.configs else []
+    words += ["--datasets", args.datasets] if args.datasets else []
+    words += ["--epochs", str(args.epochs)] if args.epochs is not None else []
+    return shlex.join(words)
+
+
 def command_bench_quality(args: argparse.Namespace) -> int:
     from benchmarks import quality
 
@@ -414,11 +426,7 @@ def command_bench_quality(args: argparse.Namespace) -> int:
     names = args.configs.split(",") if args.configs else None
     datasets = args.datasets.split(",") if args.datasets else None
     runs_dir = args.runs_dir or default_runs_dir()
-    command = f"deepcluster bench-quality --suite {args.suite}"
-    command += " --evaluate-again" if args.evaluate_again else f" --seeds {','.join(map(str, args.seeds))}"
-    command += f" --configs {args.configs}" if args.configs else ""
-    command += f" --datasets {args.datasets}" if args.datasets else ""
-    command += f" --epochs {args.epochs}" if args.epochs is not None else ""
+    command = bench_quality_command(args)
     raw = args.json_out or Path(f"docs/bench/quality-{args.suite}.json")
     if args.evaluate_again:
         results = quality.evaluate_again(args.suite, quality.load_raw(raw), runs_dir, main, names, datasets, command)

@@ -7,8 +7,18 @@ import pytest
 
 from benchmarks import quality
 from deepcluster.artifacts import validate_run_id
-from deepcluster.cli import main
+from deepcluster.cli import bench_quality_command, build_parser, main
 from deepcluster.errors import RunError
+
+
+def test_the_results_name_the_command_as_a_shell_takes_it():
+    args = build_parser().parse_args(
+        ["bench-quality", "--suite", "dev", "--evaluate-again", "--configs", "default (AMD EPYC (AVX2))"]
+    )
+    expected = "deepcluster bench-quality --suite dev --evaluate-again --configs 'default (AMD EPYC (AVX2))'"
+    assert bench_quality_command(args) == expected
+    args = build_parser().parse_args(["bench-quality", "--suite", "check", "--seeds", "0,1", "--epochs", "2"])
+    assert bench_quality_command(args) == "deepcluster bench-quality --suite check --seeds 0,1 --epochs 2"
 
 
 def test_suite_machinery_on_tiny_data(prefect_harness, tmp_path: Path, monkeypatch, capsys):
