@@ -25,10 +25,11 @@ All are deterministic for given points (fixed seeds); none looks at labels.
 
 from __future__ import annotations
 
+import copy
 import random
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, get_args
+from typing import get_args
 
 import igraph
 import numpy as np
@@ -73,18 +74,24 @@ def group_by_each(
     embeddings: dict[int, Embedding] = {}
 
     def graph(method: GroupingMethod) -> sparse.csr_matrix:
-        neighbours = min(GRAPH_NEIGHBOURS[method], len(points) - 1)
+        neighbours = graph_neighbours(method, len(points))
         if neighbours not in graphs:
             graphs[neighbours] = shared_neighbour_graph(points, neighbours)
         return graphs[neighbours]
 
     def embedding(method: GroupingMethod) -> Embedding:
-        neighbours = min(GRAPH_NEIGHBOURS[method], len(points) - 1)
+        neighbours = graph_neighbours(method, len(points))
         if neighbours not in embeddings:
             embeddings[neighbours] = Embedding.of(graph(method), num_groups)
         return embeddings[neighbours]
 
     return {method: _grouped(points, num_groups, method, graph, embedding) for method in methods}
+
+
+def graph_neighbours(method: GroupingMethod, count: int) -> int:
+    """Each point's neighbours in `method`'s graph of `count` points: GRAPH_NEIGHBOURS, fewer where the points are
+    fewer."""
+    return min(GRAPH_NEIGHBOURS[method], count - 1)
 
 
 def _grouped(
@@ -103,7 +110,7 @@ def _grouped(
         spectral = SpectralClustering(
             num_groups,
             affinity="nearest_neighbors",
-            n_neighbors=min(GRAPH_NEIGHBOURS["spectral"], len(points) - 1),
+            n_neighbors=graph_neighbours(method, len(points)),
             assign_labels="cluster_qr",
             random_state=GROUPING_SEED,
         )
@@ -121,9 +128,9 @@ class Embedding:
     scikit-learn's SpectralClustering of the graph (affinity "precomputed", random_state GROUPING_SEED) with the
     same way of assigning labels: one random state seeds the eigensolver and then k-means."""
 
-    def __init__(self, vectors: np.ndarray, state: Any) -> None:
+    def __init__(self, vectors: np.ndarray, random_state: np.random.RandomState) -> None:
         self.vectors = vectors  # (N, k)
-        self.state = state  # of the random state once the eigensolver has drawn its start
+        self.random_state = random_state  # as the eigensolver left it, once it had drawn its start
 
     @classmethod
     def of(cls, graph: sparse.csr_matrix, num_groups: int) -> Embedding:
@@ -131,12 +138,11 @@ class Embedding:
         with warnings.catch_warnings():  # a graph in several pieces is expected here: each piece its own eigenvector
             warnings.filterwarnings("ignore", "Graph is not fully connected")
             vectors = spectral_embedding(graph, n_components=num_groups, random_state=random_state, drop_first=False)
-        return cls(vectors, random_state.get_state())
+        return cls(vectors, random_state)
 
     def kmeans_groups(self) -> np.ndarray:
         """`snn-kmeans`: k-means of the embedding, the best of KMEANS_INITS starts."""
-        random_state = np.random.RandomState()
-        random_state.set_state(self.state)
+        random_state = copy.deepcopy(self.random_state)  # each call starts where the eigensolver left off
         model = KMeans(self.vectors.shape[1], n_init=KMEANS_INITS, random_state=random_state)
         return model.fit_predict(self.vectors).astype(np.int64)
 
