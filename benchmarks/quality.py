@@ -21,6 +21,7 @@ from typing import Any
 
 from deepcluster import artifacts
 from deepcluster.artifacts import RunLayout
+from deepcluster.config import Config
 from deepcluster.errors import RunError
 from deepcluster.evaluate import final_scores
 from deepcluster.run_metrics import metric_rows
@@ -60,6 +61,9 @@ ABLATIONS: dict[str, list[str]] = {
     "intensity": ["--intensity"],  # the grayscale beside the Sobel gradients
     "temperature-x2": ["--temperature", "0.2"],  # softer prototype logits: twice DeepCluster-v2's 0.1, the default
     "rotation-0": ["--rotation", "0"],  # no rotation of the training crops (the paper's augmentation)
+    # each epoch's k-means seeded afresh (k-means++), as the paper does, instead of from the previous epoch's clusters
+    "kmeans-fresh": ["--kmeans-init", "k-means++"],
+    "weight-decay-5e-4": ["--weight-decay", "5e-4"],  # fifty times the paper's weight decay
 }
 
 
@@ -320,7 +324,8 @@ def suite_markdown(suite: str, results: dict[str, Any]) -> str:
         (
             "Scores of the last epoch of every run (never an epoch picked by labels), mean ± standard deviation "
             "over seeds, and the worst seed. NMI/ACC: the run's convolutional features grouped into k = number of "
-            "classes by the run's final grouping (`grouping`); NMI k-means / spectral / snn / snn-kmeans / leiden: "
+            "classes by the final grouping (`grouping`) that the configuration's command gives today (where a run "
+            "was evaluated before that grouping existed: the run's own); NMI k-means / spectral / snn / snn-kmeans / leiden: "
             "by each grouping; NMI k-means, clustered: k-means on the features the run clusters each epoch "
             "(`deepcluster evaluate`). kNN and the linear probe use the convolutional features. Baselines: the same "
             "groupings of the raw pixels and of the Sobel-magnitude pixels (NMI/ACC: plain k-means, the baseline a "
@@ -328,6 +333,10 @@ def suite_markdown(suite: str, results: dict[str, Any]) -> str:
         ),
         "",
     ]
+    results = {
+        dataset: {name: scored_as_configured_today(result) for name, result in configurations.items()}
+        for dataset, configurations in results.items()
+    }
     if len(results) > 1:
         lines += _summary(results) + _by_dataset(results)
     for dataset, configurations in results.items():
@@ -337,6 +346,18 @@ def suite_markdown(suite: str, results: dict[str, Any]) -> str:
         for name, result in configurations.items():
             lines.append(f"- {dataset}, {name}: `{shlex.join(result['command'])} --seed SEED`")
     return "\n".join(lines) + "\n"
+
+
+def scored_as_configured_today(result: dict[str, Any]) -> dict[str, Any]:
+    """`result` with its runs scored by the final grouping that its `run` command gives today (its `--grouping`,
+    else the default), where every run's evaluation holds that grouping's scores: the final grouping changes no
+    training, so a default chosen after a run trained applies to it. Otherwise as the runs were evaluated."""
+    command = result.get("command", [])
+    method = command[command.index("--grouping") + 1] if "--grouping" in command else Config().grouping
+    if not all(method in run["evaluation"].get("groupings", {}).get("conv", {}) for run in result["runs"]):
+        return result
+    runs = [{**run, "evaluation": {**run["evaluation"], "grouping": method}} for run in result["runs"]]
+    return {**result, "runs": runs}
 
 
 def _producers(results: dict[str, Any]) -> list[str]:
@@ -397,7 +418,9 @@ def _versus_final(default: dict[str, Any], base: dict[str, dict[str, Any]]) -> s
     """'learned / pixels / Sobel' NMI, each grouped by the default's final grouping (`grouping`), and its name."""
     method = default["runs"][0]["evaluation"]["grouping"]
     learned = statistics.mean(_values(default, "NMI"))
-    baselines = " / ".join(f"{scores['groupings'][method]['nmi']:.3f}" for scores in base.values())
+    baselines = " / ".join(
+        f"{scores['groupings'].get(method, {}).get('nmi', math.nan):.3f}" for scores in base.values()
+    )
     return f"{learned:.3f} / {baselines} ({method})"
 
 

@@ -273,6 +273,39 @@ def test_the_summary_scores_the_baselines_by_the_default_s_final_grouping_and_ol
     assert default_row[column] == "0.700 ± 0.141" and older_row[column] == "-"  # none before snn existed
 
 
+def test_runs_are_scored_by_the_final_grouping_their_command_gives_today():
+    def run(seed: int, regrouped: bool) -> dict:
+        record = evaluation(0.6)
+        epoch, baselines = record["epochs"]["0"], record["baselines"]
+        epoch["grouping"] = "spectral"  # the default when the run was evaluated
+        if regrouped:  # evaluated when the default grouping existed too
+            epoch["groupings"]["conv"]["snn-kmeans"] = {"nmi": 0.9, "acc": 0.95, "ari": 0.9}
+            baselines["pixels"]["groupings"]["snn-kmeans"] = {"nmi": 0.45}
+            baselines["sobel_pixels"]["groupings"]["snn-kmeans"] = {"nmi": 0.4}
+        return {"seed": seed, "evaluation": epoch, "baselines": baselines, "seconds": 60.0}
+
+    def result(command: list[str], *runs: dict) -> dict:
+        return {"command": command, "produced_by": "`deepcluster bench-quality`", "runs": list(runs)}
+
+    default = result(["deepcluster", "run"], run(0, True), run(1, True))
+    results = {
+        "one": {
+            "default": default,
+            "named": result(["deepcluster", "run", "--grouping", "kmeans"], run(0, True)),
+            "older": result(["deepcluster", "run"], run(0, False)),
+            "partly": result(["deepcluster", "run", "--k", "10"], run(0, True), run(1, False)),
+        },
+        "two": {"default": default},
+    }
+    section = quality.suite_markdown("s", results)
+    assert "| 0.900 / 0.450 / 0.400 (snn-kmeans) |" in section  # the default grouping now, the baselines' too
+    assert "| default | 0.900 ± 0.000 | 0.950 ± 0.000 |" in section
+    assert "| named | 0.600 | 0.600 |" in section  # its own `--grouping`
+    assert "| older | 0.550 | 0.550 |" in section  # evaluated before the default grouping existed: its own
+    assert "| partly | 0.550 ± 0.000 | 0.550 ± 0.000 |" in section  # seeds are never scored by two groupings
+    assert results["one"]["default"]["runs"][0]["evaluation"]["grouping"] == "spectral"  # the records are kept
+
+
 def test_each_benchmark_command_is_named_once():
     results = {
         "one": {"default": {"produced_by": "`a` (day 1); `b` (day 2), when x"}, "k3": {"produced_by": "`b` (day 2)"}},
