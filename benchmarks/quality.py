@@ -348,12 +348,15 @@ def suite_markdown(suite: str, results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+DEFAULT_GROUPING = Config.model_fields["grouping"].default  # a `run` command's final grouping without `--grouping`
+
+
 def scored_as_configured_today(result: dict[str, Any]) -> dict[str, Any]:
     """`result` with its runs scored by the final grouping that its `run` command gives today (its `--grouping`,
     else the default), where every run's evaluation holds that grouping's scores: the final grouping changes no
     training, so a default chosen after a run trained applies to it. Otherwise as the runs were evaluated."""
     command = result.get("command", [])
-    method = command[command.index("--grouping") + 1] if "--grouping" in command else Config().grouping
+    method = command[command.index("--grouping") + 1] if "--grouping" in command else DEFAULT_GROUPING
     if not all(method in run["evaluation"].get("groupings", {}).get("conv", {}) for run in result["runs"]):
         return result
     runs = [{**run, "evaluation": {**run["evaluation"], "grouping": method}} for run in result["runs"]]
