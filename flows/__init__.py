@@ -6,6 +6,8 @@ import logging
 import os
 from typing import Any
 
+SERVER_STARTUP_TIMEOUT_S = 120  # how long a run waits for Prefect's temporary server, unless the user sets it
+
 
 def load_flow() -> Any:
     """The DeepCluster flow, with Prefect set up as the `deepcluster` command runs it (also what `bench`
@@ -15,6 +17,8 @@ def load_flow() -> Any:
     # Ctrl-C in a terminal reaches the temporary server too, whose services then log their cancelled
     # database writes as errors with tracebacks. The run's own errors are the client's, and still show.
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+    # Prefect waits 20 s for the temporary server, which has taken more than 30 s on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(SERVER_STARTUP_TIMEOUT_S))
     from flows.deepcluster_flow import deepcluster_flow
 
     # Its database pool logs those cancelled writes too, through the root logger. Set once Prefect has set up

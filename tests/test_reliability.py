@@ -280,6 +280,26 @@ def test_the_temporary_server_logs_no_library_errors_and_the_command_still_does(
     assert "Exception during reset" not in quiet.stderr.decode()
 
 
+@pytest.mark.slow  # child processes that import Prefect
+def test_a_run_waits_longer_for_the_temporary_server_unless_the_user_says_otherwise():
+    """Prefect waits 20 s for its temporary server; a run waits SERVER_STARTUP_TIMEOUT_S, and a user's own
+    setting stands."""
+    from flows import SERVER_STARTUP_TIMEOUT_S
+
+    name = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+    command = (
+        "import sys; from flows import load_flow; load_flow(); "
+        f"from prefect.settings import {name}; sys.stdout.write(str({name}.value()))"
+    )
+    env = {key: value for key, value in os.environ.items() if key != name}
+    for given, expected in ((None, SERVER_STARTUP_TIMEOUT_S), ("45", 45)):
+        child_env = env if given is None else {**env, name: given}
+        shown = subprocess.run(
+            [sys.executable, "-c", command], cwd=ROOT, env=child_env, capture_output=True, check=True
+        )
+        assert shown.stdout.decode() == str(expected)
+
+
 def test_damage_to_any_file_of_a_run_is_named_by_the_command_that_reads_it(finished_run: Path, tmp_path: Path, capsys):
     """Every file of a finished run, each damaged once (a flipped byte or a truncation), then read by a command
     drawn at random: it stops with a message naming the file. Bounded in count (the run's files) and time."""
