@@ -17,7 +17,7 @@ def load_flow() -> Any:
     # Ctrl-C in a terminal reaches the temporary server too, whose services then log their cancelled
     # database writes as errors with tracebacks. The run's own errors are the client's, and still show.
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
-    # Prefect waits 20 s for the temporary server, which has taken more than 30 s on a busy 2-core machine.
+    # Prefect waits 20 s for the temporary server, which has taken more than 30 s on a slow 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(SERVER_STARTUP_TIMEOUT_S))
     from flows.deepcluster_flow import deepcluster_flow
 

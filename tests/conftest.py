@@ -30,7 +30,7 @@ os.environ["DEEPCLUSTER_STORE_DIR"] = _temporary_dir("deepcluster-test-store-")
 @pytest.fixture(scope="session")
 def prefect_harness():
     """A temporary Prefect server and database, entered once per test session (it takes ~15 s; the harness's own
-    30 s wait has been too short on a busy 2-core machine, so it waits as long as a run does)."""
+    30 s wait has been too short on a slow 2-core machine, so it waits as long as a run does)."""
     from prefect.testing.utilities import prefect_test_harness
 
     from flows import SERVER_STARTUP_TIMEOUT_S
