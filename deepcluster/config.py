@@ -33,7 +33,7 @@ from deepcluster.errors import ConfigError
 
 DATASET_NAMES = ("fashion-mnist-sample", "fashion-mnist", "mnist", "cifar10", "digits")
 
-GroupingMethod = Literal["kmeans", "spectral", "snn", "snn-kmeans", "leiden"]
+GroupingMethod = Literal["kmeans", "spectral", "snn", "snn-kmeans", "snn-sized", "leiden"]
 
 # Keys that may change when an existing run is continued, because they do not change what it has trained:
 # asking for more epochs extends the run, the final grouping is computed from what was trained, where the
@@ -114,7 +114,8 @@ class Config(BaseModel):
         "snn-kmeans",
         description="final grouping of the learned convolutional features into the groups a user asks for: k-means, "
         "spectral clustering of their nearest-neighbour graph, snn: of that graph weighted by shared neighbours, "
-        "snn-kmeans: the same with its spectral embedding divided by k-means, or leiden: that weighted graph's "
+        "snn-kmeans: the same with its spectral embedding divided by k-means, snn-sized: snn-kmeans where a group "
+        "below a tenth of an even share is set aside and the rest grouped again, or leiden: that weighted graph's "
         "communities of highest modularity",
     )
     groups: int | None = Field(

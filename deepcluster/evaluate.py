@@ -29,7 +29,14 @@ from deepcluster.config import Config, GroupingMethod, recorded_config
 from deepcluster.data import load_dataset
 from deepcluster.errors import DatasetError, RunError
 from deepcluster.features import extract_features, representation_features
-from deepcluster.grouping import GRAPH_NEIGHBOURS, GROUPING_METHODS, KMEANS_INITS, group, group_by_each
+from deepcluster.grouping import (
+    GRAPH_NEIGHBOURS,
+    GROUPING_METHODS,
+    KMEANS_INITS,
+    MIN_GROUP_SHARE,
+    group,
+    group_by_each,
+)
 from deepcluster.loader import FileRows
 from deepcluster.sobel import SobelFilter, chunks, prepare_inputs
 
@@ -294,7 +301,8 @@ def format_evaluation(evaluation: dict[str, Any], epoch: int) -> str:
                 f"grouped into k = {evaluation['num_classes']} classes (k-means: best of {KMEANS_INITS} k-means++ "
                 f"starts; spectral: {GRAPH_NEIGHBOURS['spectral']}-nearest-neighbour graph; snn: "
                 f"{GRAPH_NEIGHBOURS['snn']}-nearest-neighbour graph weighted by shared neighbours; snn-kmeans: its "
-                f"spectral embedding divided by k-means; leiden: that graph's communities of highest modularity)"
+                f"spectral embedding divided by k-means; snn-sized: the same, no group below {MIN_GROUP_SHARE:.0%} of "
+                f"an even share; leiden: that graph's communities of highest modularity)"
                 f"{final}; "
                 f"kNN (k = {KNN_NEIGHBOURS}, "
                 f"cosine) and linear probe on the conv features, the baselines' kNN on the input pixels: "

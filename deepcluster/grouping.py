@@ -1,6 +1,6 @@
 """The final grouping: a run's features (or any points) into the k groups a user asks for.
 
-A run trains on an over-clustering (k = 30 by default); a user wants k groups. Five ways:
+A run trains on an over-clustering (k = 30 by default); a user wants k groups. Six ways:
 - `kmeans`: k-means at k, the best of several k-means++ starts (spherical on L2-normalised features);
 - `spectral`: spectral clustering of the symmetric 10-nearest-neighbour graph of the points (Shi & Malik
   2000; Ng, Jordan & Weiss 2002), which follows the neighbourhoods instead of assuming round clusters of
@@ -15,6 +15,11 @@ A run trains on an over-clustering (k = 30 by default); a user wants k groups. F
   k-means (the best of several starts) instead of by `snn`'s column-pivoted QR of the embedding (Damle, Minden & Ying
   2019): nearly the same groups where `snn`'s are good, far better where they were worst (measured:
   docs/RESULTS.md);
+- `snn-sized`: `snn-kmeans`, where a group of fewer than MIN_GROUP_SHARE of an even share of the points (N / k) does
+  not count as one: its points are set aside, the rest grouped again, and each point set aside joins the group most
+  of its nearest kept points are in. Spectral clustering gives a small set of points that is nearly cut off from the
+  rest (a class's rare kind, e.g. a few hundred sandals of one style among thousands of shoes) a group of its own,
+  and the k groups then have one too few for the large parts; where the classes are this uneven, use another method;
 - `leiden`: the communities of that same weighted graph, found by the Leiden algorithm (Traag, Waltman & van Eck
   2019) maximising modularity at the lowest resolution that gives k or more of them, then (where no resolution gives
   exactly k) merged two at a time, the most joined first, down to k. Modularity weighs each group's inner edges
@@ -48,7 +53,15 @@ from deepcluster.loader import open_inputs
 GROUPING_METHODS: tuple[GroupingMethod, ...] = get_args(GroupingMethod)
 KMEANS_INITS = 10
 # each point's neighbours in the graph
-GRAPH_NEIGHBOURS: dict[GroupingMethod, int] = {"spectral": 10, "snn": 20, "snn-kmeans": 20, "leiden": 20}
+GRAPH_NEIGHBOURS: dict[GroupingMethod, int] = {
+    "spectral": 10,
+    "snn": 20,
+    "snn-kmeans": 20,
+    "snn-sized": 20,
+    "leiden": 20,
+}
+MIN_GROUP_SHARE = 0.1  # `snn-sized`: the smallest group, as a share of an even split of the points
+SIZED_ROUNDS = 5  # `snn-sized`: at most this many groupings of what is left before the groups stand as they are
 RESOLUTION_STEPS = 20  # bisections of `leiden`'s resolution towards exactly k communities
 GROUPING_SEED = 0  # fixed: a grouping never depends on the run's seed, only on the points
 
@@ -119,6 +132,8 @@ def _grouped(
         return embedding(method).pivoted_qr_groups()
     if method == "snn-kmeans":
         return embedding(method).kmeans_groups()
+    if method == "snn-sized":
+        return sized_groups(points, num_groups, embedding(method).kmeans_groups())
     return modularity_groups(graph("leiden"), num_groups)
 
 
@@ -156,6 +171,32 @@ class Embedding:
         left, _, right = linalg.svd(self.vectors[pivots[:count]].T)
         turned = np.abs(self.vectors @ (left @ right))
         return turned.argmax(axis=1).astype(np.int64)
+
+
+def sized_groups(points: np.ndarray, num_groups: int, first: np.ndarray) -> np.ndarray:
+    """`snn-sized`'s groups, from `first`, the points' `snn-kmeans` groups: while a group holds fewer than
+    MIN_GROUP_SHARE of an even share of the points, its points are set aside and the rest grouped again by
+    `snn-kmeans` (at most SIZED_ROUNDS times); then each point set aside joins the group most of its nearest kept
+    points are in (as many as the graph's neighbours; a tie goes to the lower group id)."""
+    kept = np.arange(len(points))
+    groups = first
+    smallest = MIN_GROUP_SHARE * len(points) / num_groups
+    for _ in range(SIZED_ROUNDS):
+        small = np.flatnonzero(np.bincount(groups, minlength=num_groups) < smallest)
+        left = kept[~np.isin(groups, small)]
+        if len(small) == 0 or len(left) <= num_groups:
+            break
+        kept = left
+        groups = group(points[kept], num_groups, "snn-kmeans")
+    if len(kept) == len(points):
+        return groups
+    aside = np.setdiff1d(np.arange(len(points)), kept)
+    voters = NearestNeighbors(n_neighbors=min(graph_neighbours("snn-sized", len(points)), len(kept)))
+    nearest = voters.fit(points[kept]).kneighbors(points[aside], return_distance=False)
+    result = np.empty(len(points), dtype=np.int64)
+    result[kept] = groups
+    result[aside] = [np.bincount(votes, minlength=num_groups).argmax() for votes in groups[nearest]]
+    return result
 
 
 def shared_neighbour_graph(points: np.ndarray, neighbours: int) -> sparse.csr_matrix:

@@ -27,8 +27,25 @@ def test_spectral_follows_neighbourhoods_where_kmeans_cannot():
     assert metrics.nmi(labels, group(points, 2, "spectral")) == pytest.approx(1.0)
     assert metrics.nmi(labels, group(points, 2, "snn")) == pytest.approx(1.0)
     assert metrics.nmi(labels, group(points, 2, "snn-kmeans")) == pytest.approx(1.0)
+    assert metrics.nmi(labels, group(points, 2, "snn-sized")) == pytest.approx(1.0)
     assert metrics.nmi(labels, group(points, 2, "leiden")) == pytest.approx(1.0)
     assert metrics.nmi(labels, group(points, 2, "kmeans")) < 0.1
+
+
+def test_snn_sized_gives_a_small_cut_off_set_of_points_no_group_of_its_own():
+    # two classes of 400 points, the first with a rare kind of 20 far from both: snn-kmeans gives those 20 one of
+    # the two groups; snn-sized sets them aside, groups the rest, and puts them with the nearer class (all but one
+    # point of each class with it: an outlier whose neighbours share none of its own may go either way)
+    rng = np.random.default_rng(4)
+    parts = [rng.normal((0, 0), 1.0, (400, 2)), rng.normal((8, 0), 1.0, (400, 2)), rng.normal((0, 10), 0.3, (20, 2))]
+    points, labels = np.concatenate(parts), np.repeat([0, 1, 0], [400, 400, 20])
+    assert sorted(np.bincount(group(points, 2, "snn-kmeans"))) == [20, 800]
+    sized = group(points, 2, "snn-sized")
+    assert metrics.accuracy(labels, sized) >= 1 - 2 / len(points)
+    assert set(sized[-20:].tolist()) == {np.bincount(sized[:400]).argmax()}  # the rare kind with its class
+    # a group of at least a tenth of an even share stands: snn-sized is snn-kmeans there
+    points, _ = rings()
+    assert np.array_equal(group(points, 2, "snn-sized"), group(points, 2, "snn-kmeans"))
 
 
 def cliques(sizes: list[int], links: dict[tuple[int, int], int]) -> tuple[sparse.csr_matrix, np.ndarray]:
