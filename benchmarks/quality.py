@@ -349,18 +349,26 @@ def suite_markdown(suite: str, results: dict[str, Any]) -> str:
 
 
 DEFAULT_GROUPING = Config.model_fields["grouping"].default  # a `run` command's final grouping without `--grouping`
+# the final grouping's earlier defaults, the newest first: runs evaluated before today's default existed (on machines
+# whose runs were not kept, so they cannot be scored again) are scored by the newest of these that they hold
+EARLIER_DEFAULT_GROUPINGS = ("snn-kmeans",)
 
 
 def scored_as_configured_today(result: dict[str, Any]) -> dict[str, Any]:
     """`result` with its runs scored by the final grouping that its `run` command gives today (its `--grouping`,
     else the default), where every run's evaluation holds that grouping's scores: the final grouping changes no
-    training, so a default chosen after a run trained applies to it. Otherwise as the runs were evaluated."""
+    training, so a default chosen after a run trained applies to it. Without `--grouping`, where the runs lack the
+    default's scores, by the newest earlier default they all hold; otherwise as the runs were evaluated."""
     command = result.get("command", [])
-    method = command[command.index("--grouping") + 1] if "--grouping" in command else DEFAULT_GROUPING
-    if not all(method in run["evaluation"].get("groupings", {}).get("conv", {}) for run in result["runs"]):
-        return result
-    runs = [{**run, "evaluation": {**run["evaluation"], "grouping": method}} for run in result["runs"]]
-    return {**result, "runs": runs}
+    if "--grouping" in command:
+        methods: tuple[str, ...] = (command[command.index("--grouping") + 1],)
+    else:
+        methods = (DEFAULT_GROUPING, *EARLIER_DEFAULT_GROUPINGS)
+    for method in methods:
+        if all(method in run["evaluation"].get("groupings", {}).get("conv", {}) for run in result["runs"]):
+            runs = [{**run, "evaluation": {**run["evaluation"], "grouping": method}} for run in result["runs"]]
+            return {**result, "runs": runs}
+    return result
 
 
 def _producers(results: dict[str, Any]) -> list[str]:

@@ -8,7 +8,7 @@ docs/RESULTS.md): DeepCluster-v2's prototype head (an L2-normalised projection i
 and the top layer is the k-means centroids), two augmented views of every image per step (crops of
 60-100% of the area, rotations, flips), k-means seeded from the previous epoch's clusters, at least
 5,000 images an epoch, and the final grouping by spectral clustering of the convolutional features'
-shared-nearest-neighbour graph.
+shared-nearest-neighbour graph, where no group is smaller than a tenth of an even share.
 The paper's own set-up is `head="linear", pca_dim=256, crop_scale=(0.5, 1), rotation=0,
 kmeans_init="random", views=1, min_epoch_samples=0, batch_size=256`.
 """
@@ -111,7 +111,7 @@ class Config(BaseModel):
     )
 
     grouping: GroupingMethod = Field(
-        "snn-kmeans",
+        "snn-sized",
         description="final grouping of the learned convolutional features into the groups a user asks for: k-means, "
         "spectral clustering of their nearest-neighbour graph, snn: of that graph weighted by shared neighbours, "
         "snn-kmeans: the same with its spectral embedding divided by k-means, snn-sized: snn-kmeans where a group "

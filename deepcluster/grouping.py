@@ -11,11 +11,11 @@ A run trains on an over-clustering (k = 30 by default); a user wants k groups. S
   neighbourhoods do not overlap, the kind that bridges two groups, weighs nothing, so a class's outlying mode stays
   with its class instead of joining the group it touches; the larger graph keeps the modes of one class joined where
   10 neighbours left one mode a group of its own (measured: docs/RESULTS.md);
-- `snn-kmeans` (the default): `snn`'s spectral embedding (its graph's first k eigenvectors) divided into k groups by
+- `snn-kmeans`: `snn`'s spectral embedding (its graph's first k eigenvectors) divided into k groups by
   k-means (the best of several starts) instead of by `snn`'s column-pivoted QR of the embedding (Damle, Minden & Ying
   2019): nearly the same groups where `snn`'s are good, far better where they were worst (measured:
   docs/RESULTS.md);
-- `snn-sized`: `snn-kmeans`, where a group of fewer than MIN_GROUP_SHARE of an even share of the points (N / k) does
+- `snn-sized` (the default): `snn-kmeans`, where a group of fewer than MIN_GROUP_SHARE of an even share of the points (N / k) does
   not count as one: its points are set aside, the rest grouped again, and each point set aside joins the group most
   of its nearest kept points are in. Spectral clustering gives a small set of points that is nearly cut off from the
   rest (a class's rare kind, e.g. a few hundred sandals of one style among thousands of shoes) a group of its own,

@@ -37,7 +37,7 @@ def test_suite_machinery_on_tiny_data(prefect_harness, tmp_path: Path, monkeypat
     results = json.loads(raw.read_text())
     assert list(results) == ["sample-120", "digits-100"] and len(results["digits-100"]["default"]["runs"]) == 2
     evaluation = results["sample-120"]["default"]["runs"][0]["evaluation"]
-    assert evaluation["grouping"] == "snn-kmeans" and set(evaluation["groupings"]) == {"clustered", "conv"}
+    assert evaluation["grouping"] == quality.DEFAULT_GROUPING and set(evaluation["groupings"]) == {"clustered", "conv"}
     text = out.read_text()
     for line in ("### Default configuration against the goals", "### sample-120", "### digits-100"):
         assert line in text
@@ -274,14 +274,14 @@ def test_the_summary_scores_the_baselines_by_the_default_s_final_grouping_and_ol
 
 
 def test_runs_are_scored_by_the_final_grouping_their_command_gives_today():
-    def run(seed: int, regrouped: bool) -> dict:
+    def run(seed: int, regrouped: bool, grouping: str = quality.DEFAULT_GROUPING, nmi: float = 0.9) -> dict:
         record = evaluation(0.6)
         epoch, baselines = record["epochs"]["0"], record["baselines"]
         epoch["grouping"] = "spectral"  # the default when the run was evaluated
-        if regrouped:  # evaluated when the default grouping existed too
-            epoch["groupings"]["conv"]["snn-kmeans"] = {"nmi": 0.9, "acc": 0.95, "ari": 0.9}
-            baselines["pixels"]["groupings"]["snn-kmeans"] = {"nmi": 0.45}
-            baselines["sobel_pixels"]["groupings"]["snn-kmeans"] = {"nmi": 0.4}
+        if regrouped:  # evaluated when `grouping` existed too
+            epoch["groupings"]["conv"][grouping] = {"nmi": nmi, "acc": 0.95, "ari": 0.9}
+            baselines["pixels"]["groupings"][grouping] = {"nmi": 0.45}
+            baselines["sobel_pixels"]["groupings"][grouping] = {"nmi": 0.4}
         return {"seed": seed, "evaluation": epoch, "baselines": baselines, "seconds": 60.0}
 
     def result(command: list[str], *runs: dict) -> dict:
@@ -294,15 +294,21 @@ def test_runs_are_scored_by_the_final_grouping_their_command_gives_today():
             "named": result(["deepcluster", "run", "--grouping", "kmeans"], run(0, True)),
             "older": result(["deepcluster", "run"], run(0, False)),
             "partly": result(["deepcluster", "run", "--k", "10"], run(0, True), run(1, False)),
+            "earlier": result(
+                ["deepcluster", "run", "--k", "20"], run(0, True, quality.EARLIER_DEFAULT_GROUPINGS[0], 0.8)
+            ),
         },
         "two": {"default": default},
     }
     section = quality.suite_markdown("s", results)
-    assert "| 0.900 / 0.450 / 0.400 (snn-kmeans) |" in section  # the default grouping now, the baselines' too
+    assert (
+        f"| 0.900 / 0.450 / 0.400 ({quality.DEFAULT_GROUPING}) |" in section
+    )  # the default grouping now, the baselines' too
     assert "| default | 0.900 ± 0.000 | 0.950 ± 0.000 |" in section
     assert "| named | 0.600 | 0.600 |" in section  # its own `--grouping`
     assert "| older | 0.550 | 0.550 |" in section  # evaluated before the default grouping existed: its own
     assert "| partly | 0.550 ± 0.000 | 0.550 ± 0.000 |" in section  # seeds are never scored by two groupings
+    assert "| earlier | 0.800 | 0.950 |" in section  # scored again when an earlier default was the default
     assert results["one"]["default"]["runs"][0]["evaluation"]["grouping"] == "spectral"  # the records are kept
 
 
