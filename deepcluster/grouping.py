@@ -15,11 +15,12 @@ A run trains on an over-clustering (k = 30 by default); a user wants k groups. S
   k-means (the best of several starts) instead of by `snn`'s column-pivoted QR of the embedding (Damle, Minden & Ying
   2019): nearly the same groups where `snn`'s are good, far better where they were worst (measured:
   docs/RESULTS.md);
-- `snn-sized` (the default): `snn-kmeans`, where a group of fewer than MIN_GROUP_SHARE of an even share of the points (N / k) does
-  not count as one: its points are set aside, the rest grouped again, and each point set aside joins the group most
-  of its nearest kept points are in. Spectral clustering gives a small set of points that is nearly cut off from the
-  rest (a class's rare kind, e.g. a few hundred sandals of one style among thousands of shoes) a group of its own,
-  and the k groups then have one too few for the large parts; where the classes are this uneven, use another method;
+- `snn-sized` (the default): `snn-kmeans`, where a group of fewer than MIN_GROUP_SHARE of an even share of the
+  points (N / k) does not count as one: its points are set aside, the rest grouped again, and each point set aside
+  joins the group most of its nearest kept points are in. Spectral clustering gives a small set of points that is
+  nearly cut off from the rest (a class's rare kind, e.g. a hundred sandals of one style among thousands of shoes) a
+  group of its own, and the k groups then have one too few for the large parts (measured: docs/RESULTS.md); where
+  classes are that rare, use another method;
 - `leiden`: the communities of that same weighted graph, found by the Leiden algorithm (Traag, Waltman & van Eck
   2019) maximising modularity at the lowest resolution that gives k or more of them, then (where no resolution gives
   exactly k) merged two at a time, the most joined first, down to k. Modularity weighs each group's inner edges
