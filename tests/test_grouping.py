@@ -34,8 +34,8 @@ def test_spectral_follows_neighbourhoods_where_kmeans_cannot():
 
 def test_snn_sized_gives_a_small_cut_off_set_of_points_no_group_of_its_own():
     # two classes of 400 points, the first with a rare kind of 20 far from both: snn-kmeans gives those 20 one of
-    # the two groups; snn-sized sets them aside, groups the rest, and puts them with the nearer class (all but one
-    # point of each class with it: an outlier whose neighbours share none of its own may go either way)
+    # the two groups; snn-sized sets them aside, groups the rest, and puts them with the nearer class (all but at most
+    # two points with their class: an outlier whose neighbours share none of its own may go either way)
     rng = np.random.default_rng(4)
     parts = [rng.normal((0, 0), 1.0, (400, 2)), rng.normal((8, 0), 1.0, (400, 2)), rng.normal((0, 10), 0.3, (20, 2))]
     points, labels = np.concatenate(parts), np.repeat([0, 1, 0], [400, 400, 20])

@@ -301,9 +301,8 @@ def test_runs_are_scored_by_the_final_grouping_their_command_gives_today():
         "two": {"default": default},
     }
     section = quality.suite_markdown("s", results)
-    assert (
-        f"| 0.900 / 0.450 / 0.400 ({quality.DEFAULT_GROUPING}) |" in section
-    )  # the default grouping now, the baselines' too
+    # the default grouping now, the baselines' too
+    assert f"| 0.900 / 0.450 / 0.400 ({quality.DEFAULT_GROUPING}) |" in section
     assert "| default | 0.900 ± 0.000 | 0.950 ± 0.000 |" in section
     assert "| named | 0.600 | 0.600 |" in section  # its own `--grouping`
     assert "| older | 0.550 | 0.550 |" in section  # evaluated before the default grouping existed: its own
