@@ -147,6 +147,7 @@ class Embedding:
     def __init__(self, vectors: np.ndarray, random_state: np.random.RandomState) -> None:
         self.vectors = vectors  # (N, k)
         self.random_state = random_state  # as the eigensolver left it, once it had drawn its start
+        self._kmeans: np.ndarray | None = None  # `kmeans_groups`, once computed (`snn-kmeans` and `snn-sized` share it)
 
     @classmethod
     def of(cls, graph: sparse.csr_matrix, num_groups: int) -> Embedding:
@@ -157,10 +158,12 @@ class Embedding:
         return cls(vectors, random_state)
 
     def kmeans_groups(self) -> np.ndarray:
-        """`snn-kmeans`: k-means of the embedding, the best of KMEANS_INITS starts."""
-        random_state = copy.deepcopy(self.random_state)  # each call starts where the eigensolver left off
-        model = KMeans(self.vectors.shape[1], n_init=KMEANS_INITS, random_state=random_state)
-        return model.fit_predict(self.vectors).astype(np.int64)
+        """`snn-kmeans`: k-means of the embedding, the best of KMEANS_INITS starts (computed once; a copy each call)."""
+        if self._kmeans is None:
+            random_state = copy.deepcopy(self.random_state)  # starts where the eigensolver left off
+            model = KMeans(self.vectors.shape[1], n_init=KMEANS_INITS, random_state=random_state)
+            self._kmeans = model.fit_predict(self.vectors).astype(np.int64)
+        return self._kmeans.copy()
 
     def pivoted_qr_groups(self) -> np.ndarray:
         """`snn`: Damle, Minden & Ying's direct assignment. A QR factorisation of the embedding's transpose with
