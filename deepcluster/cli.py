@@ -627,7 +627,7 @@ def check_output_file(out: Path, overwrite: bool) -> None:
 
 
 def command_group(args: argparse.Namespace) -> int:
-    from deepcluster.grouping import group_epoch
+    from deepcluster.grouping import group_epoch, labels_by_group
     from deepcluster.metrics import nmi
 
     layout = find_run(args.run_id, args.runs_dir)
@@ -635,7 +635,9 @@ def command_group(args: argparse.Namespace) -> int:
     print(f"{len(groups)} images of run {layout.run_id} (epoch {epoch}) in {args.groups} groups by {args.method}")
     print(f"group sizes (largest first): {sorted(np.bincount(groups, minlength=args.groups).tolist(), reverse=True)}")
     if layout.labels.is_file():
-        print(f"NMI against the labels: {nmi(artifacts.load_array(layout.labels), groups):.4f}")
+        labels = artifacts.load_array(layout.labels)
+        print(f"NMI against the labels: {nmi(labels, groups):.4f}")
+        print("the labels in each group:", *labels_by_group(groups, labels), sep="\n  ")
     print(f"written to {layout.groups(epoch, args.groups, args.method)}")
     return 0
 

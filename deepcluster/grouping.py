@@ -44,7 +44,7 @@ from sklearn.cluster import KMeans, SpectralClustering
 from sklearn.manifold import spectral_embedding
 from sklearn.neighbors import NearestNeighbors
 
-from deepcluster import artifacts, run_metrics, runs, runtime
+from deepcluster import artifacts, metrics, run_metrics, runs, runtime
 from deepcluster.artifacts import RunLayout
 from deepcluster.config import GroupingMethod, recorded_config
 from deepcluster.errors import ConfigError
@@ -296,3 +296,22 @@ def group_epoch(
     path.parent.mkdir(exist_ok=True)
     artifacts.write_assignments(path, groups, labels, column="group")
     return epoch, groups
+
+
+def labels_by_group(groups: np.ndarray, labels: np.ndarray, shown: int = 4) -> list[str]:
+    """A line per group, largest first: its size and the labels of its images, the most frequent first (at most
+    `shown`, the rest summed), each with its count and its share of the group. For reading a grouping against labels
+    (what a group mixes); nothing here feeds back into a grouping."""
+    counts = metrics.contingency(groups, labels)
+    lines = []
+    for group_id in np.argsort(-counts.sum(1), kind="stable"):
+        row, size = counts[group_id], int(counts[group_id].sum())
+        if size == 0:
+            continue
+        order = [label for label in np.argsort(-row, kind="stable") if row[label] > 0]
+        parts = [f"label {label} {row[label]:,} ({row[label] / size:.1%})" for label in order[:shown]]
+        rest = int(row[order[shown:]].sum())
+        if rest:
+            parts.append(f"other labels {rest:,} ({rest / size:.1%})")
+        lines.append(f"group {group_id} ({size:,} images): " + ", ".join(parts))
+    return lines

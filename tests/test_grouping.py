@@ -10,7 +10,7 @@ from sklearn.cluster import SpectralClustering
 from deepcluster import grouping, loader, metrics
 from deepcluster.artifacts import RunLayout
 from deepcluster.cli import main
-from deepcluster.grouping import group, group_epoch
+from deepcluster.grouping import group, group_epoch, labels_by_group
 
 
 def rings(points_per_ring: int = 200) -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +138,7 @@ def test_group_command_writes_the_groups_of_an_epoch(finished_run: Path, tmp_pat
     assert main(["--runs-dir", str(tmp_path), "group", "tiny", "--groups", "3", "--method", "spectral"]) == 0
     out = capsys.readouterr().out
     path = tmp_path / "tiny" / "groups" / "epoch0001-3-spectral.parquet"
-    assert f"written to {path}" in out and "NMI against the labels" in out
+    assert f"written to {path}" in out and "NMI against the labels" in out and "the labels in each group:" in out
     table = pd.read_parquet(path)
     assert list(table.columns) == ["index", "group", "label"] and len(table) == 300
     assert set(table["group"]) == {0, 1, 2}
@@ -154,6 +154,20 @@ def test_group_command_writes_the_groups_of_an_epoch(finished_run: Path, tmp_pat
     )
     _, streamed = group_epoch(RunLayout(tmp_path, "tiny"), 1, 3, "spectral", "cpu")
     assert isinstance(opened[0], loader.FileRows) and np.array_equal(streamed, groups)
+
+
+def test_labels_by_group_reads_a_grouping_against_labels():
+    groups = np.array([2, 2, 2, 2, 0, 0, 0, 0, 0, 1])
+    labels = np.array([3, 3, 1, 0, 1, 1, 1, 0, 2, 3])
+    assert labels_by_group(groups, labels) == [
+        "group 0 (5 images): label 1 3 (60.0%), label 0 1 (20.0%), label 2 1 (20.0%)",
+        "group 2 (4 images): label 3 2 (50.0%), label 0 1 (25.0%), label 1 1 (25.0%)",
+        "group 1 (1 images): label 3 1 (100.0%)",
+    ]
+    assert labels_by_group(groups, labels, shown=1)[:2] == [
+        "group 0 (5 images): label 1 3 (60.0%), other labels 2 (40.0%)",
+        "group 2 (4 images): label 3 2 (50.0%), other labels 2 (50.0%)",
+    ]
 
 
 def test_group_command_refuses_bad_requests_before_writing(finished_run: Path, capsys):
