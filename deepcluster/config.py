@@ -164,6 +164,7 @@ class Config(BaseModel):
     )
     small_crop_side: float = Field(0.5, gt=0, lt=1, description="side of the small crops, as a fraction of the input's")
     rotation: float = Field(15.0, ge=0, le=180, description="random rotation of training crops, up to +-degrees")
+    erase: float = Field(0.0, ge=0, le=1, description="chance that a training crop has a random rectangle blacked out")
     flip: bool = Field(True, description="random mirroring of training crops")
 
     # Execution
@@ -305,6 +306,7 @@ PREDATED_KEYS: dict[str, Any] = {
     "intensity": False,
     "assignment": "kmeans",
     "neighbour_features": "clustered",
+    "erase": 0.0,
 }
 
 

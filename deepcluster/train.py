@@ -1,7 +1,7 @@
 """One training epoch on pseudo-labels (Caron et al. 2018, Sec. 3.1 and 4).
 
 Augmentation is done in batch on the device: random resized crops, rotations and horizontal flips,
-as one affine resampling per image, all drawn from an explicit generator. The learning rate follows
+as one affine resampling per image, then optionally random erasing, all drawn from an explicit generator. The learning rate follows
 an optional linear warm-up and cosine decay, set before every step from the run's progress.
 Across ranks (`distributed`), each batch is split between the ranks and their gradients are averaged
 (DistributedDataParallel), so a step is that of the whole batch, but for batch norm's statistics, which
@@ -25,6 +25,8 @@ from deepcluster.models import DeepClusterNet, to_unit_range
 from deepcluster.progress import progress_bar
 
 ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
+ERASE_AREA_RANGE = (0.02, 0.33)  # random erasing's rectangle: its share of the crop's area (Zhong et al. 2020)
+ERASE_RATIO_RANGE = (0.3, 1 / 0.3)  # and its aspect ratio
 REFERENCE_BATCH_SIZE = 256  # config.lr is the learning rate for batches of this size
 
 
@@ -44,11 +46,14 @@ def augment_crops(
     rotation: float = 0.0,
     among: tuple[int, int] | None = None,
     size: int | None = None,
+    erase: float = 0.0,
 ) -> torch.Tensor:
     """Augment float images (N, C, H, W): crop a random area fraction in `scale` with aspect ratio
     in [3/4, 4/3], rotate it by up to +-`rotation` degrees, resize to `size` x `size` (default: back to
     (H, W)), and mirror half of them. generator: on the images' device. Pixels from outside the image are
-    reflections.
+    reflections. Then, with probability `erase`, black out a random rectangle of each crop (random erasing,
+    Zhong et al. 2020: ERASE_AREA_RANGE of its area, aspect ratio in ERASE_RATIO_RANGE), so that no one part of
+    an image, its outline included, is always there to be learned from.
 
     among: (offset, total) when the images are rows offset..offset+N of a batch of `total`: the random draws
     are made for the whole batch and these rows take theirs, so ranks that split a batch augment it as one
@@ -84,7 +89,23 @@ def augment_crops(
     theta[:, 1, 2] = center_y
     out_shape = list(images.shape[:2]) + ([size, size] if size is not None else list(images.shape[2:]))
     grid = F.affine_grid(theta, out_shape, align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    crops = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if erase == 0:
+        return crops  # no draws: the crops of runs without erasing stay as they were
+    area = uniform(*ERASE_AREA_RANGE)
+    log_ratio = uniform(math.log(ERASE_RATIO_RANGE[0]), math.log(ERASE_RATIO_RANGE[1]))
+    box_width = (area * log_ratio.exp()).sqrt().clamp(max=1.0)  # as fractions of the crop's side
+    box_height = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+    left, top = draw() * (1 - box_width), draw() * (1 - box_height)
+    erased = draw() < erase
+
+    def inside(start: torch.Tensor, extent: torch.Tensor, pixels: int) -> torch.Tensor:
+        centres = (torch.arange(pixels, device=device) + 0.5) / pixels
+        return (centres >= start[:, None]) & (centres < (start + extent)[:, None])  # (N, pixels)
+
+    rows, columns = inside(top, box_height, crops.shape[2]), inside(left, box_width, crops.shape[3])
+    mask = erased[:, None, None] & rows[:, :, None] & columns[:, None, :]
+    return crops.masked_fill(mask[:, None], 0.0)
 
 
 def learning_rate(config: Config) -> float:
@@ -155,7 +176,10 @@ def training_crops(
 
     def crops(count: int, scale: tuple[float, float], size: int | None = None) -> torch.Tensor:
         return torch.cat(
-            [augment_crops(images, generator, scale, config.flip, config.rotation, among, size) for _ in range(count)]
+            [
+                augment_crops(images, generator, scale, config.flip, config.rotation, among, size, config.erase)
+                for _ in range(count)
+            ]
         )
 
     batches = [crops(config.views, config.crop_scale)]

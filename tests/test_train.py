@@ -125,6 +125,28 @@ def test_rotation_is_drawn_after_the_crop_and_reproducible():
     assert torch.equal(augment(30.0), augment(30.0)) and not torch.allclose(augment(30.0), unrotated)
 
 
+def test_random_erasing_blacks_out_one_rectangle_of_the_asked_share_of_crops():
+    images = torch.ones(400, 1, 28, 28)
+    crops = augment_crops(images, torch.Generator().manual_seed(5), (0.6, 1.0), True, 15.0, erase=0.5)
+    erased = 0
+    for crop in crops[:, 0]:
+        black = crop == 0
+        if not black.any():
+            continue
+        erased += 1
+        rows, columns = black.any(1).nonzero().flatten(), black.any(0).nonzero().flatten()
+        assert torch.equal(rows, torch.arange(rows[0], rows[-1] + 1))  # one block of rows and of columns
+        assert torch.equal(columns, torch.arange(columns[0], columns[-1] + 1))
+        assert black.sum() == len(rows) * len(columns)  # and all of it black: a rectangle
+        assert 0.01 < black.float().mean() < 0.4  # about 2-33% of the crop
+    assert 160 < erased < 240  # about half the crops
+    unerased = augment_crops(images, torch.Generator().manual_seed(5), (0.6, 1.0), True, 15.0)
+    assert torch.equal(
+        augment_crops(images, torch.Generator().manual_seed(5), (0.6, 1.0), True, 15.0, erase=0.0), unerased
+    )
+    assert torch.equal(crops[crops != 0], unerased[crops != 0])  # erasing changes nothing else
+
+
 def test_warmup_then_cosine_schedule():
     config = Config(lr=0.1, batch_size=256, epochs=10, warmup_epochs=2, lr_schedule="cosine")  # lr as given
     rates = [scheduled_learning_rate(config, epoch) for epoch in (0, 1, 2, 6, 10)]
@@ -146,9 +168,12 @@ def test_train_epoch_sets_the_scheduled_rate_before_every_step():
 def test_parts_of_a_batch_are_augmented_as_the_whole_batch():
     """Ranks that split a batch draw its augmentations as one process does."""
     images = torch.rand(10, 2, 12, 12, generator=torch.Generator().manual_seed(0))
-    whole = augment_crops(images, torch.Generator().manual_seed(4), (0.5, 1.0), True, 20.0)
-    parts = [
-        augment_crops(images[start:stop], torch.Generator().manual_seed(4), (0.5, 1.0), True, 20.0, (start, 10))
-        for start, stop in ((0, 3), (3, 10))
-    ]
-    torch.testing.assert_close(torch.cat(parts), whole)
+    for erase in (0.0, 0.5):
+        whole = augment_crops(images, torch.Generator().manual_seed(4), (0.5, 1.0), True, 20.0, erase=erase)
+        parts = [
+            augment_crops(
+                images[start:stop], torch.Generator().manual_seed(4), (0.5, 1.0), True, 20.0, (start, 10), erase=erase
+            )
+            for start, stop in ((0, 3), (3, 10))
+        ]
+        torch.testing.assert_close(torch.cat(parts), whole)
