@@ -70,10 +70,14 @@ def augment_crops(
     def uniform(low: float, high: float) -> torch.Tensor:
         return draw() * (high - low) + low
 
-    area = uniform(*scale)
-    log_ratio = uniform(math.log(ASPECT_RATIO_RANGE[0]), math.log(ASPECT_RATIO_RANGE[1]))
-    width = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
-    height = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+    def box(areas: tuple[float, float], ratios: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(width, height) of a random box, as fractions of the side: an area fraction in `areas`, an aspect ratio
+        (width / height) in `ratios`, uniform in its logarithm."""
+        area = uniform(*areas)
+        log_ratio = uniform(math.log(ratios[0]), math.log(ratios[1]))
+        return (area * log_ratio.exp()).sqrt().clamp(max=1.0), (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+
+    width, height = box(scale, ASPECT_RATIO_RANGE)
     center_x = uniform(-1.0, 1.0) * (1 - width)
     center_y = uniform(-1.0, 1.0) * (1 - height)
     mirror = draw() < 0.5
@@ -93,10 +97,7 @@ def augment_crops(
     crops = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     if erase == 0:
         return crops  # no draws: the crops of runs without erasing stay as they were
-    area = uniform(*ERASE_AREA_RANGE)
-    log_ratio = uniform(math.log(ERASE_RATIO_RANGE[0]), math.log(ERASE_RATIO_RANGE[1]))
-    box_width = (area * log_ratio.exp()).sqrt().clamp(max=1.0)  # as fractions of the crop's side
-    box_height = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
+    box_width, box_height = box(ERASE_AREA_RANGE, ERASE_RATIO_RANGE)
     left, top = draw() * (1 - box_width), draw() * (1 - box_height)
     erased = draw() < erase
 
