@@ -62,6 +62,7 @@ ABLATIONS: dict[str, list[str]] = {
     "temperature-x2": ["--temperature", "0.2"],  # softer prototype logits: twice DeepCluster-v2's 0.1, the default
     "rotation-0": ["--rotation", "0"],  # no rotation of the training crops (the paper's augmentation)
     "erase-50": ["--erase", "0.5"],  # random erasing of half the training crops
+    "erase-25": ["--erase", "0.25"],  # random erasing of a quarter of the training crops
     # each epoch's k-means seeded afresh (k-means++), as the paper does, instead of from the previous epoch's clusters
     "kmeans-fresh": ["--kmeans-init", "k-means++"],
     "weight-decay-5e-4": ["--weight-decay", "5e-4"],  # fifty times the paper's weight decay
