@@ -57,7 +57,7 @@ def _pca_dim(text: str) -> int | str:
 
 
 def _crop_scale(flag: str) -> Callable[[str], list[float]]:
-    """The parser of a crop area range flag: two numbers, e.g. 0.3,1."""
+    """The parser of a crop's area or aspect ratio range flag: two numbers, e.g. 0.3,1."""
 
     def parse(text: str) -> list[float]:
         try:
@@ -294,7 +294,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             options["action"] = argparse.BooleanOptionalAction
         elif key == "pca_dim":
             options["type"] = _pca_dim
-        elif key in ("crop_scale", "small_crop_scale"):
+        elif key in ("crop_scale", "small_crop_scale", "crop_ratio"):
             options["type"] = _crop_scale(flag)
         elif _tuple_of_ints(annotation):
             options["type"] = _integers(flag)

@@ -152,6 +152,9 @@ class Config(BaseModel):
         False, description="the network sees the grayscale itself beside its Sobel gradients (paper: gradients only)"
     )
     crop_scale: tuple[float, float] = Field((0.6, 1.0), description="random resized crop area range")
+    crop_ratio: tuple[float, float] = Field(
+        (3 / 4, 4 / 3), description="random resized crop aspect ratio (width / height) range, uniform in its logarithm"
+    )
     small_crops: int = Field(
         0,
         ge=0,
@@ -237,6 +240,14 @@ class Config(BaseModel):
             raise ValueError(f"{info.field_name} must satisfy 0 < low <= high <= 1, got {value}")
         return value
 
+    @field_validator("crop_ratio")
+    @classmethod
+    def _valid_crop_ratio(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high:
+            raise ValueError(f"crop_ratio must satisfy 0 < low <= high, got {value}")
+        return value
+
     @model_validator(mode="after")
     def _prototypes_cluster_the_embedding(self) -> Config:
         if self.head == "prototypes" and self.pca_dim is not None:
@@ -307,6 +318,7 @@ PREDATED_KEYS: dict[str, Any] = {
     "assignment": "kmeans",
     "neighbour_features": "clustered",
     "erase": 0.0,
+    "crop_ratio": [3 / 4, 4 / 3],
 }
 
 

@@ -48,9 +48,10 @@ def augment_crops(
     among: tuple[int, int] | None = None,
     size: int | None = None,
     erase: float = 0.0,
+    ratio: tuple[float, float] = ASPECT_RATIO_RANGE,
 ) -> torch.Tensor:
-    """Augment float images (N, C, H, W): crop a random area fraction in `scale` with aspect ratio
-    in [3/4, 4/3], rotate it by up to +-`rotation` degrees, resize to `size` x `size` (default: back to
+    """Augment float images (N, C, H, W): crop a random area fraction in `scale` with aspect ratio (width /
+    height) in `ratio`, rotate it by up to +-`rotation` degrees, resize to `size` x `size` (default: back to
     (H, W)), and mirror half of them. generator: on the images' device. Pixels from outside the image are
     reflections. Then, with probability `erase`, black out a random rectangle of each crop (random erasing,
     Zhong et al. 2020: ERASE_AREA_RANGE of its area, aspect ratio in ERASE_RATIO_RANGE), so that no one part of
@@ -77,7 +78,7 @@ def augment_crops(
         log_ratio = uniform(math.log(ratios[0]), math.log(ratios[1]))
         return (area * log_ratio.exp()).sqrt().clamp(max=1.0), (area / log_ratio.exp()).sqrt().clamp(max=1.0)
 
-    width, height = box(scale, ASPECT_RATIO_RANGE)
+    width, height = box(scale, ratio)
     center_x = uniform(-1.0, 1.0) * (1 - width)
     center_y = uniform(-1.0, 1.0) * (1 - height)
     mirror = draw() < 0.5
@@ -179,7 +180,9 @@ def training_crops(
     def crops(count: int, scale: tuple[float, float], size: int | None = None) -> torch.Tensor:
         return torch.cat(
             [
-                augment_crops(images, generator, scale, config.flip, config.rotation, among, size, config.erase)
+                augment_crops(
+                    images, generator, scale, config.flip, config.rotation, among, size, config.erase, config.crop_ratio
+                )
                 for _ in range(count)
             ]
         )

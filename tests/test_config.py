@@ -22,6 +22,8 @@ def test_defaults_follow_the_paper_optimiser_and_deepcluster_v2_head():
         ({"classes": [1, 1]}, "duplicates"),
         ({"classes": [-1]}, "non-negative"),
         ({"crop_scale": [0.9, 0.2]}, "crop_scale"),
+        ({"crop_ratio": [2.0, 0.5]}, "crop_ratio"),
+        ({"crop_ratio": [0.0, 2.0]}, "crop_ratio"),
         ({"no_such_knob": 3}, "no_such_knob"),
         ({"head": "prototypes", "pca_dim": 64}, "pca_dim must be null"),
         ({"rotation": 200}, "rotation"),

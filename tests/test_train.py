@@ -14,18 +14,38 @@ from deepcluster.train import (
 )
 
 
-def test_a_full_square_crop_is_the_image_and_flip_mirrors_it(monkeypatch):
-    from deepcluster import train
-
-    monkeypatch.setattr(train, "ASPECT_RATIO_RANGE", (1.0, 1.0))  # square crops: the whole image at scale 1
+def test_a_full_square_crop_is_the_image_and_flip_mirrors_it():
     images = torch.rand(64, 1, 12, 12, generator=torch.Generator().manual_seed(0))
-    same = augment_crops(images, torch.Generator().manual_seed(0), scale=(1.0, 1.0), flip=False)
+    square = (1.0, 1.0)  # square crops: the whole image at scale 1
+    same = augment_crops(images, torch.Generator().manual_seed(0), scale=(1.0, 1.0), flip=False, ratio=square)
     assert torch.allclose(same, images, atol=1e-5)
-    out = augment_crops(images, torch.Generator().manual_seed(0), scale=(1.0, 1.0), flip=True)
+    out = augment_crops(images, torch.Generator().manual_seed(0), scale=(1.0, 1.0), flip=True, ratio=square)
     mirrored = [not torch.allclose(o, i, atol=1e-5) for o, i in zip(out, images, strict=True)]
     assert 10 < sum(mirrored) < 54  # about half of them
     for o, i, flipped in zip(out, images, mirrored, strict=True):
         assert torch.allclose(o, i.flip(-1) if flipped else i, atol=1e-5)
+
+
+def test_the_crops_aspect_ratio_stays_in_its_range():
+    # Channel 0 holds each pixel's column, channel 1 its row: bilinear sampling keeps both linear, so from one
+    # pixel of a crop to the next its column moves by the crop's width as a fraction of the image's, and its row
+    # by the height (the median step: the image's border reflects).
+    side = 16
+    ramp = torch.arange(side, dtype=torch.float32)
+    images = torch.stack([ramp.expand(side, side), ramp[:, None].expand(side, side)]).repeat(500, 1, 1, 1)
+
+    def ratios(ratio: tuple[float, float]) -> torch.Tensor:
+        crops = augment_crops(images, torch.Generator().manual_seed(3), (0.25, 0.25), False, ratio=ratio)
+        width = crops[:, 0].diff(dim=-1).flatten(1).median(dim=1).values
+        height = crops[:, 1].diff(dim=-2).flatten(1).median(dim=1).values
+        assert torch.allclose(width * height, torch.full_like(width, 0.25), atol=1e-4)  # the area asked for
+        return width / height
+
+    default = ratios((3 / 4, 4 / 3))
+    assert default.min() > 3 / 4 - 1e-4 and default.max() < 4 / 3 + 1e-4
+    wide = ratios((1 / 3, 3.0))
+    assert wide.min() > 1 / 3 - 1e-4 and wide.max() < 3 + 1e-4
+    assert (wide < 3 / 4).float().mean() > 0.2 and (wide > 4 / 3).float().mean() > 0.2  # log-uniform: ~0.37 each
 
 
 def test_flip_mirrors_and_crops_are_reproducible():
