@@ -43,6 +43,7 @@ ABLATIONS: dict[str, list[str]] = {
     "crops-30": ["--crop-scale", "0.3,1"],  # crops of 30-100% of the area
     "crops-80": ["--crop-scale", "0.8,1"],  # crops of 80-100% of the area
     "ratio-2": ["--crop-ratio", "0.5,2"],  # crops of aspect ratio 1/2-2 instead of 3/4-4/3: outlines stretched more
+    "ratio-3": ["--crop-ratio", "0.333,3"],  # crops of aspect ratio 1/3-3
     "neighbours-0": ["--neighbours", "0"],  # hard targets: each image's own cluster alone
     "neighbours-20": ["--neighbours", "20"],  # soft targets over twice as many neighbours
     "extra-k-10": ["--extra-k", "10"],
