@@ -56,7 +56,7 @@ def _pca_dim(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"--pca-dim expects an integer or 'none', got {text!r}") from None
 
 
-def _crop_scale(flag: str) -> Callable[[str], list[float]]:
+def _crop_range(flag: str) -> Callable[[str], list[float]]:
     """The parser of a crop's area or aspect ratio range flag: two numbers, e.g. 0.3,1."""
 
     def parse(text: str) -> list[float]:
@@ -295,7 +295,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         elif key == "pca_dim":
             options["type"] = _pca_dim
         elif key in ("crop_scale", "small_crop_scale", "crop_ratio"):
-            options["type"] = _crop_scale(flag)
+            options["type"] = _crop_range(flag)
         elif _tuple_of_ints(annotation):
             options["type"] = _integers(flag)
         else:
