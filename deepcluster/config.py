@@ -32,6 +32,7 @@ from pydantic import (
 from deepcluster.errors import ConfigError
 
 DATASET_NAMES = ("fashion-mnist-sample", "fashion-mnist", "mnist", "cifar10", "digits")
+ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)  # the training crops' aspect ratios by default (torchvision's RandomResizedCrop)
 
 GroupingMethod = Literal["kmeans", "spectral", "snn", "snn-kmeans", "snn-sized", "leiden"]
 
@@ -153,7 +154,8 @@ class Config(BaseModel):
     )
     crop_scale: tuple[float, float] = Field((0.6, 1.0), description="random resized crop area range")
     crop_ratio: tuple[float, float] = Field(
-        (3 / 4, 4 / 3), description="random resized crop aspect ratio (width / height) range, uniform in its logarithm"
+        ASPECT_RATIO_RANGE,
+        description="random resized crop aspect ratio (width / height) range, uniform in its logarithm",
     )
     small_crops: int = Field(
         0,

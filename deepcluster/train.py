@@ -20,12 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepcluster import distributed
-from deepcluster.config import Config
+from deepcluster.config import ASPECT_RATIO_RANGE, Config
 from deepcluster.loader import Inputs, gather, prefetched
 from deepcluster.models import DeepClusterNet, to_unit_range
 from deepcluster.progress import progress_bar
 
-ASPECT_RATIO_RANGE = (3 / 4, 4 / 3)
 ERASE_AREA_RANGE = (0.02, 0.33)  # random erasing's rectangle: its share of the crop's area (Zhong et al. 2020)
 ERASE_RATIO_RANGE = (0.3, 1 / 0.3)  # and its aspect ratio
 REFERENCE_BATCH_SIZE = 256  # config.lr is the learning rate for batches of this size
