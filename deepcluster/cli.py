@@ -13,6 +13,7 @@ import logging
 import shlex
 import sys
 from collections.abc import Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -57,13 +58,15 @@ def _pca_dim(text: str) -> int | str:
 
 
 def _crop_range(flag: str) -> Callable[[str], list[float]]:
-    """The parser of a crop's area or aspect ratio range flag: two numbers, e.g. 0.3,1."""
+    """The parser of a crop's area or aspect ratio range flag: two numbers or fractions, e.g. 0.3,1 or 3/4,4/3."""
 
     def parse(text: str) -> list[float]:
         try:
-            low, high = (float(part) for part in text.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} expects two numbers like 0.3,1, got {text!r}") from None
+            low, high = (float(Fraction(part)) for part in text.split(","))
+        except (ValueError, ZeroDivisionError):
+            raise argparse.ArgumentTypeError(
+                f"{flag} expects two numbers like 0.3,1 or 3/4,4/3, got {text!r}"
+            ) from None
         return [low, high]
 
     return parse

@@ -4,6 +4,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from deepcluster.cli import main
 
 
@@ -116,3 +118,15 @@ def test_every_config_key_is_a_run_flag_with_its_description():
     for key, field in Config.model_fields.items():
         assert flags[key].help == field.description, key
     assert flags["num_clusters"].option_strings == ["--k"] and flags["pca_dim"].option_strings == ["--pca-dim"]
+
+
+def test_crop_ranges_read_numbers_or_fractions(capsys):
+    from deepcluster.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["run", "--crop-ratio", "3/4,4/3", "--crop-scale", "0.3,1"])
+    assert args.crop_ratio == [3 / 4, 4 / 3] and args.crop_scale == [0.3, 1.0]
+    for bad in ("1/0,2", "0.5", "a,b"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["run", "--crop-ratio", bad])
+        assert f"--crop-ratio expects two numbers like 0.3,1 or 3/4,4/3, got {bad!r}" in capsys.readouterr().err, bad
