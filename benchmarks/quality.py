@@ -27,12 +27,15 @@ from deepcluster.evaluate import final_scores
 from deepcluster.run_metrics import metric_rows
 from deepcluster.runtime import machine_description
 
+# Crops of aspect ratio 3/4-4/3: torchvision's RandomResizedCrop's, so the paper's (the default is 1/2-2).
+TORCHVISION_RATIO = ["--crop-ratio", "3/4,4/3"]
+
 # The straightforward DeepCluster of the paper: random top layer, PCA-whitening to 256, k-means from
-# random points, crops (torchvision's aspect ratios) + flips only, one pass over the images an epoch; grouped by k-means.
+# random points, crops + flips only, one pass over the images an epoch; grouped by k-means.
 PAPER = [
     *("--head", "linear", "--pca-dim", "256", "--kmeans-init", "random"),
     *("--crop-scale", "0.5,1", "--rotation", "0", "--views", "1", "--min-epoch-samples", "0", "--grouping", "kmeans"),
-    *("--neighbours", "0", "--batch-size", "256", "--crop-ratio", "3/4,4/3"),
+    *("--neighbours", "0", "--batch-size", "256", *TORCHVISION_RATIO),
 ]
 FASHION_MNIST = ["--dataset", "fashion-mnist"]  # found in data/fashion-mnist/ or Debian's /usr/share/datasets/
 
@@ -42,7 +45,7 @@ ABLATIONS: dict[str, list[str]] = {
     "one-view": ["--views", "1"],
     "crops-30": ["--crop-scale", "0.3,1"],  # crops of 30-100% of the area
     "crops-80": ["--crop-scale", "0.8,1"],  # crops of 80-100% of the area
-    "ratio-torchvision": ["--crop-ratio", "3/4,4/3"],  # crops of aspect ratio 3/4-4/3 (RandomResizedCrop's) instead of 1/2-2
+    "ratio-torchvision": TORCHVISION_RATIO,  # crops of aspect ratio 3/4-4/3 instead of 1/2-2
     "ratio-3": ["--crop-ratio", "0.333,3"],  # crops of aspect ratio 1/3-3
     "neighbours-0": ["--neighbours", "0"],  # hard targets: each image's own cluster alone
     "neighbours-20": ["--neighbours", "20"],  # soft targets over twice as many neighbours
@@ -110,8 +113,7 @@ SUITES: dict[str, Suite] = {
                 "0",
                 "--batch-size",
                 "256",
-                "--crop-ratio",
-                "3/4,4/3",
+                *TORCHVISION_RATIO,
             ],
             "paper": PAPER,
         },
