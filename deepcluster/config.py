@@ -6,11 +6,11 @@ same per image), which measured better on the suite below. The clustering defaul
 best on the development suite of six labelled sets (`deepcluster bench-quality --suite dev`,
 docs/RESULTS.md): DeepCluster-v2's prototype head (an L2-normalised projection is clustered, no PCA,
 and the top layer is the k-means centroids), two augmented views of every image per step (crops of
-60-100% of the area at aspect ratios 1/2-2, rotations, flips), k-means seeded from the previous epoch's clusters, at least
-5,000 images an epoch, and the final grouping by spectral clustering of the convolutional features'
-shared-nearest-neighbour graph, where no group is smaller than a tenth of an even share.
-The paper's own set-up is `head="linear", pca_dim=256, crop_scale=(0.5, 1), crop_ratio=(3/4, 4/3), rotation=0,
-kmeans_init="random", views=1, min_epoch_samples=0, batch_size=256`.
+60-100% of the area at aspect ratios 1/2-2, rotations, flips), k-means seeded from the previous epoch's
+clusters, at least 5,000 images an epoch, and the final grouping by spectral clustering of the
+convolutional features' shared-nearest-neighbour graph, where no group is smaller than a tenth of an
+even share. The paper's own set-up is `head="linear", pca_dim=256, crop_scale=(0.5, 1),
+crop_ratio=(3/4, 4/3), rotation=0, kmeans_init="random", views=1, min_epoch_samples=0, batch_size=256`.
 """
 
 from __future__ import annotations
