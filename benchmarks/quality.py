@@ -71,6 +71,8 @@ ABLATIONS: dict[str, list[str]] = {
     # each epoch's k-means seeded afresh (k-means++), as the paper does, instead of from the previous epoch's clusters
     "kmeans-fresh": ["--kmeans-init", "k-means++"],
     "weight-decay-5e-4": ["--weight-decay", "5e-4"],  # fifty times the paper's weight decay
+    # SCAN's self-labelling before the final grouping: a copy of the convnet trained 6 passes on its confident groups
+    "self-label": ["--self-label", "6"],
 }
 
 

@@ -39,12 +39,12 @@ ASPECT_RATIO_RANGE = (1 / 2, 2.0)
 GroupingMethod = Literal["kmeans", "spectral", "snn", "snn-kmeans", "snn-sized", "leiden"]
 
 # Keys that may change when an existing run is continued, because they do not change what it has trained:
-# asking for more epochs extends the run, the final grouping is computed from what was trained, where the
-# inputs are held changes no result, and the epochs to come may be trained by any number of processes. The
-# learning rate may change for the epochs to come (how a run goes on after it diverged); run.json records
-# each such change with the epoch it applies from.
+# asking for more epochs extends the run, the final grouping (self-labelling included) is computed from what was
+# trained and leaves it as it was, where the inputs are held changes no result, and the epochs to come may be
+# trained by any number of processes. The learning rate may change for the epochs to come (how a run goes on
+# after it diverged); run.json records each such change with the epoch it applies from.
 RANK_KEYS = frozenset({"nproc_per_node", "nnodes", "master_addr", "master_port", "sync_batch_norm"})
-EXTENDABLE_KEYS = frozenset({"epochs", "grouping", "groups", "lr", "device_budget_gb"}) | RANK_KEYS
+EXTENDABLE_KEYS = frozenset({"epochs", "grouping", "groups", "self_label", "lr", "device_budget_gb"}) | RANK_KEYS
 # Keys that say where the dataset's files are, not what the data is (the dataset fingerprint checks
 # that): a run continued from elsewhere records the new values.
 LOCATION_KEYS = frozenset({"data_dir", "download"})
@@ -123,6 +123,13 @@ class Config(BaseModel):
     )
     groups: int | None = Field(
         None, ge=2, description="at the end of a run, group its images into this many groups (RUN/groups/)"
+    )
+    self_label: int = Field(
+        0,
+        ge=0,
+        description="before the final grouping, SCAN's self-labelling: a copy of the convnet trained for this many "
+        "passes to predict the groups of the images of which at least 18 of the 20 nearest neighbours share their "
+        "group, then the images grouped again with it; 0: off",
     )
 
     # Optimisation (paper Sec. 4)
@@ -323,6 +330,7 @@ PREDATED_KEYS: dict[str, Any] = {
     "neighbour_features": "clustered",
     "erase": 0.0,
     "crop_ratio": [3 / 4, 4 / 3],
+    "self_label": 0,
 }
 
 

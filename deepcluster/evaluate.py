@@ -2,7 +2,8 @@
 
 For one finished epoch of a run, with the convnet as trained at the end of that epoch:
 - every final grouping (`grouping.group`) at k = the number of true classes of the convolutional representation
-  and of the features as the run clusters them, scored by NMI, ACC and ARI;
+  and of the features as the run clusters them, scored by NMI, ACC and ARI; where the run self-labels
+  (config.self_label), its final grouping of the self-labelled copy's representation too (`selflabel`);
 - the frozen representation: a k-nearest-neighbour classifier (cosine) and a linear probe (logistic
   regression), fitted on the train split and scored on the test split where the dataset has one,
   else on a fixed 20% of the run's images held out;
@@ -38,6 +39,8 @@ from deepcluster.grouping import (
     group_by_each,
 )
 from deepcluster.loader import FileRows
+from deepcluster.models import DeepClusterNet
+from deepcluster.selflabel import self_label
 from deepcluster.sobel import SobelFilter, chunks, prepare_inputs
 
 KNN_NEIGHBOURS = 20
@@ -195,7 +198,37 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
         "run_nmi_previous": epoch_metrics["nmi_previous"],
         "run_largest_over_fair_share": epoch_metrics["cluster_sizes"]["largest_over_fair_share"],
     }
+    if config.self_label:
+        result["self_label"] = _self_labelled_scores(model, inputs, labels, probe, config, epoch, torch_device, bf16)
     return epoch, _merge(layout, record, result, FileRows(layout.ingested_images, scored), inputs, probe)
+
+
+def _self_labelled_scores(
+    model: DeepClusterNet,
+    inputs: np.ndarray,
+    labels: np.ndarray,
+    probe: ProbeSplit,
+    config: Config,
+    epoch: int,
+    device: torch.device,
+    bf16: bool,
+) -> dict[str, Any]:
+    """The run's final grouping at k = the number of classes of the representation of its convnet self-labelled for
+    those k groups (`selflabel`), scored, with kNN on that representation and the share of images it trained on."""
+    tuned = self_label(model, torch.from_numpy(inputs).to(device), config, len(np.unique(labels)), epoch, bf16=bf16)
+
+    def conv_features(images: np.ndarray) -> np.ndarray:
+        tensor = torch.from_numpy(images).to(device)
+        return representation_features(tuned.model, tensor, config.batch_size, bf16).cpu().numpy()
+
+    conv = conv_features(inputs)
+    return {
+        "passes": config.self_label,
+        "grouping": config.grouping,
+        "confident_share": tuned.confident_share,
+        **grouping_scores(conv, labels, config.grouping),
+        "knn_accuracy": knn_accuracy(*probe.sets(conv, conv_features)),
+    }
 
 
 def scored_rows(count: int) -> range | np.ndarray:
@@ -264,10 +297,13 @@ TABLE_COLUMNS = ("features", "grouping", "nmi", "acc", "ari", "knn_accuracy", "l
 
 
 def final_scores(result: dict[str, Any]) -> dict[str, float]:
-    """An epoch's scores by the run's final grouping: its `grouping` on the convolutional representation
-    (evaluations written before there was a choice: k-means on the clustered features)."""
+    """An epoch's scores by the run's final grouping: its `grouping` on the convolutional representation, of the
+    self-labelled copy where the run self-labels (evaluations written before there was a choice: k-means on the
+    clustered features)."""
     if "grouping" not in result:
         return result["kmeans"]
+    if "self_label" in result:
+        return result["self_label"]
     return result["groupings"]["conv"][result["grouping"]]
 
 
@@ -281,6 +317,11 @@ def format_evaluation(evaluation: dict[str, Any], epoch: int) -> str:
     if "grouping" in result:
         sources.append((f"epoch {epoch}, clustered ({dims['clustered']}-d)", result["groupings"]["clustered"], {}))
         sources.append((f"epoch {epoch}, conv ({dims['conv']}-d)", result["groupings"]["conv"], result))
+        if "self_label" in result:
+            tuned = result["self_label"]
+            scores = {key: tuned[key] for key in ("nmi", "acc", "ari")}
+            name = f"epoch {epoch}, conv self-labelled ({tuned['passes']} passes)"
+            sources.append((name, {result["grouping"]: scores}, {"knn_accuracy": tuned["knn_accuracy"]}))
     else:  # written before there were several groupings: k-means on the clustered features and the trunk
         sources.append((f"epoch {epoch}, clustered ({dims['clustered']}-d)", {"kmeans": result["kmeans"]}, {}))
         sources.append((f"epoch {epoch}, trunk ({dims['trunk']}-d)", {"kmeans": result["kmeans_trunk"]}, result))
@@ -291,6 +332,9 @@ def format_evaluation(evaluation: dict[str, Any], epoch: int) -> str:
             probes = extra if index == 0 else {}  # kNN and probe accuracy do not depend on the grouping
             rows.append({**probes, "features": features, "grouping": method, **scores})
     final = f"; the run's final grouping: {result['grouping']} on the conv features" if "grouping" in result else ""
+    if "self_label" in result:
+        share = result["self_label"]["confident_share"]
+        final += f" of the convnet self-labelled on the {share:.1%} of images whose neighbours mostly share their group"
     images = result.get("images", {})
     if images and images["scored"] < images["of"]:
         final += f"; scored on a fixed random {images['scored']:,} of the run's {images['of']:,} images"
