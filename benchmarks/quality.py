@@ -35,7 +35,7 @@ TORCHVISION_RATIO = ["--crop-ratio", "3/4,4/3"]
 PAPER = [
     *("--head", "linear", "--pca-dim", "256", "--kmeans-init", "random"),
     *("--crop-scale", "0.5,1", "--rotation", "0", "--views", "1", "--min-epoch-samples", "0", "--grouping", "kmeans"),
-    *("--neighbours", "0", "--batch-size", "256", *TORCHVISION_RATIO),
+    *("--neighbours", "0", "--batch-size", "256", *TORCHVISION_RATIO, "--self-label", "0"),
 ]
 FASHION_MNIST = ["--dataset", "fashion-mnist"]  # found in data/fashion-mnist/ or Debian's /usr/share/datasets/
 
@@ -71,8 +71,7 @@ ABLATIONS: dict[str, list[str]] = {
     # each epoch's k-means seeded afresh (k-means++), as the paper does, instead of from the previous epoch's clusters
     "kmeans-fresh": ["--kmeans-init", "k-means++"],
     "weight-decay-5e-4": ["--weight-decay", "5e-4"],  # fifty times the paper's weight decay
-    # SCAN's self-labelling before the final grouping: a copy of the convnet trained 6 passes on its confident groups
-    "self-label": ["--self-label", "6"],
+    "self-label-0": ["--self-label", "0"],  # no self-labelling before the final grouping
 }
 
 
@@ -116,6 +115,8 @@ SUITES: dict[str, Suite] = {
                 "--batch-size",
                 "256",
                 *TORCHVISION_RATIO,
+                "--self-label",
+                "0",
             ],
             "paper": PAPER,
         },

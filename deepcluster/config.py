@@ -9,8 +9,9 @@ and the top layer is the k-means centroids), two augmented views of every image 
 60-100% of the area at aspect ratios 1/2-2, rotations, flips), k-means seeded from the previous epoch's
 clusters, at least 5,000 images an epoch, and the final grouping by spectral clustering of the
 convolutional features' shared-nearest-neighbour graph, where no group is smaller than a tenth of an
-even share. The paper's own set-up is `head="linear", pca_dim=256, crop_scale=(0.5, 1),
-crop_ratio=(3/4, 4/3), rotation=0, kmeans_init="random", views=1, min_epoch_samples=0, batch_size=256`.
+even share, after SCAN's self-labelling (6 passes). The paper's own set-up is `head="linear", pca_dim=256,
+crop_scale=(0.5, 1), crop_ratio=(3/4, 4/3), rotation=0, kmeans_init="random", views=1, min_epoch_samples=0,
+batch_size=256, self_label=0`.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ class Config(BaseModel):
         None, ge=2, description="at the end of a run, group its images into this many groups (RUN/groups/)"
     )
     self_label: int = Field(
-        0,
+        6,
         ge=0,
         description="before the final grouping, SCAN's self-labelling: a copy of the convnet trained for this many "
         "passes to predict the groups of the images of which at least 18 of the 20 nearest neighbours share their "

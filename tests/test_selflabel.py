@@ -41,7 +41,8 @@ def _tiny_model(run: Path) -> tuple[Config, torch.nn.Module, torch.Tensor]:
 def test_self_labelling_trains_a_copy_the_same_way_each_time(finished_run: Path):
     config, model, inputs = _tiny_model(finished_run / "tiny")
     untouched = {name: value.clone() for name, value in model.state_dict().items()}
-    assert self_label(model, inputs, config, 3, 1).model is model  # self_label = 0 (the default): nothing to train
+    off = config.model_copy(update={"self_label": 0})
+    assert self_label(model, inputs, off, 3, 1).model is model  # nothing to train
     config = config.model_copy(update={"self_label": 1})
     first, second = (self_label(model, inputs, config, 3, 1) for _ in range(2))
     assert 0 < first.confident_share <= 1 and first.confident_share == second.confident_share
