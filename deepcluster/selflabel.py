@@ -2,11 +2,11 @@
 
 The run's images are grouped into the groups a user asks for (the run's final grouping, on the convolutional
 representation); the images whose nearest neighbours mostly share their group (18 of 20) are taken as labelled by
-it; a copy of the convnet, with a linear head on its L2-normalised representation, is trained for a few passes over those images
-to predict their groups, under the run's own augmentation and with each group weighing the same. The images are then
-grouped again with the copy: an image near a border moves to the group its augmented views are pulled to, which
-neighbours alone could not decide. The convnet of the run is left as it was trained; the copy is drawn from the
-run's seed and the epoch, so the same call gives the same groups.
+it; a copy of the convnet, with a linear head on its L2-normalised representation, is trained for a few passes
+over those images to predict their groups, under the run's own augmentation and with each group weighing the same.
+The images are then grouped again with the copy: an image near a border moves to the group its augmented views are
+pulled to, which neighbours alone could not decide. The convnet of the run is left as it was trained; the copy is
+drawn from the run's seed and the epoch, so the same call gives the same groups.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -27,8 +26,8 @@ from deepcluster.neighbours import nearest_neighbours
 from deepcluster.rng import stage_generator
 from deepcluster.train import augment_crops, autocast, learning_rate
 
-CONFIDENT_NEIGHBOURS = 20  # an image is taken as labelled by its group when of its this many nearest neighbours ...
-CONFIDENT_SHARE = 0.9  # ... at least this share are in its group too (18 of 20)
+CONFIDENT_NEIGHBOURS = 20  # an image is taken as labelled by its group when, of its this many nearest neighbours,
+CONFIDENT_SHARE = 0.9  # at least this share are in that group too (18 of 20)
 LOGIT_SCALE = 10.0  # the head sees the L2-normalised representation times this (a cosine classifier's scale)
 
 
@@ -107,19 +106,3 @@ def self_label(
             optimizer.step()
     tuned.eval()
     return SelfLabelled(tuned, len(confident) / len(groups))
-
-
-def self_labelled_representation(
-    model: DeepClusterNet,
-    inputs: Inputs,
-    config: Config,
-    num_groups: int,
-    epoch: int,
-    method: GroupingMethod | None = None,
-    bf16: bool = False,
-) -> tuple[np.ndarray, float]:
-    """The L2-normalised representation (N, R) of `inputs` by the self-labelled copy of `model` (`self_label`), as
-    numpy, and the share of the images the copy was trained on."""
-    tuned = self_label(model, inputs, config, num_groups, epoch, method, bf16)
-    features = representation_features(tuned.model, inputs, config.batch_size, bf16).cpu().numpy()
-    return features, tuned.confident_share
