@@ -72,10 +72,11 @@ def test_rerunning_a_finished_run_changes_nothing_and_more_epochs_extend_it(fini
     assert (tmp_path / "tiny" / "epochs" / "0001" / "manifest.json").read_text() == before
     assert RunLayout(tmp_path, "tiny").completed_epochs() == [0, 1]
     assert not (tmp_path / "tiny" / "groups").exists()  # no groups asked for
-    # more epochs, and (a key that changes nothing trained) the images in 4 groups at the end
-    config = tiny_config(epochs=3, groups=4)
+    # more epochs, and (keys that change nothing trained) the images in 4 groups at the end, self-labelled otherwise
+    config = tiny_config(epochs=3, groups=4, self_label=1)
     deepcluster_flow(config=config, run_id="tiny", runs_dir=str(tmp_path), progress=False)
     assert RunLayout(tmp_path, "tiny").completed_epochs() == [0, 1, 2]
+    assert json.loads((tmp_path / "tiny" / "run.json").read_text())["config"]["self_label"] == 1
     groups = pd.read_parquet(tmp_path / "tiny" / "groups" / f"epoch0002-4-{config.grouping}.parquet")
     assert len(groups) == 300 and set(groups["group"]) == {0, 1, 2, 3}
     assert (tmp_path / "tiny" / "epochs" / "0001" / "manifest.json").read_text() == before
