@@ -175,15 +175,13 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
     model, _ = runs.load_model(layout.model(epoch), config, torch_device)
     bf16 = runtime.use_bf16(config, torch_device)
 
-    def conv_features(images: np.ndarray) -> np.ndarray:
-        tensor = torch.from_numpy(images).to(torch_device)
-        return representation_features(model, tensor, config.batch_size, bf16).cpu().numpy()
-
+    conv_features = _representation_of(model, config, torch_device, bf16)
     projected = extract_features(model, torch.from_numpy(inputs).to(torch_device), config.batch_size, False, bf16)
     clustered = stages.reduce(projected, config.pca_dim)[0].cpu().numpy()
     conv = conv_features(inputs)
     probe = ProbeSplit(config, record["dataset"]["input_size"], labels)
     probe_data = probe.sets(conv, conv_features)
+    conv_groups = group_by_each(conv, len(np.unique(labels)), GROUPING_METHODS)
 
     result = {
         "epoch": epoch,
@@ -191,7 +189,10 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
         "features": {"clustered": clustered.shape[1], "conv": conv.shape[1]},
         "grouping": config.grouping,
         "graph_neighbours": GRAPH_NEIGHBOURS,
-        "groupings": {"clustered": all_groupings(clustered, labels), "conv": all_groupings(conv, labels)},
+        "groupings": {
+            "clustered": all_groupings(clustered, labels),
+            "conv": {method: _scores(groups, labels) for method, groups in conv_groups.items()},
+        },
         "knn_accuracy": knn_accuracy(*probe_data),
         "linear_probe_accuracy": linear_probe_accuracy(*probe_data),
         "probe_split": probe.description,
@@ -199,13 +200,18 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
         "run_largest_over_fair_share": epoch_metrics["cluster_sizes"]["largest_over_fair_share"],
     }
     if config.self_label:
-        result["self_label"] = _self_labelled_scores(model, inputs, labels, probe, config, epoch, torch_device, bf16)
+        first = conv_groups[config.grouping]
+        result["self_label"] = _self_labelled_scores(
+            model, inputs, conv, first, labels, probe, config, epoch, torch_device, bf16
+        )
     return epoch, _merge(layout, record, result, FileRows(layout.ingested_images, scored), inputs, probe)
 
 
 def _self_labelled_scores(
     model: DeepClusterNet,
     inputs: np.ndarray,
+    conv: np.ndarray,
+    first: np.ndarray,
     labels: np.ndarray,
     probe: ProbeSplit,
     config: Config,
@@ -214,21 +220,31 @@ def _self_labelled_scores(
     bf16: bool,
 ) -> dict[str, Any]:
     """The run's final grouping at k = the number of classes of the representation of its convnet self-labelled for
-    those k groups (`selflabel`), scored, with kNN on that representation and the share of images it trained on."""
-    tuned = self_label(model, torch.from_numpy(inputs).to(device), config, len(np.unique(labels)), epoch, bf16=bf16)
-
-    def conv_features(images: np.ndarray) -> np.ndarray:
-        tensor = torch.from_numpy(images).to(device)
-        return representation_features(tuned.model, tensor, config.batch_size, bf16).cpu().numpy()
-
-    conv = conv_features(inputs)
+    those k groups (`selflabel`, from `first`, the grouping of `conv`, the convnet's own representation of `inputs`),
+    scored, with kNN on that representation and the share of images it trained on."""
+    tensor = torch.from_numpy(inputs).to(device)
+    tuned = self_label(model, tensor, config, conv, first, len(np.unique(labels)), epoch, bf16)
+    conv_features = _representation_of(tuned.model, config, device, bf16)
+    tuned_conv = conv_features(inputs)
     return {
         "passes": config.self_label,
         "grouping": config.grouping,
         "confident_share": tuned.confident_share,
-        **grouping_scores(conv, labels, config.grouping),
-        "knn_accuracy": knn_accuracy(*probe.sets(conv, conv_features)),
+        **grouping_scores(tuned_conv, labels, config.grouping),
+        "knn_accuracy": knn_accuracy(*probe.sets(tuned_conv, conv_features)),
     }
+
+
+def _representation_of(
+    model: DeepClusterNet, config: Config, device: torch.device, bf16: bool
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Network inputs (numpy) -> the model's L2-normalised convolutional representation (numpy)."""
+
+    def conv_features(images: np.ndarray) -> np.ndarray:
+        tensor = torch.from_numpy(images).to(device)
+        return representation_features(model, tensor, config.batch_size, bf16).cpu().numpy()
+
+    return conv_features
 
 
 def scored_rows(count: int) -> range | np.ndarray:

@@ -50,6 +50,7 @@ from deepcluster.config import GroupingMethod, recorded_config
 from deepcluster.errors import ConfigError
 from deepcluster.features import representation_features
 from deepcluster.loader import open_inputs
+from deepcluster.selflabel import self_label
 
 GROUPING_METHODS: tuple[GroupingMethod, ...] = get_args(GroupingMethod)
 KMEANS_INITS = 10
@@ -288,13 +289,14 @@ def group_epoch(
     inputs = open_inputs(layout.inputs, torch_device, config.device_budget_gb)  # over the budget: a batch at a time
     if not 2 <= num_groups <= len(inputs):
         raise ConfigError(f"groups must be between 2 and the run's {len(inputs)} images, got {num_groups}")
-    from deepcluster.selflabel import self_label  # it groups with this module's `group`
-
     model, _ = runs.load_model(layout.model(epoch), config, torch_device)
     bf16 = runtime.use_bf16(config, torch_device)
-    model = self_label(model, inputs, config, num_groups, epoch, method, bf16).model
-    features = representation_features(model, inputs, config.batch_size, bf16)
-    groups = group(features.cpu().numpy(), num_groups, method)
+    features = representation_features(model, inputs, config.batch_size, bf16).cpu().numpy()
+    groups = group(features, num_groups, method)
+    if config.self_label:
+        tuned = self_label(model, inputs, config, features, groups, num_groups, epoch, bf16).model
+        features = representation_features(tuned, inputs, config.batch_size, bf16).cpu().numpy()
+        groups = group(features, num_groups, method)
     labels = artifacts.load_array(layout.labels) if layout.labels.is_file() else None
     path = layout.groups(epoch, num_groups, method)
     path.parent.mkdir(exist_ok=True)

@@ -14,12 +14,11 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deepcluster.config import Config, GroupingMethod
-from deepcluster.features import representation_features
-from deepcluster.grouping import group
+from deepcluster.config import Config
 from deepcluster.loader import Inputs, gather
 from deepcluster.models import DeepClusterNet, to_unit_range
 from deepcluster.neighbours import nearest_neighbours
@@ -51,22 +50,22 @@ def self_label(
     model: DeepClusterNet,
     inputs: Inputs,
     config: Config,
+    representation: np.ndarray,
+    groups: np.ndarray,
     num_groups: int,
     epoch: int,
-    method: GroupingMethod | None = None,
     bf16: bool = False,
 ) -> SelfLabelled:
-    """A copy of `model` trained for config.self_label passes to predict the `num_groups` groups (by `method`,
-    default the run's final grouping) of the confident images among `inputs` (uint8 (N, 1, S, S), `loader`); the
-    random draws from the run's seed and `epoch`. config.self_label = 0: the model itself, untouched."""
+    """A copy of `model` trained for config.self_label passes to predict `groups`, the final grouping into
+    `num_groups` of `representation` (the model's L2-normalised representation of `inputs`, uint8 (N, 1, S, S),
+    `loader`), on its confident images; the random draws from the run's seed and `epoch`. config.self_label = 0: the
+    model itself, untouched."""
     if config.self_label == 0:
         return SelfLabelled(model, 0.0)
     device = next(model.parameters()).device
-    representation = representation_features(model, inputs, config.batch_size, bf16)
-    groups = torch.from_numpy(group(representation.cpu().numpy(), num_groups, method or config.grouping))
-    confident = confident_images(representation.cpu(), groups)
-    del representation
-    sizes = torch.bincount(groups[confident], minlength=num_groups).float()
+    groups_of = torch.from_numpy(groups)
+    confident = confident_images(torch.from_numpy(representation), groups_of)
+    sizes = torch.bincount(groups_of[confident], minlength=num_groups).float()
     weights = (sizes.sum() / (num_groups * sizes.clamp(min=1))).to(device)  # each group weighs the same
 
     tuned = copy.deepcopy(model)
@@ -80,7 +79,7 @@ def self_label(
         parameters, lr=learning_rate(config), momentum=config.momentum, weight_decay=config.weight_decay
     )
     augment_generator = stage_generator(config.seed, epoch, "self-label-augment", device)
-    targets = groups.to(device)
+    targets = groups_of.to(device)
     tuned.train()
     for _ in range(config.self_label):
         order = confident[torch.randperm(len(confident), generator=generator)]
@@ -105,4 +104,4 @@ def self_label(
             loss.backward()
             optimizer.step()
     tuned.eval()
-    return SelfLabelled(tuned, len(confident) / len(groups))
+    return SelfLabelled(tuned, len(confident) / len(groups_of))

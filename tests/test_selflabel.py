@@ -40,13 +40,21 @@ def _tiny_model(run: Path) -> tuple[Config, torch.nn.Module, torch.Tensor]:
     return config, model, loader.FileRows(layout.inputs).read()
 
 
+def _grouped(model: torch.nn.Module, inputs: torch.Tensor, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """The model's representation of the inputs and its final grouping into 3, as the callers of self_label pass
+    them."""
+    features = representation_features(model, inputs, config.batch_size).numpy()
+    return features, group(features, 3, config.grouping)
+
+
 def test_self_labelling_trains_a_copy_the_same_way_each_time(finished_run: Path):
     config, model, inputs = _tiny_model(finished_run / "tiny")
     untouched = {name: value.clone() for name, value in model.state_dict().items()}
+    features, groups = _grouped(model, inputs, config)
     off = config.model_copy(update={"self_label": 0})
-    assert self_label(model, inputs, off, 3, 1).model is model  # nothing to train
+    assert self_label(model, inputs, off, features, groups, 3, 1).model is model  # nothing to train
     config = config.model_copy(update={"self_label": 1})
-    first, second = (self_label(model, inputs, config, 3, 1) for _ in range(2))
+    first, second = (self_label(model, inputs, config, features, groups, 3, 1) for _ in range(2))
     assert 0 < first.confident_share <= 1 and first.confident_share == second.confident_share
     for name, value in model.state_dict().items():
         assert torch.equal(value, untouched[name]), name  # the run's convnet stays as it was trained
@@ -54,7 +62,7 @@ def test_self_labelling_trains_a_copy_the_same_way_each_time(finished_run: Path)
     assert all(torch.equal(trained[name], value) for name, value in second.model.state_dict().items())
     assert any(not torch.equal(trained[name], value) for name, value in untouched.items())
     # another epoch draws other crops
-    other = self_label(model, inputs, config, 3, 0).model.state_dict()
+    other = self_label(model, inputs, config, features, groups, 3, 0).model.state_dict()
     assert any(not torch.equal(trained[name], value) for name, value in other.items())
 
 
@@ -82,7 +90,7 @@ def test_evaluate_scores_the_final_grouping_of_the_self_labelled_convnet(finishe
     assert result["groupings"]["conv"][result["grouping"]]["nmi"] >= 0
     _, groups = group_epoch(RunLayout(tmp_path, "tiny"), 1, 3, result["grouping"], "cpu")
     config, model, inputs = _tiny_model(run)
-    again = self_label(model, inputs, config, 3, 1, result["grouping"])
+    again = self_label(model, inputs, config, *_grouped(model, inputs, config), 3, 1)
     features = representation_features(again.model, inputs, config.batch_size).numpy()
     assert again.confident_share == tuned["confident_share"]
     assert np.array_equal(groups, group(features, 3, result["grouping"]))
