@@ -157,7 +157,8 @@ class Config(BaseModel):
     max_epoch_samples: int | None = Field(
         None,
         ge=1,
-        description="images drawn per epoch at most, even below min_epoch_samples (null: no limit): for large collections",
+        description="images drawn per epoch (and per pass of self-labelling) at most, even below min_epoch_samples "
+        "(null: no limit): for large collections",
     )
     intensity: bool = Field(
         False, description="the network sees the grayscale itself beside its Sobel gradients (paper: gradients only)"

@@ -3,10 +3,11 @@
 The run's images are grouped into the groups a user asks for (the run's final grouping, on the convolutional
 representation); the images whose nearest neighbours mostly share their group (18 of 20) are taken as labelled by
 it; a copy of the convnet, with a linear head on its L2-normalised representation, is trained for a few passes
-over those images to predict their groups, under the run's own augmentation and with each group weighing the same.
-The images are then grouped again with the copy: an image near a border moves to the group its augmented views are
-pulled to, which neighbours alone could not decide. The convnet of the run is left as it was trained; the copy is
-drawn from the run's seed and the epoch, so the same call gives the same groups.
+over those images to predict their groups (at most `max_epoch_samples` of them a pass, as an epoch draws), under
+the run's own augmentation and with each group weighing the same. The images are then grouped again with the copy:
+an image near a border moves to the group its augmented views are pulled to, which neighbours alone could not decide.
+The convnet of the run is left as it was trained; the copy is drawn from the run's seed and the epoch, so the same
+call gives the same groups.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def self_label(
 ) -> SelfLabelled:
     """A copy of `model` trained for config.self_label passes to predict `groups`, the final grouping into
     `num_groups` of `representation` (the model's L2-normalised representation of `inputs`, uint8 (N, 1, S, S),
-    `loader`), on its confident images; the random draws from the run's seed and `epoch`. config.self_label = 0: the
-    model itself, untouched."""
+    `loader`), on its confident images, at most config.max_epoch_samples of them a pass; the random draws from the
+    run's seed and `epoch`. config.self_label = 0: the model itself, untouched."""
     if config.self_label == 0:
         return SelfLabelled(model, 0.0)
     device = next(model.parameters()).device
@@ -82,7 +83,7 @@ def self_label(
     targets = groups_of.to(device)
     tuned.train()
     for _ in range(config.self_label):
-        order = confident[torch.randperm(len(confident), generator=generator)]
+        order = confident[torch.randperm(len(confident), generator=generator)][: config.max_epoch_samples]
         for batch in order.split(config.batch_size):
             if len(batch) < 2:  # batch norm needs two
                 continue

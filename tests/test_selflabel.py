@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepcluster import loader, runs
+from deepcluster import loader, runs, selflabel
 from deepcluster.artifacts import RunLayout
 from deepcluster.cli import main
 from deepcluster.config import Config, recorded_config
@@ -64,6 +64,32 @@ def test_self_labelling_trains_a_copy_the_same_way_each_time(finished_run: Path)
     # another epoch draws other crops
     other = self_label(model, inputs, config, features, groups, 3, 0).model.state_dict()
     assert any(not torch.equal(trained[name], value) for name, value in other.items())
+
+
+def test_self_labelling_draws_at_most_max_epoch_samples_images_a_pass(finished_run: Path, monkeypatch):
+    config, model, inputs = _tiny_model(finished_run / "tiny")
+    features, groups = _grouped(model, inputs, config)
+    config = config.model_copy(update={"self_label": 2})
+    batches: list[int] = []
+    augment = selflabel.augment_crops
+    monkeypatch.setattr(
+        selflabel,
+        "augment_crops",
+        lambda images, *args, **kw: batches.append(len(images)) or augment(images, *args, **kw),
+    )
+    unlimited = self_label(model, inputs, config, features, groups, 3, 1)
+    confident = round(unlimited.confident_share * len(inputs))
+    assert sum(batches) == 2 * confident  # every confident image, each pass
+    batches.clear()
+    limited = self_label(model, inputs, config.model_copy(update={"max_epoch_samples": 100}), features, groups, 3, 1)
+    assert batches == [64, 36, 64, 36]  # 100 images a pass, in batches of 64
+    assert limited.confident_share == unlimited.confident_share
+    # a limit above the confident images changes nothing
+    again = self_label(
+        model, inputs, config.model_copy(update={"max_epoch_samples": confident}), features, groups, 3, 1
+    )
+    expected = unlimited.model.state_dict()
+    assert all(torch.equal(expected[name], value) for name, value in again.model.state_dict().items())
 
 
 def _self_labelling_copy(finished_run: Path, tmp_path: Path, passes: int) -> Path:
