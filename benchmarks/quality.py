@@ -72,6 +72,7 @@ ABLATIONS: dict[str, list[str]] = {
     "kmeans-fresh": ["--kmeans-init", "k-means++"],
     "weight-decay-5e-4": ["--weight-decay", "5e-4"],  # fifty times the paper's weight decay
     "self-label-0": ["--self-label", "0"],  # no self-labelling before the final grouping
+    "self-label-10": ["--self-label", "10"],  # ten passes of self-labelling instead of six
 }
 
 
