@@ -84,7 +84,7 @@ def test_self_labelling_draws_at_most_max_epoch_samples_images_a_pass(finished_r
     limited = self_label(model, inputs, config.model_copy(update={"max_epoch_samples": 100}), features, groups, 3, 1)
     assert batches == [64, 36, 64, 36]  # 100 images a pass, in batches of 64
     assert limited.confident_share == unlimited.confident_share
-    # a limit above the confident images changes nothing
+    # a limit of as many images as are confident changes nothing
     again = self_label(
         model, inputs, config.model_copy(update={"max_epoch_samples": confident}), features, groups, 3, 1
     )
