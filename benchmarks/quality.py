@@ -340,9 +340,9 @@ def suite_markdown(suite: str, results: dict[str, Any]) -> str:
             "was evaluated before that grouping existed: the run's own), of the convnet self-labelled first where the "
             "configuration self-labels (`--self-label`); NMI k-means / spectral / snn / snn-kmeans / leiden: by each "
             "grouping of the convnet's own features; NMI k-means, clustered: k-means on the features the run "
-            "clusters each epoch (`deepcluster evaluate`). kNN and the linear probe use the convolutional features. Baselines: the same "
-            "groupings of the raw pixels and of the Sobel-magnitude pixels (NMI/ACC: plain k-means, the baseline a "
-            "user tries first), kNN on the same views of the network's (grayscale) inputs."
+            "clusters each epoch (`deepcluster evaluate`). kNN and the linear probe use the convolutional features. "
+            "Baselines: the same groupings of the raw pixels and of the Sobel-magnitude pixels (NMI/ACC: plain "
+            "k-means, the baseline a user tries first), kNN on the same views of the network's (grayscale) inputs."
         ),
         "",
     ]

@@ -73,8 +73,12 @@ def _scores(groups: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 def all_groupings(points: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:
     """grouping_scores of every grouping method, by method (each graph built once)."""
-    groups = group_by_each(points, len(np.unique(labels)), GROUPING_METHODS)
-    return {method: _scores(groups[method], labels) for method in GROUPING_METHODS}
+    return _scored_groupings(group_by_each(points, len(np.unique(labels)), GROUPING_METHODS), labels)
+
+
+def _scored_groupings(groupings: dict[GroupingMethod, np.ndarray], labels: np.ndarray) -> dict[str, dict[str, float]]:
+    """Each method's groups (`group_by_each`) scored against the labels, by method."""
+    return {method: _scores(groups, labels) for method, groups in groupings.items()}
 
 
 def knn_accuracy(train: np.ndarray, train_labels: np.ndarray, test: np.ndarray, test_labels: np.ndarray) -> float:
@@ -191,7 +195,7 @@ def evaluate_run(layout: RunLayout, epoch: int | None = None, device: str = "aut
         "graph_neighbours": GRAPH_NEIGHBOURS,
         "groupings": {
             "clustered": all_groupings(clustered, labels),
-            "conv": {method: _scores(groups, labels) for method, groups in conv_groups.items()},
+            "conv": _scored_groupings(conv_groups, labels),
         },
         "knn_accuracy": knn_accuracy(*probe_data),
         "linear_probe_accuracy": linear_probe_accuracy(*probe_data),
