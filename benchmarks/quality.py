@@ -14,7 +14,7 @@ import re
 import shlex
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ PAPER = [
     *("--neighbours", "0", "--batch-size", "256", *TORCHVISION_RATIO, "--self-label", "0"),
 ]
 FASHION_MNIST = ["--dataset", "fashion-mnist"]  # found in data/fashion-mnist/ or Debian's /usr/share/datasets/
+# In a configuration's flags: the number of groups a user of the dataset asks for (its classes; Suite.groups).
+GROUPS = "{groups}"
 
 
 # Each changes one choice of the default: the measured ablations of docs/RESULTS.md.
@@ -50,6 +52,8 @@ ABLATIONS: dict[str, list[str]] = {
     "neighbours-0": ["--neighbours", "0"],  # hard targets: each image's own cluster alone
     "neighbours-20": ["--neighbours", "20"],  # soft targets over twice as many neighbours
     "extra-k-10": ["--extra-k", "10"],
+    # a further clustering at the number of groups the user asks for (3 on a 3-class set), beside the 30
+    "extra-k-groups": ["--extra-k", GROUPS],
     "heads-3": ["--heads", "3"],  # DeepCluster-v2's several prototype sets: 3 clusterings at k, each its own seed
     "balanced": ["--assignment", "balanced"],  # SeLa's equal-share pseudo-labels
     # the soft targets' neighbours found in the convolutional representation instead of the clustered features
@@ -78,10 +82,12 @@ ABLATIONS: dict[str, list[str]] = {
 
 @dataclass(frozen=True)
 class Suite:
-    """Labelled datasets (each: the `run` flags that select it) and configurations (each: `run` flags)."""
+    """Labelled datasets (each: the `run` flags that select it) and configurations (each: `run` flags), and
+    the number of groups a user of each dataset asks for, its number of classes: what GROUPS stands for."""
 
     datasets: dict[str, list[str]]
     configurations: dict[str, list[str]]
+    groups: dict[str, int] = field(default_factory=dict)
 
 
 SUITES: dict[str, Suite] = {
@@ -94,6 +100,14 @@ SUITES: dict[str, Suite] = {
             "fmnist-0-2-4-6-8": [*FASHION_MNIST, "--classes", "0,2,4,6,8", "--limit", "5000"],
             "fmnist-10k": [*FASHION_MNIST, "--limit", "10000"],
             "digits": ["--dataset", "digits"],
+        },
+        groups={
+            "sample": 3,
+            "fmnist-3-8-9": 3,
+            "fmnist-1-4-7": 3,
+            "fmnist-0-2-4-6-8": 5,
+            "fmnist-10k": 10,
+            "digits": 10,
         },
         configurations={
             "default": [],
@@ -130,6 +144,7 @@ SUITES: dict[str, Suite] = {
             "fmnist-5-7-9": [*FASHION_MNIST, "--classes", "5,7,9", "--limit", "5000"],  # sandal, sneaker, boot
         },
         configurations={"default": [], **ABLATIONS},
+        groups={"fmnist-2-4-6": 3, "fmnist-5-7-9": 3},
     ),
     # Sets run on the defaults once a change to them is made, never while choosing: the check suite has been chosen
     # on too (the final grouping's graph size), so these are the sets that say whether the defaults carry.
@@ -142,6 +157,7 @@ SUITES: dict[str, Suite] = {
         # neighbours-conv: the best of the dev suite as a whole (seeds 0-2), not the default for the memory it
         # holds on large collections; run here once to say whether its gain carries
         configurations={"default": [], "neighbours-conv": ABLATIONS["neighbours-conv"]},
+        groups={"fmnist-0-3-6": 3, "fmnist-1-3-5-7-9": 5, "fmnist-test-10k": 10},
     ),
     "fashion-mnist": Suite(
         datasets={"fashion-mnist": FASHION_MNIST},
@@ -171,24 +187,23 @@ def run_suite(
         raise RunError(f"unknown suite {suite!r}: expected one of {', '.join(SUITES)}")
     chosen = SUITES[suite]
     _refuse_unknown(f"suite {suite!r} has no", names, datasets, chosen.configurations, chosen.datasets)
+    commands = {  # every command made before any runs: a configuration that cannot be made stops nothing midway
+        (dataset, name): [*data_flags, *_groups_filled_in(flags, chosen.groups.get(dataset), dataset), *extra]
+        for dataset, data_flags in chosen.datasets.items()
+        if not datasets or dataset in datasets
+        for name, flags in chosen.configurations.items()
+        if not names or name in names
+    }
     results: dict[str, Any] = {}
-    for dataset, data_flags in chosen.datasets.items():
-        if datasets and dataset not in datasets:
-            continue
-        for name, flags in chosen.configurations.items():
-            if names and name not in names:
-                continue
-            command = [*data_flags, *flags, *extra]
-            runs = [
-                _run_seed(cli, runs_dir, f"quality-{suite}-{dataset}-{name}-seed{seed}", command, seed)
-                for seed in seeds
-            ]
-            result = {
-                "command": ["deepcluster", "run", *command],
-                "produced_by": f"`{produced_by}` ({datetime.now(UTC):%Y-%m-%d}, {machine_description()})",
-                "runs": runs,
-            }
-            results.setdefault(dataset, {})[name] = result
+    for (dataset, name), command in commands.items():
+        runs = [
+            _run_seed(cli, runs_dir, f"quality-{suite}-{dataset}-{name}-seed{seed}", command, seed) for seed in seeds
+        ]
+        results.setdefault(dataset, {})[name] = {
+            "command": ["deepcluster", "run", *command],
+            "produced_by": f"`{produced_by}` ({datetime.now(UTC):%Y-%m-%d}, {machine_description()})",
+            "runs": runs,
+        }
     return results
 
 
@@ -251,6 +266,13 @@ def _refuse_unknown(
         unknown = sorted(set(asked or []) - set(known))
         if unknown:
             raise RunError(f"{holder} {kind} {', '.join(unknown)} (it has {', '.join(known)})")
+
+
+def _groups_filled_in(flags: list[str], groups: int | None, dataset: str) -> list[str]:
+    """`flags` with GROUPS replaced by the dataset's number of groups; a RunError where the suite gives none."""
+    if GROUPS in flags and groups is None:
+        raise RunError(f"a configuration names the number of groups, but the suite gives none for {dataset!r}")
+    return [str(groups) if flag == GROUPS else flag for flag in flags]
 
 
 def _run_seed(

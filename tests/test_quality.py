@@ -113,6 +113,30 @@ def test_quality_suite_trains_evaluates_and_writes_results(tmp_path: Path, monke
     assert "renamed" in text and "| default |" not in text and "other section" in text
 
 
+def test_a_configuration_can_name_each_datasets_number_of_groups(tmp_path: Path, monkeypatch):
+    trained: dict[str, list[str]] = {}
+    monkeypatch.setattr(quality, "_run_seed", lambda cli, runs, run_id, flags, seed: trained.setdefault(run_id, flags))
+    toy = quality.Suite(
+        datasets={"three": ["--classes", "0,1,2"], "ten": []},
+        configurations={"default": [], "extra": ["--extra-k", quality.GROUPS]},
+        groups={"three": 3, "ten": 10},
+    )
+    monkeypatch.setitem(quality.SUITES, "toy", toy)
+    results = quality.run_suite("toy", [0], tmp_path, main, ["--epochs", "1"])
+    assert trained == {
+        "quality-toy-three-default-seed0": ["--classes", "0,1,2", "--epochs", "1"],
+        "quality-toy-three-extra-seed0": ["--classes", "0,1,2", "--extra-k", "3", "--epochs", "1"],
+        "quality-toy-ten-default-seed0": ["--epochs", "1"],
+        "quality-toy-ten-extra-seed0": ["--extra-k", "10", "--epochs", "1"],
+    }
+    assert results["ten"]["extra"]["command"] == ["deepcluster", "run", "--extra-k", "10", "--epochs", "1"]
+    trained.clear()
+    monkeypatch.setitem(quality.SUITES, "toy", quality.Suite(toy.datasets, toy.configurations, {"three": 3}))
+    with pytest.raises(RunError, match="names the number of groups, but the suite gives none for 'ten'"):
+        quality.run_suite("toy", [0], tmp_path, main, [], ["extra"])
+    assert not trained  # refused before the first run
+
+
 def test_recorded_runs_are_evaluated_again_without_training(tmp_path: Path):
     calls: list[list[str]] = []
 
