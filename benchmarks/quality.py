@@ -162,6 +162,7 @@ SUITES: dict[str, Suite] = {
     "fashion-mnist": Suite(
         datasets={"fashion-mnist": FASHION_MNIST},
         configurations={"default": [], "paper": ["--k", "100", *PAPER]},
+        groups={"fashion-mnist": 10},
     ),
 }
 
@@ -187,7 +188,7 @@ def run_suite(
         raise RunError(f"unknown suite {suite!r}: expected one of {', '.join(SUITES)}")
     chosen = SUITES[suite]
     _refuse_unknown(f"suite {suite!r} has no", names, datasets, chosen.configurations, chosen.datasets)
-    commands = {  # every command made before any runs: a configuration that cannot be made stops nothing midway
+    commands = {  # all made before the first run: one that cannot be made stops the suite before it trains
         (dataset, name): [*data_flags, *_groups_filled_in(flags, chosen.groups.get(dataset), dataset), *extra]
         for dataset, data_flags in chosen.datasets.items()
         if not datasets or dataset in datasets

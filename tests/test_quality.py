@@ -137,6 +137,14 @@ def test_a_configuration_can_name_each_datasets_number_of_groups(tmp_path: Path,
     assert not trained  # refused before the first run
 
 
+def test_every_suite_gives_each_datasets_number_of_groups_as_its_classes():
+    for name, suite in quality.SUITES.items():
+        assert set(suite.groups) == set(suite.datasets), name
+        for dataset, flags in suite.datasets.items():
+            if "--classes" in flags:
+                assert suite.groups[dataset] == len(flags[flags.index("--classes") + 1].split(",")), dataset
+
+
 def test_recorded_runs_are_evaluated_again_without_training(tmp_path: Path):
     calls: list[list[str]] = []
 
