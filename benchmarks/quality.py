@@ -69,6 +69,7 @@ ABLATIONS: dict[str, list[str]] = {
     "small-crops-2": ["--small-crops", "2"],
     "intensity": ["--intensity"],  # the grayscale beside the Sobel gradients
     "temperature-x2": ["--temperature", "0.2"],  # softer prototype logits: twice DeepCluster-v2's 0.1, the default
+    "temperature-half": ["--temperature", "0.05"],  # sharper prototype logits: half the default 0.1
     "rotation-0": ["--rotation", "0"],  # no rotation of the training crops (the paper's augmentation)
     "erase-50": ["--erase", "0.5"],  # random erasing of half the training crops
     "erase-25": ["--erase", "0.25"],  # random erasing of a quarter of the training crops
