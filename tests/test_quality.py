@@ -119,7 +119,7 @@ def test_a_configuration_can_name_each_datasets_number_of_groups(tmp_path: Path,
     toy = quality.Suite(
         datasets={"three": ["--classes", "0,1,2"], "ten": []},
         configurations={"default": [], "extra": ["--extra-k", quality.GROUPS]},
-        groups={"three": 3, "ten": 10},
+        groups={"ten": 10},  # three's: the classes its --classes flag names
     )
     monkeypatch.setitem(quality.SUITES, "toy", toy)
     results = quality.run_suite("toy", [0], tmp_path, main, ["--epochs", "1"])
@@ -131,18 +131,18 @@ def test_a_configuration_can_name_each_datasets_number_of_groups(tmp_path: Path,
     }
     assert results["ten"]["extra"]["command"] == ["deepcluster", "run", "--extra-k", "10", "--epochs", "1"]
     trained.clear()
-    monkeypatch.setitem(quality.SUITES, "toy", quality.Suite(toy.datasets, toy.configurations, {"three": 3}))
+    monkeypatch.setitem(quality.SUITES, "toy", quality.Suite(toy.datasets, toy.configurations))
     with pytest.raises(RunError, match="names the number of groups, but the suite gives none for 'ten'"):
         quality.run_suite("toy", [0], tmp_path, main, [], ["extra"])
     assert not trained  # refused before the first run
 
 
-def test_every_suite_gives_each_datasets_number_of_groups_as_its_classes():
+def test_every_suite_gives_each_dataset_one_number_of_groups():
     for name, suite in quality.SUITES.items():
-        assert set(suite.groups) == set(suite.datasets), name
         for dataset, flags in suite.datasets.items():
-            if "--classes" in flags:
-                assert suite.groups[dataset] == len(flags[flags.index("--classes") + 1].split(",")), dataset
+            assert suite.groups_of(dataset), (name, dataset)
+            assert ("--classes" in flags) != (dataset in suite.groups), (name, dataset)  # said once, not twice
+    assert quality.SUITES["dev"].groups_of("fmnist-0-2-4-6-8") == 5
 
 
 def test_recorded_runs_are_evaluated_again_without_training(tmp_path: Path):
