@@ -83,9 +83,9 @@ ABLATIONS: dict[str, list[str]] = {
 
 @dataclass(frozen=True)
 class Suite:
-    """Labelled datasets (each: the `run` flags that select it) and configurations (each: `run` flags), and
-    the number of classes of each dataset that its `--classes` flag does not give: with it, the number of groups a
-    user of each dataset asks for, what GROUPS stands for."""
+    """Labelled datasets (each: the `run` flags that select it) and configurations (each: `run` flags). `groups`:
+    the number of classes of each dataset whose flags name no `--classes`; `groups_of` gives every dataset's, the
+    number of groups a user of it asks for, what GROUPS stands for."""
 
     datasets: dict[str, list[str]]
     configurations: dict[str, list[str]]
