@@ -73,6 +73,7 @@ ABLATIONS: dict[str, list[str]] = {
     "rotation-0": ["--rotation", "0"],  # no rotation of the training crops (the paper's augmentation)
     "erase-50": ["--erase", "0.5"],  # random erasing of half the training crops
     "erase-25": ["--erase", "0.25"],  # random erasing of a quarter of the training crops
+    "jitter-50": ["--jitter", "0.5"],  # brightness and contrast of the training crops scaled by 0.5-1.5
     # each epoch's k-means seeded afresh (k-means++), as the paper does, instead of from the previous epoch's clusters
     "kmeans-fresh": ["--kmeans-init", "k-means++"],
     "weight-decay-5e-4": ["--weight-decay", "5e-4"],  # fifty times the paper's weight decay

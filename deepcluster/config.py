@@ -181,6 +181,12 @@ class Config(BaseModel):
     small_crop_side: float = Field(0.5, gt=0, lt=1, description="side of the small crops, as a fraction of the input's")
     rotation: float = Field(15.0, ge=0, le=180, description="random rotation of training crops, up to +-degrees")
     erase: float = Field(0.0, ge=0, le=1, description="chance that a training crop has a random rectangle blacked out")
+    jitter: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="brightness and contrast of each training crop scaled by factors drawn from 1 +- jitter",
+    )
     flip: bool = Field(True, description="random mirroring of training crops")
 
     # Execution
@@ -331,6 +337,7 @@ PREDATED_KEYS: dict[str, Any] = {
     "assignment": "kmeans",
     "neighbour_features": "clustered",
     "erase": 0.0,
+    "jitter": 0.0,
     "crop_ratio": [3 / 4, 4 / 3],
     "self_label": 0,
 }

@@ -96,6 +96,7 @@ def self_label(
                 config.rotation,
                 erase=config.erase,
                 ratio=config.crop_ratio,
+                jitter=config.jitter,
             )
             with autocast(device, bf16):
                 represented = tuned.representation(crops.contiguous(memory_format=torch.channels_last))

@@ -48,13 +48,18 @@ def augment_crops(
     size: int | None = None,
     erase: float = 0.0,
     ratio: tuple[float, float] = ASPECT_RATIO_RANGE,
+    jitter: float = 0.0,
 ) -> torch.Tensor:
     """Augment float images (N, C, H, W): crop a random area fraction in `scale` with aspect ratio (width /
     height) in `ratio`, rotate it by up to +-`rotation` degrees, resize to `size` x `size` (default: back to
     (H, W)), and mirror half of them. generator: on the images' device. Pixels from outside the image are
     reflections. Then, with probability `erase`, black out a random rectangle of each crop (random erasing,
     Zhong et al. 2020: ERASE_AREA_RANGE of its area, aspect ratio in ERASE_RATIO_RANGE), so that no one part of
-    an image, its outline included, is always there to be learned from.
+    an image, its outline included, is always there to be learned from. Then, with `jitter`, scale each crop's
+    brightness and then its contrast (about its mean) by factors drawn uniformly from 1 +- `jitter`, clipped to
+    [0, 1] after each: the grayscale part of the colour distortion of SimCLR and DeepCluster-v2. The Sobel front
+    drops a constant offset but not a scale: a garment's edges are as strong as it is bright against its
+    background, which jitter keeps from being learned as what tells images apart. An erased rectangle stays black.
 
     among: (offset, total) when the images are rows offset..offset+N of a batch of `total`: the random draws
     are made for the whole batch and these rows take theirs, so ranks that split a batch augment it as one
@@ -95,19 +100,26 @@ def augment_crops(
     out_shape = list(images.shape[:2]) + ([size, size] if size is not None else list(images.shape[2:]))
     grid = F.affine_grid(theta, out_shape, align_corners=False)
     crops = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    if erase == 0:
-        return crops  # no draws: the crops of runs without erasing stay as they were
-    box_width, box_height = box(ERASE_AREA_RANGE, ERASE_RATIO_RANGE)
-    left, top = draw() * (1 - box_width), draw() * (1 - box_height)
-    erased = draw() < erase
+    # Each option draws only when on, erasing first: the crops of runs without them stay as they were.
+    mask = None
+    if erase > 0:
+        box_width, box_height = box(ERASE_AREA_RANGE, ERASE_RATIO_RANGE)
+        left, top = draw() * (1 - box_width), draw() * (1 - box_height)
+        erased = draw() < erase
 
-    def inside(start: torch.Tensor, extent: torch.Tensor, pixels: int) -> torch.Tensor:
-        centres = (torch.arange(pixels, device=device) + 0.5) / pixels
-        return (centres >= start[:, None]) & (centres < (start + extent)[:, None])  # (N, pixels)
+        def inside(start: torch.Tensor, extent: torch.Tensor, pixels: int) -> torch.Tensor:
+            centres = (torch.arange(pixels, device=device) + 0.5) / pixels
+            return (centres >= start[:, None]) & (centres < (start + extent)[:, None])  # (N, pixels)
 
-    rows, columns = inside(top, box_height, crops.shape[2]), inside(left, box_width, crops.shape[3])
-    mask = erased[:, None, None] & rows[:, :, None] & columns[:, None, :]
-    return crops.masked_fill(mask[:, None], 0.0)
+        rows, columns = inside(top, box_height, crops.shape[2]), inside(left, box_width, crops.shape[3])
+        mask = (erased[:, None, None] & rows[:, :, None] & columns[:, None, :])[:, None]
+    if jitter > 0:
+        brightness = uniform(1 - jitter, 1 + jitter)[:, None, None, None]
+        contrast = uniform(1 - jitter, 1 + jitter)[:, None, None, None]
+        crops = (crops * brightness).clamp(0.0, 1.0)
+        mean = crops.mean(dim=(1, 2, 3), keepdim=True)
+        crops = ((crops - mean) * contrast + mean).clamp(0.0, 1.0)
+    return crops if mask is None else crops.masked_fill(mask, 0.0)
 
 
 def learning_rate(config: Config) -> float:
@@ -180,7 +192,16 @@ def training_crops(
         return torch.cat(
             [
                 augment_crops(
-                    images, generator, scale, config.flip, config.rotation, among, size, config.erase, config.crop_ratio
+                    images,
+                    generator,
+                    scale,
+                    config.flip,
+                    config.rotation,
+                    among,
+                    size,
+                    config.erase,
+                    config.crop_ratio,
+                    config.jitter,
                 )
                 for _ in range(count)
             ]

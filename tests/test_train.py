@@ -167,6 +167,36 @@ def test_random_erasing_blacks_out_one_rectangle_of_the_asked_share_of_crops():
     assert torch.equal(crops[crops != 0], unerased[crops != 0])  # erasing changes nothing else
 
 
+def test_jitter_scales_each_crops_brightness_and_contrast_and_nothing_else():
+    # values in 0.25-0.5 are never clipped by factors of 0.5-1.5: each jittered crop is then an affine map of the crop
+    images = 0.25 + 0.25 * torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    plain = augment_crops(images, torch.Generator().manual_seed(6), (0.6, 1.0), True, 15.0)
+    jittered = augment_crops(images, torch.Generator().manual_seed(6), (0.6, 1.0), True, 15.0, jitter=0.5)
+    assert torch.equal(
+        augment_crops(images, torch.Generator().manual_seed(6), (0.6, 1.0), True, 15.0, jitter=0.0), plain
+    )
+    flat_plain, flat_jittered = plain.flatten(1), jittered.flatten(1)
+    centred = flat_plain - flat_plain.mean(1, keepdim=True)
+    slopes = (centred * flat_jittered).sum(1) / (centred * centred).sum(1)
+    intercepts = flat_jittered.mean(1) - slopes * flat_plain.mean(1)
+    torch.testing.assert_close(slopes[:, None] * flat_plain + intercepts[:, None], flat_jittered)  # same geometry
+    brightness = flat_jittered.mean(1) / flat_plain.mean(1)  # contrast keeps the mean
+    assert 0.5 <= brightness.min() < 0.6 and 1.4 < brightness.max() <= 1.5
+    contrast = slopes / brightness
+    assert 0.5 <= contrast.min() < 0.6 and 1.4 < contrast.max() <= 1.5
+    bright = augment_crops(
+        torch.ones(50, 1, 28, 28), torch.Generator().manual_seed(6), (0.6, 1.0), True, 15.0, jitter=0.9
+    )
+    assert bright.min() >= 0 and bright.max() <= 1  # clipped to the images' range
+    erased = augment_crops(
+        torch.ones(50, 1, 28, 28), torch.Generator().manual_seed(6), (0.6, 1.0), True, 15.0, erase=1.0, jitter=0.5
+    )
+    unjittered = augment_crops(
+        torch.ones(50, 1, 28, 28), torch.Generator().manual_seed(6), (0.6, 1.0), True, 15.0, erase=1.0
+    )
+    assert torch.equal(erased == 0, unjittered == 0)  # the same rectangles, still black
+
+
 def test_warmup_then_cosine_schedule():
     config = Config(lr=0.1, batch_size=256, epochs=10, warmup_epochs=2, lr_schedule="cosine")  # lr as given
     rates = [scheduled_learning_rate(config, epoch) for epoch in (0, 1, 2, 6, 10)]
@@ -188,11 +218,20 @@ def test_train_epoch_sets_the_scheduled_rate_before_every_step():
 def test_parts_of_a_batch_are_augmented_as_the_whole_batch():
     """Ranks that split a batch draw its augmentations as one process does."""
     images = torch.rand(10, 2, 12, 12, generator=torch.Generator().manual_seed(0))
-    for erase in (0.0, 0.5):
-        whole = augment_crops(images, torch.Generator().manual_seed(4), (0.5, 1.0), True, 20.0, erase=erase)
+    for erase, jitter in ((0.0, 0.0), (0.5, 0.0), (0.5, 0.5)):
+        whole = augment_crops(
+            images, torch.Generator().manual_seed(4), (0.5, 1.0), True, 20.0, erase=erase, jitter=jitter
+        )
         parts = [
             augment_crops(
-                images[start:stop], torch.Generator().manual_seed(4), (0.5, 1.0), True, 20.0, (start, 10), erase=erase
+                images[start:stop],
+                torch.Generator().manual_seed(4),
+                (0.5, 1.0),
+                True,
+                20.0,
+                (start, 10),
+                erase=erase,
+                jitter=jitter,
             )
             for start, stop in ((0, 3), (3, 10))
         ]
