@@ -24,7 +24,7 @@ from deepcluster.loader import Inputs, gather
 from deepcluster.models import DeepClusterNet, to_unit_range
 from deepcluster.neighbours import nearest_neighbours
 from deepcluster.rng import stage_generator
-from deepcluster.train import augment_crops, autocast, learning_rate
+from deepcluster.train import autocast, configured_crops, learning_rate
 
 CONFIDENT_NEIGHBOURS = 20  # an image is taken as labelled by its group when, of its this many nearest neighbours,
 CONFIDENT_SHARE = 0.9  # at least this share are in that group too (18 of 20)
@@ -88,16 +88,7 @@ def self_label(
             if len(batch) < 2:  # batch norm needs two
                 continue
             images = to_unit_range(gather(inputs, batch.to(inputs.device), device))
-            crops = augment_crops(
-                images,
-                augment_generator,
-                config.crop_scale,
-                config.flip,
-                config.rotation,
-                erase=config.erase,
-                ratio=config.crop_ratio,
-                jitter=config.jitter,
-            )
+            crops = configured_crops(images, config, augment_generator, config.crop_scale)
             with autocast(device, bf16):
                 represented = tuned.representation(crops.contiguous(memory_format=torch.channels_last))
             logits = head(F.normalize(represented.float(), dim=1) * LOGIT_SCALE)

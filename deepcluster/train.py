@@ -181,31 +181,40 @@ class Trainee(nn.Module):
         return features, [head(features) for head in self.heads]
 
 
+def configured_crops(
+    images: torch.Tensor,
+    config: Config,
+    generator: torch.Generator,
+    scale: tuple[float, float],
+    among: tuple[int, int] | None = None,
+    size: int | None = None,
+) -> torch.Tensor:
+    """augment_crops under the run's augmentation options (config: mirroring, rotation, aspect ratio, erasing,
+    jitter), crops of an area fraction in `scale`: the one place a run's options reach the augmentation, for
+    training and for self-labelling alike."""
+    return augment_crops(
+        images,
+        generator,
+        scale,
+        config.flip,
+        config.rotation,
+        among,
+        size,
+        config.erase,
+        config.crop_ratio,
+        config.jitter,
+    )
+
+
 def training_crops(
     images: torch.Tensor, config: Config, generator: torch.Generator, among: tuple[int, int]
 ) -> list[torch.Tensor]:
     """The crops a step trains on, one batch per resolution: config.views views of every image at its own side,
-    then config.small_crops crops of config.small_crop_scale at the small side, if any (augment_crops; among:
+    then config.small_crops crops of config.small_crop_scale at the small side, if any (configured_crops; among:
     where `images` lie in the whole batch)."""
 
     def crops(count: int, scale: tuple[float, float], size: int | None = None) -> torch.Tensor:
-        return torch.cat(
-            [
-                augment_crops(
-                    images,
-                    generator,
-                    scale,
-                    config.flip,
-                    config.rotation,
-                    among,
-                    size,
-                    config.erase,
-                    config.crop_ratio,
-                    config.jitter,
-                )
-                for _ in range(count)
-            ]
-        )
+        return torch.cat([configured_crops(images, config, generator, scale, among, size) for _ in range(count)])
 
     batches = [crops(config.views, config.crop_scale)]
     if config.small_crops:

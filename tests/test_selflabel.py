@@ -71,10 +71,10 @@ def test_self_labelling_draws_at_most_max_epoch_samples_images_a_pass(finished_r
     features, groups = _grouped(model, inputs, config)
     config = config.model_copy(update={"self_label": 2})
     batches: list[int] = []
-    augment = selflabel.augment_crops
+    augment = selflabel.configured_crops
     monkeypatch.setattr(
         selflabel,
-        "augment_crops",
+        "configured_crops",
         lambda images, *args, **kw: batches.append(len(images)) or augment(images, *args, **kw),
     )
     unlimited = self_label(model, inputs, config, features, groups, 3, 1)
