@@ -35,7 +35,7 @@ TORCHVISION_RATIO = ["--crop-ratio", "3/4,4/3"]
 PAPER = [
     *("--head", "linear", "--pca-dim", "256", "--kmeans-init", "random"),
     *("--crop-scale", "0.5,1", "--rotation", "0", "--views", "1", "--min-epoch-samples", "0", "--grouping", "kmeans"),
-    *("--neighbours", "0", "--batch-size", "256", *TORCHVISION_RATIO, "--self-label", "0"),
+    *("--neighbours", "0", "--batch-size", "256", *TORCHVISION_RATIO, "--self-label", "0", "--jitter", "0"),
 ]
 FASHION_MNIST = ["--dataset", "fashion-mnist"]  # found in data/fashion-mnist/ or Debian's /usr/share/datasets/
 # In a configuration's flags: the number of groups a user of the dataset asks for (its classes; Suite.groups_of).
@@ -73,7 +73,7 @@ ABLATIONS: dict[str, list[str]] = {
     "rotation-0": ["--rotation", "0"],  # no rotation of the training crops (the paper's augmentation)
     "erase-50": ["--erase", "0.5"],  # random erasing of half the training crops
     "erase-25": ["--erase", "0.25"],  # random erasing of a quarter of the training crops
-    "jitter-50": ["--jitter", "0.5"],  # brightness and contrast of the training crops scaled by 0.5-1.5
+    "jitter-0": ["--jitter", "0"],  # the training crops' brightness and contrast as they are (jitter: 0.5-1.5)
     # each epoch's k-means seeded afresh (k-means++), as the paper does, instead of from the previous epoch's clusters
     "kmeans-fresh": ["--kmeans-init", "k-means++"],
     "weight-decay-5e-4": ["--weight-decay", "5e-4"],  # fifty times the paper's weight decay
@@ -134,6 +134,8 @@ SUITES: dict[str, Suite] = {
                 "256",
                 *TORCHVISION_RATIO,
                 "--self-label",
+                "0",
+                "--jitter",
                 "0",
             ],
             "paper": PAPER,
