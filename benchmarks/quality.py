@@ -159,8 +159,13 @@ SUITES: dict[str, Suite] = {
             "fmnist-test-10k": [*FASHION_MNIST, "--split", "test"],  # the 10,000 test images, 10 classes
         },
         # neighbours-conv: the best of the dev suite as a whole (seeds 0-2), not the default for the memory it
-        # holds on large collections; run here once to say whether its gain carries
-        configurations={"default": [], "neighbours-conv": ABLATIONS["neighbours-conv"]},
+        # holds on large collections; run here once to say whether its gain carries. jitter-0: the defaults before
+        # brightness and contrast jitter, beside them on the same machine
+        configurations={
+            "default": [],
+            "neighbours-conv": ABLATIONS["neighbours-conv"],
+            "jitter-0": ABLATIONS["jitter-0"],
+        },
         groups={"fmnist-test-10k": 10},
     ),
     "fashion-mnist": Suite(

@@ -1,8 +1,8 @@
 """One training epoch on pseudo-labels (Caron et al. 2018, Sec. 3.1 and 4).
 
 Augmentation is done in batch on the device: random resized crops, rotations and horizontal flips,
-as one affine resampling per image, then optionally random erasing and brightness and contrast jitter, all
-drawn from an explicit generator.
+as one affine resampling per image, then random erasing where asked and brightness and contrast jitter (on by
+default), all drawn from an explicit generator.
 The learning rate follows an optional linear warm-up and cosine decay, set before every step from the
 run's progress.
 Across ranks (`distributed`), each batch is split between the ranks and their gradients are averaged
