@@ -74,6 +74,7 @@ ABLATIONS: dict[str, list[str]] = {
     "erase-50": ["--erase", "0.5"],  # random erasing of half the training crops
     "erase-25": ["--erase", "0.25"],  # random erasing of a quarter of the training crops
     "jitter-0": ["--jitter", "0"],  # the training crops' brightness and contrast as they are (jitter: 0.5-1.5)
+    "jitter-80": ["--jitter", "0.8"],  # factors of 0.2-1.8: the strength of SimCLR's and DeepCluster-v2's jitter
     # each epoch's k-means seeded afresh (k-means++), as the paper does, instead of from the previous epoch's clusters
     "kmeans-fresh": ["--kmeans-init", "k-means++"],
     "weight-decay-5e-4": ["--weight-decay", "5e-4"],  # fifty times the paper's weight decay
