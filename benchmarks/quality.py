@@ -559,13 +559,13 @@ Raw results per run: `docs/bench/quality-SUITE.json`.
 """
 
 
-def save(suite: str, results: dict[str, Any], raw: Path, out: Path) -> str:
+def save(suite: str, results: dict[str, Any], raw: Path, out: Path, machine_named: bool = False) -> str:
     """Merge `results` into the raw results saved in `raw` and write them, and the suite's section of the results
     file `out`; returns the section. The saved results are read only now, under a lock on each file (`.NAME.lock`
     beside it): two benchmarks that end together each merge into what the other saved, and neither's results are
-    lost."""
+    lost. machine_named: as `merge` takes it."""
     with artifacts.FileLock(_lock_path(out)), artifacts.FileLock(_lock_path(raw)):
-        merged = merge(load_raw(raw), results)
+        merged = merge(load_raw(raw), results, machine_named)
         section = suite_markdown(suite, merged)
         write_results(out, suite, section)
         save_raw(raw, merged)
@@ -581,24 +581,31 @@ def load_raw(path: Path) -> dict[str, Any]:
     return artifacts.read_json(path) if path.is_file() else {}
 
 
-def merge(earlier: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def merge(earlier: dict[str, Any], new: dict[str, Any], machine_named: bool = False) -> dict[str, Any]:
     """Earlier results with the new ones added; datasets and configurations keep their first order. A new result
     replaces the earlier one of its dataset and configuration, but where both ran the same `run` command:
     - on the same machine, the earlier seeds that did not run again are kept beside the new ones (a suite's seeds
       may run in several calls), and both benchmark commands are named;
     - on another machine, the earlier result is kept whole beside the new one, named after its machine (e.g.
       `default (AMD EPYC (AVX2))`), and the new one joins the seeds of its own machine kept so before: the same
-      seed trains a different network on a CPU with other vector instructions, so one mean never mixes machines."""
+      seed trains a different network on a CPU with other vector instructions, so one mean never mixes machines.
+      With `machine_named`, the earlier result keeps the plain name instead and the new one is named after its
+      machine, joining the seeds of its machine kept so before (to add a second machine's runs beside the rows
+      the results file describes as its configuration's)."""
     merged = {dataset: dict(configurations) for dataset, configurations in earlier.items()}
     for dataset, configurations in new.items():
         for name, result in configurations.items():
             records = merged.setdefault(dataset, {})
             before = records.get(name)
             if before is not None and before["command"] == result["command"] and not _same_machine(before, result):
-                records[_unused_name(records, _machine_named(name, before))] = before
-                before = records.get(_machine_named(name, result))  # this machine's, kept so by an earlier merge
-                if before is not None and _same_runs(before, result):
-                    del records[_machine_named(name, result)]
+                if machine_named:
+                    name = _machine_named(name, result)
+                    before = records.get(name)
+                else:
+                    records[_unused_name(records, _machine_named(name, before))] = before
+                    before = records.get(_machine_named(name, result))  # this machine's, kept so by an earlier merge
+                    if before is not None and _same_runs(before, result):
+                        del records[_machine_named(name, result)]
             if before is not None and _same_runs(before, result):
                 result = _with_earlier_seeds(before, result)
             records[name] = result

@@ -201,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="train nothing: evaluate again the runs that the raw results record (of --configs and --datasets, "
         "named as the results name them), at the epochs recorded, and rewrite their scores (--seeds does not apply)",
     )
+    quality.add_argument(
+        "--machine-named",
+        action="store_true",
+        help="where a configuration's results under its plain name (e.g. `default`) came from another machine, "
+        "they keep that name and these are named after this machine (`default (CPU)`); without it, these take the "
+        "plain name and the earlier ones are renamed after their machine",
+    )
     quality.add_argument("--out", type=Path, default=Path("docs/RESULTS.md"), help="results file to update")
     quality.add_argument(
         "--json-out",
@@ -415,6 +422,7 @@ def bench_quality_command(args: argparse.Namespace) -> str:
     words += ["--configs", args.configs] if args.configs else []
     words += ["--datasets", args.datasets] if args.datasets else []
     words += ["--epochs", str(args.epochs)] if args.epochs is not None else []
+    words += ["--machine-named"] if args.machine_named else []
     return shlex.join(words)
 
 
@@ -435,7 +443,7 @@ def command_bench_quality(args: argparse.Namespace) -> int:
         results = quality.evaluate_again(args.suite, quality.load_raw(raw), runs_dir, main, names, datasets, command)
     else:
         results = quality.run_suite(args.suite, args.seeds, runs_dir, main, extra, names, datasets, command)
-    print(quality.save(args.suite, results, raw, args.out))
+    print(quality.save(args.suite, results, raw, args.out, args.machine_named))
     return 0
 
 

@@ -19,6 +19,8 @@ def test_the_results_name_the_command_as_a_shell_takes_it():
     assert bench_quality_command(args) == expected
     args = build_parser().parse_args(["bench-quality", "--suite", "check", "--seeds", "0,1", "--epochs", "2"])
     assert bench_quality_command(args) == "deepcluster bench-quality --suite check --seeds 0,1 --epochs 2"
+    args = build_parser().parse_args(["bench-quality", "--seeds", "3", "--machine-named"])
+    assert bench_quality_command(args) == "deepcluster bench-quality --suite dev --seeds 3 --machine-named"
 
 
 def test_suite_machinery_on_tiny_data(prefect_harness, tmp_path: Path, monkeypatch, capsys):
@@ -215,6 +217,27 @@ def test_a_result_from_another_machine_is_kept_beside_the_new_one_never_averaged
     assert other["one"]["default (CPU A (AVX2))"] == again["one"]["default (CPU A (AVX2))"]  # not its command
     unnamed = {"one": {"default": {"command": ["a"], "produced_by": "old", "runs": [{"seed": 0}]}}}
     assert "default (an unnamed machine)" in quality.merge(unnamed, new)["one"]
+
+
+def test_machine_named_results_go_beside_another_machines_and_leave_it_its_name():
+    def result(machine: str, *seeds: int, by: str = "bench", command: str = "a") -> dict[str, object]:
+        runs = [{"seed": seed, "machine": f"{machine}, 2 cores, no GPU; torch 2"} for seed in seeds]
+        return {"command": [command], "produced_by": by, "runs": runs}
+
+    earlier = {"one": {"default": result("CPU A (AVX2)", 0, 1), "k3": result("CPU A (AVX2)", 0)}}
+    new = {"one": {"default": result("CPU A (AVX512)", 0, by="new"), "k3": result("CPU A (AVX2)", 1, by="more")}}
+    merged = quality.merge(earlier, new, machine_named=True)
+    assert merged["one"] == {
+        "default": result("CPU A (AVX2)", 0, 1),  # the other machine's keeps its name, unchanged
+        "k3": result("CPU A (AVX2)", 0, 1, by="bench; more"),  # the same machine: seeds joined as without the flag
+        "default (CPU A (AVX512))": result("CPU A (AVX512)", 0, by="new"),
+    }
+    again = quality.merge(merged, {"one": {"default": result("CPU A (AVX512)", 1, by="later")}}, machine_named=True)
+    assert list(again["one"]) == list(merged["one"])  # joined in place
+    assert again["one"]["default (CPU A (AVX512))"] == result("CPU A (AVX512)", 0, 1, by="new; later")
+    assert again["one"]["default"] == earlier["one"]["default"]
+    first = quality.merge({}, {"two": {"default": result("CPU A (AVX512)", 0)}}, machine_named=True)
+    assert first == {"two": {"default": result("CPU A (AVX512)", 0)}}  # nothing to keep a name from
 
 
 def test_goal_is_not_met_when_the_worst_seed_is_at_the_baseline():
