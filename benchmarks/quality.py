@@ -80,6 +80,8 @@ ABLATIONS: dict[str, list[str]] = {
     "weight-decay-5e-4": ["--weight-decay", "5e-4"],  # fifty times the paper's weight decay
     "self-label-0": ["--self-label", "0"],  # no self-labelling before the final grouping
     "self-label-10": ["--self-label", "10"],  # ten passes of self-labelling instead of six
+    # Leiden's communities as the final grouping, the self-labelling seeded from them too, instead of snn-sized
+    "grouping-leiden": ["--grouping", "leiden"],
 }
 
 
