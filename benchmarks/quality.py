@@ -163,11 +163,13 @@ SUITES: dict[str, Suite] = {
         },
         # neighbours-conv: the best of the dev suite as a whole (seeds 0-2), not the default for the memory it
         # holds on large collections; run here once to say whether its gain carries. jitter-0: the defaults before
-        # brightness and contrast jitter, beside them on the same machine
+        # brightness and contrast jitter, beside them on the same machine. grouping-leiden: an option measured on the
+        # dev and check suites and not chosen, run here after that to say how it carries
         configurations={
             "default": [],
             "neighbours-conv": ABLATIONS["neighbours-conv"],
             "jitter-0": ABLATIONS["jitter-0"],
+            "grouping-leiden": ABLATIONS["grouping-leiden"],
         },
         groups={"fmnist-test-10k": 10},
     ),
