@@ -51,9 +51,8 @@ def cpu_count() -> int:
 
 
 def machine_description() -> str:
-    """The CPU model with the vector instructions torch's CPU kernels use (two CPUs of one model name may differ in
-    them, and so in the last bits of every result), its cores, the GPU if any, and the torch version, in words (what
-    benchmarks record)."""
+    """The CPU model with the vector instructions torch's CPU kernels use (`cpu_kernels`), its cores, the GPU if any,
+    and the torch version, in words (what benchmarks record)."""
     cpu = platform.machine()
     try:
         models = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
@@ -61,7 +60,34 @@ def machine_description() -> str:
     except OSError:
         pass
     gpu = f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"
-    return f"{cpu} ({torch.backends.cpu.get_cpu_capability()}), {cpu_count()} cores, {gpu}; torch {torch.__version__}"
+    return f"{cpu} ({cpu_kernels()}), {cpu_count()} cores, {gpu}; torch {torch.__version__}"
+
+
+ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # what caps oneDNN's instructions, first first
+X86_LEVELS = ("SSE41", "AVX", "AVX2", "AVX512")  # oneDNN's instruction sets by family, lowest first
+
+
+def cpu_kernels() -> str:
+    """The vector instructions of torch's CPU kernels: ATen's (`ATEN_CPU_CAPABILITY` may lower them), and oneDNN's,
+    which run the convolutions (`ONEDNN_MAX_CPU_ISA` may lower them), where they are another family: "AVX2",
+    "AVX512" or "AVX2, oneDNN AVX512". The same seed trains a different network under other instructions; with the
+    same instructions and threads, two x86 CPUs train the same (both variables set to AVX2 on an AVX-512 CPU gave an
+    AVX2 CPU's run to the last bit)."""
+    aten = torch.backends.cpu.get_cpu_capability()
+    onednn = _onednn_family()
+    return aten if onednn in (None, aten) else f"{aten}, oneDNN {onednn}"
+
+
+def _onednn_family() -> str | None:
+    """The family of X86_LEVELS whose instructions oneDNN uses: the CPU's best, capped by the environment; None on a
+    CPU without AVX2."""
+    flags = _cpu_flags()
+    native = "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    cap = next((os.environ[name] for name in ONEDNN_ISA_VARIABLES if os.environ.get(name)), "ALL").upper()
+    if native is None or cap == "ALL":
+        return native
+    capped = next((level for level in reversed(X86_LEVELS) if cap.startswith(level)), cap)
+    return min(native, capped, key=X86_LEVELS.index) if capped in X86_LEVELS else capped
 
 
 @cache

@@ -21,4 +21,28 @@ def test_cuda_requested_without_gpu(monkeypatch):
 
 
 def test_the_machine_is_described_with_the_vector_instructions_that_torch_s_kernels_use():
-    assert f" ({torch.backends.cpu.get_cpu_capability()}), " in runtime.machine_description()
+    assert runtime.cpu_kernels().split(",")[0] == torch.backends.cpu.get_cpu_capability()
+    assert f" ({runtime.cpu_kernels()}), " in runtime.machine_description()
+
+
+@pytest.mark.parametrize(
+    ("flags", "aten", "onednn_cap", "expected"),
+    [
+        ({"avx2", "avx512f"}, "AVX512", None, "AVX512"),
+        ({"avx2", "avx512f"}, "AVX2", "AVX2", "AVX2"),  # an AVX-512 CPU limited to AVX2 trains as an AVX2 CPU
+        ({"avx2", "avx512f"}, "AVX2", None, "AVX2, oneDNN AVX512"),
+        ({"avx2", "avx512f"}, "AVX512", "avx512_core_amx", "AVX512"),
+        ({"avx2"}, "AVX2", "AVX512_CORE", "AVX2"),  # a cap above the CPU's instructions changes nothing
+        ({"avx2"}, "AVX2", "SSE41", "AVX2, oneDNN SSE41"),
+        (set(), "DEFAULT", None, "DEFAULT"),  # no x86 vector instructions: ATen's alone
+    ],
+)
+def test_the_kernels_named_are_those_of_aten_and_of_onednn(monkeypatch, flags, aten, onednn_cap, expected):
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: aten)
+    for name in runtime.ONEDNN_ISA_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    if onednn_cap is not None:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn_cap)
+    assert runtime.cpu_kernels() == expected
+    assert f" ({expected}), " in runtime.machine_description()
