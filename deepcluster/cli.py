@@ -416,8 +416,8 @@ def command_bench(args: argparse.Namespace) -> int:
 
 def bench_quality_command(args: argparse.Namespace) -> str:
     """The bench-quality command as the results name it: the words that matter, quoted for a shell (a
-    configuration's name can hold spaces and brackets)."""
-    words = ["deepcluster", "bench-quality", "--suite", args.suite]
+    configuration's name can hold spaces and brackets), after the variables that chose the CPU kernels, if set."""
+    words = [*runtime.kernel_limits(), "deepcluster", "bench-quality", "--suite", args.suite]
     words += ["--evaluate-again"] if args.evaluate_again else ["--seeds", ",".join(map(str, args.seeds))]
     words += ["--configs", args.configs] if args.configs else []
     words += ["--datasets", args.datasets] if args.datasets else []

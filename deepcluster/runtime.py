@@ -64,6 +64,7 @@ def machine_description() -> str:
 
 
 ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # what caps oneDNN's instructions, first first
+KERNEL_LIMITS = ("ATEN_CPU_CAPABILITY", *ONEDNN_ISA_VARIABLES, "OPENBLAS_CORETYPE")  # what picks the CPU kernels
 X86_LEVELS = ("SSE41", "AVX", "AVX2", "AVX512")  # oneDNN's instruction sets by family, lowest first
 
 
@@ -78,6 +79,12 @@ def cpu_kernels() -> str:
     return aten if onednn in (None, aten) else f"{aten}, oneDNN {onednn}"
 
 
+def kernel_limits() -> list[str]:
+    """The variables of KERNEL_LIMITS set in the environment, as `NAME=VALUE` (words before a command that gives the
+    same results on another machine)."""
+    return [f"{name}={os.environ[name]}" for name in KERNEL_LIMITS if os.environ.get(name)]
+
+
 def _onednn_family() -> str | None:
     """The family of X86_LEVELS whose instructions oneDNN uses: the CPU's best, capped by the environment; None on a
     CPU without AVX2."""
@@ -86,6 +93,8 @@ def _onednn_family() -> str | None:
     cap = next((os.environ[name] for name in ONEDNN_ISA_VARIABLES if os.environ.get(name)), "ALL").upper()
     if native is None or cap == "ALL":
         return native
+    if cap.startswith("AVX10"):  # AVX10.1 is AVX-512's instructions under another name
+        cap = "AVX512"
     capped = next((level for level in reversed(X86_LEVELS) if cap.startswith(level)), cap)
     return min(native, capped, key=X86_LEVELS.index) if capped in X86_LEVELS else capped
 

@@ -6,12 +6,15 @@ from pathlib import Path
 import pytest
 
 from benchmarks import quality
+from deepcluster import runtime
 from deepcluster.artifacts import validate_run_id
 from deepcluster.cli import bench_quality_command, build_parser, main
 from deepcluster.errors import RunError
 
 
-def test_the_results_name_the_command_as_a_shell_takes_it():
+def test_the_results_name_the_command_as_a_shell_takes_it(monkeypatch):
+    for name in runtime.KERNEL_LIMITS:
+        monkeypatch.delenv(name, raising=False)
     args = build_parser().parse_args(
         ["bench-quality", "--suite", "dev", "--evaluate-again", "--configs", "default (AMD EPYC (AVX2))"]
     )
@@ -21,6 +24,10 @@ def test_the_results_name_the_command_as_a_shell_takes_it():
     assert bench_quality_command(args) == "deepcluster bench-quality --suite check --seeds 0,1 --epochs 2"
     args = build_parser().parse_args(["bench-quality", "--seeds", "3", "--machine-named"])
     assert bench_quality_command(args) == "deepcluster bench-quality --suite dev --seeds 3 --machine-named"
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # the kernels' limits make part of the command
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    expected = "ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 deepcluster bench-quality --suite dev --seeds 3"
+    assert bench_quality_command(build_parser().parse_args(["bench-quality", "--seeds", "3"])) == expected
 
 
 def test_suite_machinery_on_tiny_data(prefect_harness, tmp_path: Path, monkeypatch, capsys):

@@ -32,6 +32,7 @@ def test_the_machine_is_described_with_the_vector_instructions_that_torch_s_kern
         ({"avx2", "avx512f"}, "AVX2", "AVX2", "AVX2"),  # an AVX-512 CPU limited to AVX2 trains as an AVX2 CPU
         ({"avx2", "avx512f"}, "AVX2", None, "AVX2, oneDNN AVX512"),
         ({"avx2", "avx512f"}, "AVX512", "avx512_core_amx", "AVX512"),
+        ({"avx2", "avx512f"}, "AVX512", "AVX10_1_512", "AVX512"),
         ({"avx2"}, "AVX2", "AVX512_CORE", "AVX2"),  # a cap above the CPU's instructions changes nothing
         ({"avx2"}, "AVX2", "SSE41", "AVX2, oneDNN SSE41"),
         (set(), "DEFAULT", None, "DEFAULT"),  # no x86 vector instructions: ATen's alone
