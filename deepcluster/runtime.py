@@ -63,7 +63,7 @@ def machine_description() -> str:
     return f"{cpu} ({cpu_kernels()}), {cpu_count()} cores, {gpu}; torch {torch.__version__}"
 
 
-ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # what caps oneDNN's instructions, first first
+ONEDNN_ISA_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")  # what caps oneDNN's instructions (the first set)
 KERNEL_LIMITS = ("ATEN_CPU_CAPABILITY", *ONEDNN_ISA_VARIABLES, "OPENBLAS_CORETYPE")  # what picks the CPU kernels
 X86_LEVELS = ("SSE41", "AVX", "AVX2", "AVX512")  # oneDNN's instruction sets by family, lowest first
 
@@ -72,8 +72,8 @@ def cpu_kernels() -> str:
     """The vector instructions of torch's CPU kernels: ATen's (`ATEN_CPU_CAPABILITY` may lower them), and oneDNN's,
     which run the convolutions (`ONEDNN_MAX_CPU_ISA` may lower them), where they are another family: "AVX2",
     "AVX512" or "AVX2, oneDNN AVX512". The same seed trains a different network under other instructions; with the
-    same instructions and threads, two x86 CPUs train the same (both variables set to AVX2 on an AVX-512 CPU gave an
-    AVX2 CPU's run to the last bit)."""
+    same instructions and threads, another chip can train the same (an AVX-512 AMD EPYC with both variables set to
+    AVX2 trained an AVX2 AMD EPYC's run to the last bit)."""
     aten = torch.backends.cpu.get_cpu_capability()
     onednn = _onednn_family()
     return aten if onednn in (None, aten) else f"{aten}, oneDNN {onednn}"
