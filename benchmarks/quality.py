@@ -61,6 +61,7 @@ ABLATIONS: dict[str, list[str]] = {
     "instance": ["--instance-weight", "0.5"],
     "cosine": ["--lr-schedule", "cosine"],  # learning rate decayed to 0 over the run
     "epochs-15": ["--epochs", "15"],
+    "epochs-6": ["--epochs", "6"],  # six epochs instead of ten: the first six of a default run, trained alone
     "k-100": ["--k", "100"],  # over-clustering: 100 pseudo-classes instead of 30
     "lr-x2": ["--lr", "0.1"],  # twice the paper's learning rate
     "batch-256": ["--batch-size", "256"],  # the paper's batch: half the optimiser steps (learning rate scaled)
