@@ -29,10 +29,15 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def configure_torch(config: Config) -> None:
-    """Deterministic kernels when asked (exact resume on CPU); intra-op threads = cores."""
+    """Deterministic kernels when asked (exact resume on CPU); intra-op threads = cores.
+
+    Deterministic mode would also fill every new tensor's memory with NaN before a kernel writes it, a check for
+    kernels that read memory they never wrote, which took about a tenth of a CPU training step. It is turned off: a run's
+    checkpoints, features and evaluation came out the same to the bit without it (docs/PERFORMANCE.md)."""
     if config.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.set_num_threads(cpu_count())
 
 

@@ -25,6 +25,12 @@ def test_the_machine_is_described_with_the_vector_instructions_that_torch_s_kern
     assert f" ({runtime.cpu_kernels()}), " in runtime.machine_description()
 
 
+def test_deterministic_kernels_without_filling_new_tensors_with_nan():
+    runtime.configure_torch(tiny_config())
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.utils.deterministic.fill_uninitialized_memory is False
+
+
 @pytest.mark.parametrize(
     ("flags", "aten", "onednn_cap", "expected"),
     [
