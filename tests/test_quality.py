@@ -37,6 +37,8 @@ def test_suite_machinery_on_tiny_data(prefect_harness, tmp_path: Path, monkeypat
         configurations={"default": tiny, "one-view": [*tiny, "--views", "1"]},
     )
     monkeypatch.setitem(quality.SUITES, "toy", toy)
+    for name in runtime.KERNEL_LIMITS:  # the commands the results name, as on a machine with no kernel limits set
+        monkeypatch.delenv(name, raising=False)
     out, raw = tmp_path / "RESULTS.md", tmp_path / "raw.json"
     args = ["--runs-dir", str(tmp_path / "runs"), "bench-quality", "--suite", "toy", "--out", str(out)]
     args += ["--json-out", str(raw), "--configs", "default"]
