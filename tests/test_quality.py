@@ -12,9 +12,14 @@ from deepcluster.cli import bench_quality_command, build_parser, main
 from deepcluster.errors import RunError
 
 
-def test_the_results_name_the_command_as_a_shell_takes_it(monkeypatch):
+@pytest.fixture
+def no_kernel_limits(monkeypatch):
+    """The environment of a machine with none of the kernel limits set, which the results name before a command."""
     for name in runtime.KERNEL_LIMITS:
         monkeypatch.delenv(name, raising=False)
+
+
+def test_the_results_name_the_command_as_a_shell_takes_it(no_kernel_limits, monkeypatch):
     args = build_parser().parse_args(
         ["bench-quality", "--suite", "dev", "--evaluate-again", "--configs", "default (AMD EPYC (AVX2))"]
     )
@@ -30,15 +35,13 @@ def test_the_results_name_the_command_as_a_shell_takes_it(monkeypatch):
     assert bench_quality_command(build_parser().parse_args(["bench-quality", "--seeds", "3"])) == expected
 
 
-def test_suite_machinery_on_tiny_data(prefect_harness, tmp_path: Path, monkeypatch, capsys):
+def test_suite_machinery_on_tiny_data(prefect_harness, no_kernel_limits, tmp_path: Path, monkeypatch, capsys):
     tiny = ["--k", "4", "--epochs", "1", "--min-epoch-samples", "0", "--batch-size", "32"]
     toy = quality.Suite(
         datasets={"sample-120": ["--limit", "120"], "digits-100": ["--dataset", "digits", "--limit", "100"]},
         configurations={"default": tiny, "one-view": [*tiny, "--views", "1"]},
     )
     monkeypatch.setitem(quality.SUITES, "toy", toy)
-    for name in runtime.KERNEL_LIMITS:  # the commands the results name, as on a machine with no kernel limits set
-        monkeypatch.delenv(name, raising=False)
     out, raw = tmp_path / "RESULTS.md", tmp_path / "raw.json"
     args = ["--runs-dir", str(tmp_path / "runs"), "bench-quality", "--suite", "toy", "--out", str(out)]
     args += ["--json-out", str(raw), "--configs", "default"]
